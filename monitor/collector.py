@@ -1,0 +1,277 @@
+"""The pipeline: probes -> typed events -> attribution -> sinks.
+
+One thread, one loop: drain the ring buffer (no wake-ups: the kernel submits
+with BPF_RB_NO_WAKEUP and we drain on a short timer), decode, update the
+process table, render, write.  Metric events report what the kernel counted
+(sent, dropped) next to what we received, so a loss is never silent.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from monitor.config import Config
+from monitor.ecs import Renderer
+from monitor.events import (
+    SEND_OWNER_DIFFERS,
+    Event,
+    ExecEvent,
+    ExitEvent,
+    ForkEvent,
+    RecordDecoder,
+    SendEvent,
+    TagsetEvent,
+    TcpStateEvent,
+)
+from monitor.probes import MAX_TAGS, TAG_VALUE_LEN, Counters, Sensor
+from monitor.process_table import Process, ProcessTable, Tagset, boottime_ns
+
+DROP_CHECK_INTERVAL_S = 1.0
+Observer = Callable[[Event, Process, dict[str, Any]], None]
+
+_NOBODY = Process(pid=0, entity_id="", ppid=0, parent_entity_id=None, start_ns=0, name="")
+
+
+class Collector:
+    def __init__(self, config: Config, sink: Any, sensor: Sensor | None = None) -> None:
+        self.config = config
+        self.sink = sink
+        self.sensor = sensor or Sensor(config.probes, list(config.tags.keys))
+        pt = config.process_table
+        self.table = ProcessTable(
+            config.tags,
+            max_lineage=pt.max_lineage,
+            exit_grace_s=pt.exit_grace_s,
+            max_entries=pt.max_entries,
+        )
+        self.table.tagset_fallback = self._kernel_tagset
+        self.renderer = Renderer(self.table)
+        self.decoder: RecordDecoder | None = None
+        self.received: Counter[str] = Counter()
+        self.undecodable = 0
+        self.errors = 0
+        self.observers: list[Observer] = []
+        self.stop_event = threading.Event()
+        self.started_mono = 0.0
+        self.armed_seconds = 0.0
+        self._last_metrics = 0.0
+        self._last_drop_check = 0.0
+        self._last_drops: dict[str, int] = {}
+        self._last_counters: Counters | None = None
+
+    # -- start / stop --------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load probes, seed from /proc, announce readiness."""
+        self.started_mono = time.monotonic()
+        self.sensor.load()
+        self.decoder = RecordDecoder(self.sensor.layouts(), TAG_VALUE_LEN, MAX_TAGS)
+        seeds = self.table.seed_from_proc()
+        for tid, _ts in list(self.table.tagsets.items()):
+            self.sensor.seed_tagset(tid, self.table.tagset_values_by_index(tid))
+        for s in seeds:
+            self.sensor.seed_process(s.pid, s.ppid, s.tagset_id, s.tag_origin)
+        self.armed_seconds = time.monotonic() - self.started_mono
+        self._last_metrics = time.monotonic()
+        self.sink.write(
+            self._lifecycle(
+                "started",
+                {
+                    "armed_s": round(self.armed_seconds, 3),
+                    "load_s": round(self.sensor.load_seconds, 3),
+                    "seeded_processes": len(seeds),
+                    "tag_keys": list(self.config.tags.keys),
+                    "denied_tag_keys": [k for k, _ in self.config.tags.denied],
+                },
+            )
+        )
+        self.sink.flush()
+
+    def close(self) -> None:
+        self.step()
+        self.sink.write(self._metrics())
+        self.sink.write(self._lifecycle("stopped", {}))
+        self.sink.flush()
+        self.sensor.close()
+
+    def install_signal_handlers(self) -> None:
+        def stop(_sig: int, _frm: Any) -> None:
+            self.stop_event.set()
+
+        def reopen(_sig: int, _frm: Any) -> None:
+            if hasattr(self.sink, "reopen"):
+                self.sink.reopen()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reopen)
+
+    def run(self, duration_s: float | None = None) -> None:
+        """Loop until stopped (signal, stop_event) or duration_s elapses."""
+        poll = self.config.probes.poll_interval_ms / 1000.0
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        while not self.stop_event.is_set():
+            n = self.step()
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if n == 0:
+                self.stop_event.wait(poll)
+
+    # -- the loop body ---------------------------------------------------------------
+
+    def step(self) -> int:
+        """Drain, process and flush once; returns the number of records."""
+        raws = self.sensor.drain()
+        decode = self.decoder.decode if self.decoder else None
+        for raw in raws:
+            try:
+                ev = decode(raw) if decode else None
+                if ev is None:
+                    self.undecodable += 1
+                    continue
+                self.handle(ev)
+            except Exception as exc:  # one bad record must never stop the monitor
+                self.undecodable += 1
+                self._report_error(exc, raw)
+        now = time.monotonic()
+        if now - self._last_drop_check >= DROP_CHECK_INTERVAL_S:
+            self._last_drop_check = now
+            self._check_drops()
+            self.table.expire()
+        if now - self._last_metrics >= self.config.output.metrics_interval_s:
+            self._last_metrics = now
+            self.renderer.clock.resync()
+            self.sink.write(self._metrics())
+        self.sink.flush()
+        return len(raws)
+
+    def handle(self, ev: Event) -> dict[str, Any] | None:
+        """Attribute and render one event; returns the document written."""
+        self.received[ev.action] += 1
+        table = self.table
+        if isinstance(ev, TagsetEvent):
+            table.on_tagset(ev)
+            return None
+        if isinstance(ev, ExecEvent):
+            p = table.on_exec(ev)
+        elif isinstance(ev, ForkEvent):
+            p = table.on_fork(ev)
+        elif isinstance(ev, ExitEvent):
+            p = table.on_exit(ev)
+        elif isinstance(ev, TcpStateEvent) and not ev.owner_known:
+            p = _NOBODY
+        elif isinstance(ev, SendEvent) and ev.flags & SEND_OWNER_DIFFERS:
+            p = self._send_subject(ev)
+        else:
+            p = table.process_for(ev)
+        doc = self.renderer.render(ev, p)
+        self.sink.write(doc)
+        for observer in self.observers:
+            observer(ev, p, doc)
+        return doc
+
+    def _send_subject(self, ev: SendEvent) -> Process:
+        """The sender when it inherited the socket from the connector; else the connector.
+
+        The egress hook runs in the sending task for a connection's first
+        segment, but a segment pushed out from softirq runs on whatever task
+        was interrupted: only trust a sender that descends from the owner.
+        """
+        sender = self.table.process_for(ev)
+        if any(a.pid == ev.owner_pid for a in self.table.lineage(sender)):
+            return sender
+        owner = self.table.procs.get(ev.owner_pid)
+        if owner is None:
+            return sender
+        ev.tagset_id, ev.tag_origin = owner.tagset_id, owner.tag_origin
+        ev.pid = owner.pid
+        return owner
+
+    def _report_error(self, exc: Exception, raw: bytes) -> None:
+        self.errors += 1
+        if self.errors > 100 and self.errors % 1000:
+            return  # counted in the metrics; not a line per failure in a storm
+        doc = self._base("rlguard.sensor", "record_error")
+        doc["rlguard"] = {
+            "error": f"{type(exc).__name__}: {exc}"[:500],
+            "record": {"length": len(raw), "head_hex": raw[:64].hex()},
+            "errors_total": self.errors,
+        }
+        self.sink.write(doc)
+
+    # -- kernel fallbacks ---------------------------------------------------------------
+
+    def _kernel_tagset(self, tagset_id: int) -> Tagset | None:
+        got = self.sensor.kernel_tagset(tagset_id)
+        if got is None:
+            return None
+        mask, blob = got
+        values = {}
+        for i, key in enumerate(self.table.keys):
+            if mask & (1 << i):
+                raw = blob[i * TAG_VALUE_LEN : (i + 1) * TAG_VALUE_LEN].split(b"\0", 1)[0]
+                from monitor.sanitize import safe_text
+
+                values[key] = safe_text(raw, TAG_VALUE_LEN * 4)
+        return Tagset(values)
+
+    # -- metrics -------------------------------------------------------------------------
+
+    def _base(self, dataset: str, action: str) -> dict[str, Any]:
+        return {
+            "@timestamp": self.renderer.clock.now_iso(),
+            "event": {"kind": "metric", "dataset": dataset, "action": action},
+            "host": self.renderer.host,
+        }
+
+    def _lifecycle(self, action: str, detail: dict[str, Any]) -> dict[str, Any]:
+        doc = self._base("rlguard.lifecycle", action)
+        doc["rlguard"] = {"lifecycle": detail}
+        return doc
+
+    def _check_drops(self) -> None:
+        counters = self.sensor.counters()
+        self._last_counters = counters
+        delta = {
+            k: v - self._last_drops.get(k, 0)
+            for k, v in counters.drops.items()
+            if v - self._last_drops.get(k, 0) > 0
+        }
+        if delta:
+            doc = self._base("rlguard.sensor", "events_dropped")
+            doc["rlguard"] = {
+                "drops": {"delta": delta, "total": dict(counters.drops)},
+                "message": "the kernel could not queue these events (ring buffer full)",
+            }
+            self.sink.write(doc)
+        self._last_drops = dict(counters.drops)
+
+    def _metrics(self) -> dict[str, Any]:
+        counters = self.sensor.counters()
+        doc = self._base("rlguard.sensor", "stats")
+        doc["rlguard"] = {
+            "events": dict(self.received),
+            "kernel": {
+                "sent": counters.sent,
+                "drops": counters.drops,
+                "misses": counters.misses,
+            },
+            "drops_total": sum(counters.drops.values()),
+            "undecodable": self.undecodable,
+            "errors": self.errors,
+            "output": {
+                "lines_written": getattr(self.sink, "lines_written", None),
+                "lines_lost": getattr(self.sink, "lines_lost", None),
+                "pending": getattr(self.sink, "pending", None),
+                "error": getattr(self.sink, "last_error", None),
+            },
+            "process_table": {"size": len(self.table), "tagsets": len(self.table.tagsets)},
+            "uptime_s": round(time.monotonic() - self.started_mono, 3),
+            "boottime_ns": boottime_ns(),
+        }
+        return doc

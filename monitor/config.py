@@ -1,0 +1,765 @@
+"""Configuration: built-in defaults plus an optional user TOML file, validated with clear errors.
+
+The schema is data: ``SCHEMA`` is one table of sections and their fields (name, kind, default,
+checks, doc) and it alone drives parsing, type and value validation, defaults and the
+commented example file (``render_example``). A new section is a new ``SectionSpec`` entry,
+a frozen dataclass for its values and an attribute on ``Config``.
+
+Every error is a ``ConfigError`` whose message names the file and the dotted key, e.g.::
+
+    /etc/rlguard/rlguard.toml: probes.ring_pages: must be a power of two, got 1000
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+import sys
+import textwrap
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from enum import Enum
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "ARGS_BUF_MAX",
+    "EXAMPLE_PATH",
+    "MAX_TAGS",
+    "SCHEMA",
+    "TAG_KEY_LEN",
+    "TAG_ROLES",
+    "Check",
+    "Config",
+    "ConfigError",
+    "FieldSpec",
+    "Kind",
+    "OutputConfig",
+    "ProbesConfig",
+    "ProcessTableConfig",
+    "SectionSpec",
+    "TagsConfig",
+    "config_from_dict",
+    "fnv1a_64",
+    "load_config",
+    "parse_config",
+    "render_example",
+]
+
+# Kernel limits. They mirror the defaults in probes/rlguard.h; a unit test keeps them in step.
+MAX_TAGS = 24  # RLG_MAX_TAGS: slots per tagset, one bit each in the kernel's u32 masks
+TAG_KEY_LEN = 32  # RLG_TAG_KEY_LEN: the kernel hashes at most this many bytes of a key
+ARGS_BUF_MAX = 131072  # largest RLG_ARGS_BUF (max_args * arg_size) we let the loader build
+
+EXAMPLE_PATH = Path(__file__).with_name("data") / "rlguard.example.toml"
+
+# Roles of tag keys, in precedence order: a key listed under two roles takes the first.
+TAG_ROLES: tuple[str, ...] = ("episode", "worker", "run", "trajectory", "sandbox", "extra")
+
+_FNV_OFFSET = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+_MASK64 = (1 << 64) - 1
+
+
+def fnv1a_64(key: str) -> int:
+    """FNV-1a 64-bit hash of ``key``'s ASCII bytes, as the kernel computes it for env keys.
+
+    User space fills the kernel's ``tag_keys`` map with these hashes, so the two must agree
+    bit for bit. Raises ``UnicodeEncodeError`` (a ``ValueError``) for non-ASCII keys.
+    """
+    h = _FNV_OFFSET
+    for byte in key.encode("ascii"):
+        h ^= byte
+        h = (h * _FNV_PRIME) & _MASK64
+    return h
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; ``str(err)`` is the full message for the user.
+
+    ``path`` is the file (None when parsing text without a file) and ``key`` the dotted key
+    at fault (None for errors about the whole file, such as TOML syntax errors).
+    """
+
+    def __init__(self, message: str, path: Path | None = None, key: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+        self.key = key
+
+
+# --- schema building blocks -------------------------------------------------------------
+
+
+class Kind(Enum):
+    """The TOML type a field accepts; the value is the phrase used in messages and docs."""
+
+    STR = "a string"
+    INT = "an integer"
+    FLOAT = "a number"
+    STR_LIST = "an array of strings"
+
+
+@dataclass(frozen=True)
+class Check:
+    """A value rule: ``ok(value)`` must hold; ``rule`` completes "must be ..." in messages."""
+
+    rule: str
+    ok: Callable[[Any], bool]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One key of a section. For ``Kind.STR_LIST`` the checks apply to every item."""
+
+    name: str
+    kind: Kind
+    default: Any
+    doc: str
+    checks: tuple[Check, ...] = ()
+
+
+# Cross-field rules and derived values: gets the section's values (defaults filled in) and the
+# names the user set; returns the values for the result dataclass or raises _Invalid.
+Finisher = Callable[[dict[str, Any], frozenset[str]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    """One ``[section]``: its fields, the frozen dataclass built from them, optional finisher."""
+
+    name: str
+    doc: str
+    result: type[Any]
+    fields: tuple[FieldSpec, ...]
+    finish: Finisher | None = None
+
+    def field(self, name: str) -> FieldSpec | None:
+        """The field called ``name``, or None."""
+        for f in self.fields:
+            if f.name == name:
+                return f
+        return None
+
+
+class _Invalid(Exception):
+    """Raised inside the loader with a key relative to the section ('' = the section)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(reason)
+        self.key = key
+        self.reason = reason
+
+
+def _fmt_num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def between(lo: float, hi: float) -> Check:
+    """Inclusive range check."""
+    return Check(f"between {_fmt_num(lo)} and {_fmt_num(hi)}", lambda v: lo <= v <= hi)
+
+
+def _is_pow2(v: int) -> bool:
+    return v > 0 and v & (v - 1) == 0
+
+
+POWER_OF_TWO = Check("a power of two", _is_pow2)
+NON_EMPTY = Check("non-empty", lambda v: len(v) > 0)
+
+# The kernel compares at most TAG_KEY_LEN bytes of a key, so longer names could never match.
+_ENV_NAME_RE = re.compile(rf"[A-Za-z_][A-Za-z0-9_]{{0,{TAG_KEY_LEN - 1}}}")
+ENV_NAME = Check(
+    f"an environment variable name (letters, digits and _, not starting with a digit, "
+    f"at most {TAG_KEY_LEN} characters)",
+    lambda v: _ENV_NAME_RE.fullmatch(v) is not None,
+)
+# Characters outside names and glob syntax could never match a key, so they are a typo.
+_DENY_RE = re.compile(r"[A-Za-z0-9_*?\[\]!-]{1,64}")
+DENY_PATTERN = Check(
+    "a glob pattern of 1 to 64 characters from letters, digits, _ and * ? [ ] ! -",
+    lambda v: _DENY_RE.fullmatch(v) is not None,
+)
+
+
+# --- result types -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """``[output]``: where the event stream goes."""
+
+    path: str
+    metrics_interval_s: float
+
+
+@dataclass(frozen=True)
+class TagsConfig:
+    """``[tags]``: environment keys by role, after the deny filter.
+
+    Role tuples hold only keys that survived ``deny``; ``denied`` lists what was removed as
+    (key, first matching pattern).
+    """
+
+    episode: tuple[str, ...]
+    worker: tuple[str, ...]
+    run: tuple[str, ...]
+    trajectory: tuple[str, ...]
+    sandbox: tuple[str, ...]
+    extra: tuple[str, ...]
+    deny: tuple[str, ...]
+    denied: tuple[tuple[str, str], ...] = ()
+
+    @cached_property
+    def _roles(self) -> dict[str, str]:
+        # Insertion order is the kernel's tag index order; first role wins for duplicates.
+        out: dict[str, str] = {}
+        for role in TAG_ROLES:
+            for key in getattr(self, role):
+                out.setdefault(key, role)
+        return out
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """All configured keys: ordered, de-duplicated union of the role lists.
+
+        The position of a key is its tag index in the kernel.
+        """
+        return tuple(self._roles)
+
+    def role_of(self, key: str) -> str:
+        """The role of ``key`` (first role listing it); KeyError if it is not configured."""
+        return self._roles[key]
+
+
+@dataclass(frozen=True)
+class ProbesConfig:
+    """``[probes]``: sizes compiled into the kernel programs."""
+
+    ring_pages: int
+    first_bytes: int
+    max_args: int
+    arg_size: int
+    env_scan: int
+    poll_interval_ms: int
+
+
+@dataclass(frozen=True)
+class ProcessTableConfig:
+    """``[process_table]``: the user-space lineage and attribution table."""
+
+    exit_grace_s: float
+    max_lineage: int
+    max_entries: int
+
+
+# --- finishers (cross-field rules) --------------------------------------------------------
+
+
+def _deny_match(key: str, patterns: Iterable[str]) -> str | None:
+    # Case-insensitive on purpose: "aws_secret" is as secret as "AWS_SECRET".
+    upper = key.upper()
+    for pattern in patterns:
+        if fnmatch.fnmatchcase(upper, pattern.upper()):
+            return pattern
+    return None
+
+
+def _finish_tags(values: dict[str, Any], given: frozenset[str]) -> dict[str, Any]:
+    denied: dict[str, str] = {}
+    union: dict[str, None] = {}
+    for role in TAG_ROLES:
+        kept: dict[str, None] = {}
+        for key in values[role]:
+            pattern = _deny_match(key, values["deny"])
+            if pattern is not None:
+                denied.setdefault(key, pattern)
+            else:
+                kept[key] = None
+        values[role] = tuple(kept)
+        union.update(kept)
+    if len(union) > MAX_TAGS:
+        raise _Invalid(
+            "",
+            f"{len(union)} environment keys configured after the deny filter, more than the "
+            f"kernel limit of {MAX_TAGS} (RLG_MAX_TAGS): {', '.join(union)}",
+        )
+    values["denied"] = tuple(denied.items())
+    return values
+
+
+def _finish_probes(values: dict[str, Any], given: frozenset[str]) -> dict[str, Any]:
+    n, size = values["max_args"], values["arg_size"]
+    total = n * size
+    if not _is_pow2(total) or total > ARGS_BUF_MAX:
+        # Blame the key the user actually changed, so the message points at their edit.
+        blame = "arg_size" if "arg_size" in given and "max_args" not in given else "max_args"
+        raise _Invalid(
+            blame,
+            f"max_args * arg_size = {n} * {size} = {total}: must be a power of two no larger "
+            f"than {ARGS_BUF_MAX} (the kernel's argv buffer, used as a mask)",
+        )
+    return values
+
+
+# --- the schema ---------------------------------------------------------------------------
+
+_ENV = (ENV_NAME,)
+
+SCHEMA: tuple[SectionSpec, ...] = (
+    SectionSpec(
+        name="output",
+        doc="Where rlguard writes its event stream.",
+        result=OutputConfig,
+        fields=(
+            FieldSpec(
+                "path",
+                Kind.STR,
+                "-",
+                'File that receives the NDJSON event stream; "-" means standard output.',
+                (NON_EMPTY,),
+            ),
+            FieldSpec(
+                "metrics_interval_s",
+                Kind.FLOAT,
+                10.0,
+                "Seconds between metrics events (event, drop and miss counters).",
+                (between(0.1, 3600),),
+            ),
+        ),
+    ),
+    SectionSpec(
+        name="tags",
+        doc=(
+            "Environment variables that tag processes with their RL context. The kernel reads "
+            "these keys from the environment of every exec, and children inherit the tags. "
+            "Keys are grouped by role; a key listed under two roles takes the first of "
+            f"{', '.join(TAG_ROLES)}. At most {MAX_TAGS} keys in all after the deny filter "
+            "(a kernel limit)."
+        ),
+        result=TagsConfig,
+        fields=(
+            FieldSpec(
+                "episode",
+                Kind.STR_LIST,
+                ["RL_EPISODE_ID", "EPISODE_ID", "TASK_ID"],
+                "Keys whose value names the RL episode.",
+                _ENV,
+            ),
+            FieldSpec(
+                "worker",
+                Kind.STR_LIST,
+                ["RL_WORKER_ID", "RL_WORKER", "WORKER_NAME", "RANK", "LOCAL_RANK"],
+                "Keys whose value names the rollout worker or distributed rank.",
+                _ENV,
+            ),
+            FieldSpec(
+                "run",
+                Kind.STR_LIST,
+                ["RL_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "RAY_JOB_ID"],
+                "Keys whose value names the training run or job.",
+                _ENV,
+            ),
+            FieldSpec(
+                "trajectory",
+                Kind.STR_LIST,
+                ["RL_TRAJECTORY_ID"],
+                "Keys whose value names the trajectory within an episode.",
+                _ENV,
+            ),
+            FieldSpec(
+                "sandbox",
+                Kind.STR_LIST,
+                ["RL_SANDBOX_ID"],
+                "Keys whose value names the sandbox (container or VM) running the episode.",
+                _ENV,
+            ),
+            FieldSpec(
+                "extra",
+                Kind.STR_LIST,
+                [],
+                "Further keys, recorded raw, with no role in attribution.",
+                _ENV,
+            ),
+            FieldSpec(
+                "deny",
+                Kind.STR_LIST,
+                [
+                    "*KEY*",
+                    "*TOKEN*",
+                    "*SECRET*",
+                    "*PASSWORD*",
+                    "*PASSWD*",
+                    "*CREDENTIAL*",
+                    "*AUTH*",
+                    "*PRIVATE*",
+                    "AWS_*",
+                    "AZURE_*",
+                    "GCP_*",
+                    "GOOGLE_APPLICATION_*",
+                ],
+                "Glob patterns (fnmatch, case-insensitive) of keys never read, even when a role "
+                "above lists them, so that secrets cannot reach the event stream. A denied key "
+                "is dropped and reported, not an error.",
+                (DENY_PATTERN,),
+            ),
+        ),
+        finish=_finish_tags,
+    ),
+    SectionSpec(
+        name="probes",
+        doc=(
+            "Sizes compiled into the kernel programs. Larger values capture more, at the cost "
+            "of kernel memory and ring-buffer bandwidth."
+        ),
+        result=ProbesConfig,
+        fields=(
+            FieldSpec(
+                "ring_pages",
+                Kind.INT,
+                4096,
+                "Ring-buffer size in memory pages, shared by all CPUs.",
+                (between(8, 262144), POWER_OF_TWO),
+            ),
+            FieldSpec(
+                "first_bytes",
+                Kind.INT,
+                256,
+                "Payload bytes kept from the start of each new connection.",
+                (between(256, 4096), POWER_OF_TWO),
+            ),
+            FieldSpec(
+                "max_args",
+                Kind.INT,
+                32,
+                "argv entries captured per exec.",
+                (between(1, 128),),
+            ),
+            FieldSpec(
+                "arg_size",
+                Kind.INT,
+                256,
+                "Bytes kept of each argv entry. max_args * arg_size must be a power of two "
+                f"no larger than {ARGS_BUF_MAX}.",
+                (between(32, 4096), POWER_OF_TWO),
+            ),
+            FieldSpec(
+                "env_scan",
+                Kind.INT,
+                256,
+                "Environment entries scanned per exec when looking for tag keys.",
+                (between(1, 1024),),
+            ),
+            FieldSpec(
+                "poll_interval_ms",
+                Kind.INT,
+                10,
+                "Ring-buffer poll timeout in milliseconds.",
+                (between(1, 1000),),
+            ),
+        ),
+        finish=_finish_probes,
+    ),
+    SectionSpec(
+        name="process_table",
+        doc="The user-space process table that holds lineage and episode attribution.",
+        result=ProcessTableConfig,
+        fields=(
+            FieldSpec(
+                "exit_grace_s",
+                Kind.FLOAT,
+                5.0,
+                "Seconds an exited process stays in the table, so that late events are "
+                "still attributed.",
+                (between(0, 600),),
+            ),
+            FieldSpec(
+                "max_lineage",
+                Kind.INT,
+                16,
+                "Ancestors kept per process in its lineage.",
+                (between(1, 64),),
+            ),
+            FieldSpec(
+                "max_entries",
+                Kind.INT,
+                200000,
+                "Most processes held in the table.",
+                (between(1000, 10_000_000),),
+            ),
+        ),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated configuration. ``source`` is the file it came from (None = defaults)."""
+
+    output: OutputConfig
+    tags: TagsConfig
+    probes: ProbesConfig
+    process_table: ProcessTableConfig
+    source: Path | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for printing (JSON-ready: lists, not tuples).
+
+        Sections hold their schema keys; ``tags`` also shows the derived ``keys`` and
+        ``denied``.
+        """
+        out: dict[str, Any] = {"source": None if self.source is None else str(self.source)}
+        for spec in SCHEMA:
+            section = getattr(self, spec.name)
+            out[spec.name] = {f.name: _plain(getattr(section, f.name)) for f in fields(section)}
+        out["tags"]["keys"] = list(self.tags.keys)
+        return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def _label(source: Path | None) -> str:
+    return "<config>" if source is None else str(source)
+
+
+def _toml_type(value: Any) -> str:
+    # Say what the user wrote in TOML terms; bool first, since bool is an int in Python.
+    for typ, name in (
+        (bool, "a boolean"),
+        (int, "an integer"),
+        (float, "a float"),
+        (str, "a string"),
+        (list, "an array"),
+        (dict, "a table"),
+    ):
+        if isinstance(value, typ):
+            return name
+    return f"a {type(value).__name__}"  # TOML dates and times
+
+
+def _toml_str(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _toml_value(value: Any) -> str:
+    """Render a scalar or list of scalars as TOML (also used to quote values in messages)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_str(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def _shown(value: Any) -> str:
+    text = _toml_value(value) if not isinstance(value, dict) else "{...}"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _suggest(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _apply_checks(f: FieldSpec, value: Any, key: str) -> None:
+    for check in f.checks:
+        if not check.ok(value):
+            raise _Invalid(key, f"must be {check.rule}, got {_shown(value)}")
+
+
+def _convert(f: FieldSpec, value: Any) -> Any:
+    """Type-check and validate one value; returns it in its frozen form."""
+    if f.kind is Kind.STR_LIST:
+        if not isinstance(value, list):
+            raise _Invalid(
+                f.name, f"expected {f.kind.value}, got {_toml_type(value)} ({_shown(value)})"
+            )
+        for i, item in enumerate(value):
+            key = f"{f.name}[{i}]"
+            if not isinstance(item, str):
+                raise _Invalid(key, f"expected a string, got {_toml_type(item)} ({_shown(item)})")
+            _apply_checks(f, item, key)
+        return tuple(value)
+    # bool is a subclass of int, and `ring_pages = true` is never what anyone meant.
+    if f.kind is Kind.INT:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif f.kind is Kind.FLOAT:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise _Invalid(
+            f.name, f"expected {f.kind.value}, got {_toml_type(value)} ({_shown(value)})"
+        )
+    _apply_checks(f, value, f.name)  # before float(): a huge int must not overflow
+    return float(value) if f.kind is Kind.FLOAT else value
+
+
+def _frozen_default(f: FieldSpec) -> Any:
+    return tuple(f.default) if f.kind is Kind.STR_LIST else f.default
+
+
+def _build_section(spec: SectionSpec, raw: Mapping[str, Any], source: Path | None) -> Any:
+    def fail(key: str, reason: str) -> ConfigError:
+        dotted = f"{spec.name}.{key}" if key else spec.name
+        return ConfigError(f"{_label(source)}: {dotted}: {reason}", path=source, key=dotted)
+
+    known = [f.name for f in spec.fields]
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        f = spec.field(key)
+        if f is None:
+            raise fail(
+                key,
+                f"unknown key; {_suggest(key, known)}known keys in [{spec.name}]: "
+                f"{', '.join(known)}",
+            )
+        try:
+            values[key] = _convert(f, value)
+        except _Invalid as e:
+            raise fail(e.key, e.reason) from None
+    given = frozenset(values)
+    for f in spec.fields:
+        if f.name not in values:
+            values[f.name] = _frozen_default(f)
+    if spec.finish is not None:
+        try:
+            values = spec.finish(values, given)
+        except _Invalid as e:
+            raise fail(e.key, e.reason) from None
+    return spec.result(**values)
+
+
+def config_from_dict(data: Mapping[str, Any], source: str | Path | None = None) -> Config:
+    """Validate an already-parsed TOML document (sections -> keys -> values).
+
+    ``source`` only labels messages and ``Config.source``. Raises ``ConfigError``.
+    """
+    src = None if source is None else Path(source)
+    known = [s.name for s in SCHEMA]
+    for name, value in data.items():
+        if name not in known:
+            raise ConfigError(
+                f"{_label(src)}: {name}: unknown section; {_suggest(name, known)}"
+                f"known sections: {', '.join(known)}",
+                path=src,
+                key=name,
+            )
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                f"{_label(src)}: {name}: expected a table ([{name}]), got {_toml_type(value)} "
+                f"({_shown(value)})",
+                path=src,
+                key=name,
+            )
+    built = {spec.name: _build_section(spec, data.get(spec.name, {}), src) for spec in SCHEMA}
+    return Config(source=src, **built)
+
+
+def parse_config(text: str, source: str | Path | None = None) -> Config:
+    """Parse and validate TOML text. ``source`` labels messages. Raises ``ConfigError``."""
+    src = None if source is None else Path(source)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        # tomllib's message carries "(at line L, column C)".
+        raise ConfigError(f"{_label(src)}: invalid TOML: {e}", path=src) from None
+    return config_from_dict(data, src)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load and validate the config file at ``path``; None gives the built-in defaults.
+
+    Keys the file leaves out keep their defaults. Raises ``ConfigError`` with a message that
+    names the file and, where there is one, the dotted key at fault.
+    """
+    if path is None:
+        return config_from_dict({})
+    src = Path(path)
+    try:
+        raw = src.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{src}: cannot read config file: {e.strerror or e}", path=src) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{src}: invalid TOML: not UTF-8 (bad byte at offset {e.start})", path=src
+        ) from None
+    return parse_config(text, src)
+
+
+# --- the example file ---------------------------------------------------------------------
+
+_WIDTH = 100
+_HEADER = """\
+rlguard configuration: every key, shown at its default.
+
+Copy this file, keep the keys you want to change and delete the rest: a key left out
+keeps its default, and an unknown key is an error.
+
+Generated from the schema in monitor/config.py by render_example(); edit the schema,
+not this file."""
+
+
+def _comment(text: str) -> list[str]:
+    lines: list[str] = []
+    for para in text.split("\n"):
+        wrapped = textwrap.wrap(para, _WIDTH - 2) or [""]
+        lines.extend(f"# {line}".rstrip() for line in wrapped)
+    return lines
+
+
+def _allowed(f: FieldSpec) -> str:
+    rules = [c.rule for c in f.checks]
+    if f.kind is Kind.STR_LIST:
+        each = f"; each {', '.join(rules)}" if rules else ""
+        return f"Allowed: {f.kind.value}{each}."
+    return "Allowed: " + ", ".join([f.kind.value, *rules]) + "."
+
+
+def _assignment(f: FieldSpec) -> list[str]:
+    one_line = f"{f.name} = {_toml_value(f.default)}"
+    if len(one_line) <= _WIDTH or f.kind is not Kind.STR_LIST:
+        return [one_line]
+    return [f"{f.name} = [", *(f"    {_toml_value(v)}," for v in f.default), "]"]
+
+
+def render_example() -> str:
+    """The commented example TOML, generated from ``SCHEMA`` with every key at its default."""
+    lines = _comment(_HEADER)
+    for spec in SCHEMA:
+        lines += ["", "", *_comment(spec.doc), f"[{spec.name}]"]
+        for f in spec.fields:
+            lines += ["", *_comment(f.doc), *_comment(_allowed(f)), *_assignment(f)]
+    return "\n".join(lines) + "\n"

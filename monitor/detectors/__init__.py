@@ -1,0 +1,1 @@
+"""Detectors: pure functions over attributed events (see docs/detections.md)."""

@@ -1,0 +1,428 @@
+"""Typed event records, decoded from the kernel's raw ring-buffer bytes.
+
+The byte layouts are defined once, in ``probes/rlguard.h``.  bcc turns them into
+ctypes classes (the ``layout_*`` maps); :class:`RecordDecoder` derives a
+``struct.Struct`` from each ctypes class (faster to unpack than ctypes field
+access) and builds the typed records below.  This is the edge: every string
+the kernel hands us is bounded and sanitised here, once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from monitor.sanitize import safe_text, split_nul
+
+# enum rlg_event_type in probes/rlguard.h; the names are also event.action.
+EVENT_TYPES: dict[int, str] = {
+    1: "exec",
+    2: "fork",
+    3: "exit",
+    4: "connect",
+    5: "tcp_state",
+    6: "send",
+    7: "dns",
+    8: "tagset",
+}
+
+# flag bits, mirrored from probes/rlguard.h (the header is the source of truth;
+# tests/integration/test_layouts.py checks these against it)
+EXEC_ARGS_TRUNCATED = 1
+EXEC_ARG_TRUNCATED = 2
+EXEC_EXECVEAT = 4
+EXEC_ENV_SCAN_TRUNCATED = 8
+EXEC_TAG_TRUNCATED = 16
+EXEC_NO_ENTER = 32
+CONNECT_SYSCALL = 1
+CONNECT_SOCKINFO = 2
+CONNECT_KERNEL = 4
+SEND_OWNER_DIFFERS = 1
+TCP_OWNER_KNOWN = 1
+
+TCP_STATES = {
+    1: "ESTABLISHED",
+    2: "SYN_SENT",
+    3: "SYN_RECV",
+    4: "FIN_WAIT1",
+    5: "FIN_WAIT2",
+    6: "TIME_WAIT",
+    7: "CLOSE",
+    8: "CLOSE_WAIT",
+    9: "LAST_ACK",
+    10: "LISTEN",
+    11: "CLOSING",
+    12: "NEW_SYN_RECV",
+}
+SOCK_TYPES = {1: "stream", 2: "dgram", 3: "raw", 5: "seqpacket"}
+IPPROTO = {6: "tcp", 17: "udp", 1: "icmp", 58: "ipv6-icmp", 132: "sctp", 0: None}
+
+AF_INET = 2
+AF_INET6 = 10
+
+COMM_LIMIT = 64
+PATH_LIMIT = 1024
+ARG_LIMIT = 1024
+
+
+def format_ip(family: int, raw: bytes) -> str | None:
+    """Render a 16-byte address field; None for an unknown family."""
+    if family == AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    if family == AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, raw[:16])
+    return None
+
+
+def errno_name(ret: int) -> str:
+    """Name a syscall result: "success", "in_progress", "ECONNREFUSED"..."""
+    if ret == 0:
+        return "success"
+    if ret == 1:
+        return "unknown"
+    if ret == -115:
+        return "in_progress"
+    import errno
+
+    return errno.errorcode.get(-ret, f"E{-ret}")
+
+
+@dataclass(slots=True)
+class Event:
+    """Fields every record carries (struct rlg_header)."""
+
+    action: ClassVar[str] = "event"
+    pid: int
+    tid: int
+    ppid: int
+    ts_ns: int  # CLOCK_BOOTTIME
+    cgroup_id: int
+    tagset_id: int
+    tag_origin: int
+    uid: int
+    gid: int
+    flags: int
+    comm: str
+
+
+@dataclass(slots=True)
+class ExecEvent(Event):
+    action: ClassVar[str] = "exec"
+    filename: str = ""
+    argv: list[str] = field(default_factory=list)
+    args_truncated: bool = False
+    own_tag_mask: int = 0
+    dirfd: int = -100
+
+
+@dataclass(slots=True)
+class ForkEvent(Event):
+    action: ClassVar[str] = "fork"
+    child_pid: int = 0
+
+
+@dataclass(slots=True)
+class ExitEvent(Event):
+    action: ClassVar[str] = "exit"
+    exit_code: int = -1
+    exit_signal: int = 0
+
+
+@dataclass(slots=True)
+class ConnectEvent(Event):
+    action: ClassVar[str] = "connect"
+    fd: int = -1
+    ret: int = 1
+    cookie: int = 0
+    family: int = 0
+    daddr: str | None = None
+    dport: int = 0
+    sock_type: int = 0
+    protocol: int = 0
+
+    @property
+    def transport(self) -> str | None:
+        if self.sock_type == 1:
+            return "tcp"
+        if self.sock_type == 2:
+            return "udp"
+        return IPPROTO.get(self.protocol)
+
+
+@dataclass(slots=True)
+class TcpStateEvent(Event):
+    action: ClassVar[str] = "tcp_state"
+    skaddr: int = 0
+    oldstate: int = 0
+    newstate: int = 0
+    family: int = 0
+    saddr: str | None = None
+    daddr: str | None = None
+    sport: int = 0
+    dport: int = 0
+
+    @property
+    def owner_known(self) -> bool:
+        return bool(self.flags & TCP_OWNER_KNOWN)
+
+
+@dataclass(slots=True)
+class PacketEvent(Event):
+    """Bytes seen leaving a local socket (cgroup egress hook)."""
+
+    cookie: int = 0
+    payload_len: int = 0
+    family: int = 0
+    saddr: str | None = None
+    daddr: str | None = None
+    sport: int = 0
+    dport: int = 0
+    data: bytes = b""
+
+
+@dataclass(slots=True)
+class SendEvent(PacketEvent):
+    """First payload of a new outbound TCP connection."""
+
+    action: ClassVar[str] = "send"
+    owner_pid: int = 0
+
+
+@dataclass(slots=True)
+class DnsEvent(PacketEvent):
+    action: ClassVar[str] = "dns"
+    transport: str = "udp"
+
+
+@dataclass(slots=True)
+class TagsetEvent(Event):
+    """Tag values of a new tagset (an exec with its own tags)."""
+
+    action: ClassVar[str] = "tagset"
+    id: int = 0
+    present_mask: int = 0
+    own_mask: int = 0
+    truncated_mask: int = 0
+    values: list[str | None] = field(default_factory=list)
+
+
+_HEADER_FIELDS = (
+    "type",
+    "pid",
+    "tid",
+    "ppid",
+    "ts_ns",
+    "cgroup_id",
+    "tagset_id",
+    "tag_origin",
+    "uid",
+    "gid",
+    "flags",
+    "comm",
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A struct.Struct over the fixed part of a record, plus its variable tail."""
+
+    names: tuple[str, ...]
+    unpacker: struct.Struct
+    size: int
+    tail_name: str | None
+    tail_offset: int
+
+
+def _flatten(cls: type, base: int = 0, prefix: str = "") -> list[tuple[str, int, type]]:
+    out: list[tuple[str, int, type]] = []
+    for name, ctype, *_ in cls._fields_:  # type: ignore[attr-defined]
+        if name.startswith("__pad"):
+            continue  # padding bcc adds to mirror the C layout
+        off = base + getattr(cls, name).offset
+        if isinstance(ctype, type) and issubclass(ctype, ctypes.Structure):
+            # the header is flattened without a prefix: pid, tid, ...
+            sub = "" if name == "hdr" else f"{prefix}{name}_"
+            out.extend(_flatten(ctype, off, sub))
+        else:
+            out.append((prefix + name, off, ctype))
+    return out
+
+
+_SIZED = {1: "b", 2: "h", 4: "i", 8: "q"}
+
+
+def _scalar_code(ctype: type) -> str:
+    """struct code by size and signedness ('<' uses standard sizes: 'L' is 4 bytes)."""
+    code: str = ctype._type_  # type: ignore[attr-defined]
+    if code in ("c", "?"):
+        return code
+    sized = _SIZED[ctypes.sizeof(ctype)]
+    return sized if code.islower() else sized.upper()
+
+
+def layout_from_ctypes(cls: type, tail: str | None = None) -> Layout:
+    """Derive an unpacker from a bcc-generated ctypes class."""
+    fmt = ["<"]
+    names: list[str] = []
+    pos = 0
+    tail_offset = ctypes.sizeof(cls)
+    for name, off, ctype in _flatten(cls):
+        if name == tail:
+            tail_offset = off
+            continue
+        if off > pos:
+            fmt.append(f"{off - pos}x")
+        size = ctypes.sizeof(ctype)
+        if hasattr(ctype, "_length_"):
+            fmt.append(f"{ctype._length_ * ctypes.sizeof(ctype._type_)}s")  # type: ignore[attr-defined]
+        else:
+            fmt.append(_scalar_code(ctype))
+        names.append(name)
+        pos = off + size
+    unpacker = struct.Struct("".join(fmt))
+    return Layout(tuple(names), unpacker, ctypes.sizeof(cls), tail, tail_offset)
+
+
+def _cstr(raw: bytes) -> bytes:
+    n = raw.find(b"\0")
+    return raw if n < 0 else raw[:n]
+
+
+class RecordDecoder:
+    """Turns raw ring-buffer records into typed events.
+
+    ``layouts`` maps an event type name to the ctypes class bcc derived for it
+    (see :func:`monitor.probes.Sensor.layouts`).
+    """
+
+    def __init__(self, layouts: dict[str, type], tag_value_len: int, max_tags: int) -> None:
+        tails = {"exec": "args", "send": "data", "dns": "data"}
+        self._layouts = {
+            name: layout_from_ctypes(cls, tails.get(name)) for name, cls in layouts.items()
+        }
+        self._by_type = {num: self._layouts[name] for num, name in EVENT_TYPES.items()}
+        self._tag_value_len = tag_value_len
+        self._max_tags = max_tags
+        self._decoders = {
+            1: self._exec,
+            2: self._fork,
+            3: self._exit,
+            4: self._connect,
+            5: self._tcp_state,
+            6: self._send,
+            7: self._dns,
+            8: self._tagset,
+        }
+
+    def decode(self, raw: bytes) -> Event | None:
+        """Decode one record; None for a record too short or of an unknown type."""
+        if len(raw) < 4:
+            return None
+        etype = int.from_bytes(raw[:4], "little")
+        lay = self._by_type.get(etype)
+        if lay is None or len(raw) < min(lay.tail_offset, lay.size):
+            return None
+        vals = lay.unpacker.unpack_from(raw)
+        f = dict(zip(lay.names, vals, strict=True))
+        return self._decoders[etype](f, raw, lay)
+
+    @staticmethod
+    def _hdr(f: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "pid": f["pid"],
+            "tid": f["tid"],
+            "ppid": f["ppid"],
+            "ts_ns": f["ts_ns"],
+            "cgroup_id": f["cgroup_id"],
+            "tagset_id": f["tagset_id"],
+            "tag_origin": f["tag_origin"],
+            "uid": f["uid"],
+            "gid": f["gid"],
+            "flags": f["flags"],
+            "comm": safe_text(_cstr(f["comm"]), COMM_LIMIT),
+        }
+
+    def _exec(self, f: dict[str, Any], raw: bytes, lay: Layout) -> ExecEvent:
+        size = min(f["args_size"], len(raw) - lay.tail_offset)
+        args = split_nul(raw[lay.tail_offset : lay.tail_offset + size], f["args_count"])
+        return ExecEvent(
+            **self._hdr(f),
+            filename=safe_text(_cstr(f["filename"]), PATH_LIMIT),
+            argv=[safe_text(a, ARG_LIMIT) for a in args],
+            args_truncated=bool(f["flags"] & (EXEC_ARGS_TRUNCATED | EXEC_ARG_TRUNCATED)),
+            own_tag_mask=f["own_tag_mask"],
+            dirfd=f["dirfd"],
+        )
+
+    def _fork(self, f: dict[str, Any], raw: bytes, lay: Layout) -> ForkEvent:
+        return ForkEvent(**self._hdr(f), child_pid=f["child_pid"])
+
+    def _exit(self, f: dict[str, Any], raw: bytes, lay: Layout) -> ExitEvent:
+        return ExitEvent(**self._hdr(f), exit_code=f["exit_code"], exit_signal=f["exit_signal"])
+
+    def _connect(self, f: dict[str, Any], raw: bytes, lay: Layout) -> ConnectEvent:
+        return ConnectEvent(
+            **self._hdr(f),
+            fd=f["fd"],
+            ret=f["ret"],
+            cookie=f["cookie"],
+            family=f["family"],
+            daddr=format_ip(f["family"], f["daddr"]),
+            dport=f["dport"],
+            sock_type=f["sock_type"],
+            protocol=f["protocol"],
+        )
+
+    def _tcp_state(self, f: dict[str, Any], raw: bytes, lay: Layout) -> TcpStateEvent:
+        return TcpStateEvent(
+            **self._hdr(f),
+            skaddr=f["skaddr"],
+            oldstate=f["oldstate"],
+            newstate=f["newstate"],
+            family=f["family"],
+            saddr=format_ip(f["family"], f["saddr"]),
+            daddr=format_ip(f["family"], f["daddr"]),
+            sport=f["sport"],
+            dport=f["dport"],
+        )
+
+    def _packet(self, f: dict[str, Any], raw: bytes, lay: Layout) -> dict[str, Any]:
+        n = min(f["captured"], len(raw) - lay.tail_offset)
+        return dict(
+            **self._hdr(f),
+            cookie=f["cookie"],
+            payload_len=f["payload_len"],
+            family=f["family"],
+            saddr=format_ip(f["family"], f["saddr"]),
+            daddr=format_ip(f["family"], f["daddr"]),
+            sport=f["sport"],
+            dport=f["dport"],
+            data=bytes(raw[lay.tail_offset : lay.tail_offset + n]),
+        )
+
+    def _send(self, f: dict[str, Any], raw: bytes, lay: Layout) -> SendEvent:
+        return SendEvent(**self._packet(f, raw, lay), owner_pid=f["owner_pid"])
+
+    def _dns(self, f: dict[str, Any], raw: bytes, lay: Layout) -> DnsEvent:
+        return DnsEvent(**self._packet(f, raw, lay), transport="udp")
+
+    def _tagset(self, f: dict[str, Any], raw: bytes, lay: Layout) -> TagsetEvent:
+        blob: bytes = f["tags_values"]
+        width = self._tag_value_len
+        values: list[str | None] = []
+        for i in range(self._max_tags):
+            if f["tags_present_mask"] & (1 << i):
+                values.append(safe_text(_cstr(blob[i * width : (i + 1) * width]), width * 4))
+            else:
+                values.append(None)
+        return TagsetEvent(
+            **self._hdr(f),
+            id=f["id"],
+            present_mask=f["tags_present_mask"],
+            own_mask=f["tags_own_mask"],
+            truncated_mask=f["tags_truncated_mask"],
+            values=values,
+        )

@@ -1,0 +1,276 @@
+"""Load, attach and drain the kernel programs (kernel -> raw records).
+
+One :class:`Sensor` owns the bcc module: it compiles ``probes/rlguard.bpf.c``
+with the sizes from the config, fills the tag-key table, links the cgroup
+programs, drains the ring buffer in batches and reads the kernel counters.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from monitor import bpf_link
+from monitor.config import ProbesConfig, fnv1a_64
+from monitor.events import EVENT_TYPES
+
+PROBES_DIR = Path(
+    os.environ.get("RLGUARD_PROBES_DIR", Path(__file__).resolve().parent.parent / "probes")
+)
+PROGRAM = "rlguard.bpf.c"
+
+TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
+CGROUP2_CANDIDATES = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+
+# Every tracepoint the programs use (checked by `rlguard check`).
+TRACEPOINTS = (
+    "syscalls/sys_enter_execve",
+    "syscalls/sys_enter_execveat",
+    "sched/sched_process_exec",
+    "syscalls/sys_enter_clone",
+    "syscalls/sys_enter_clone3",
+    "sched/sched_process_fork",
+    "syscalls/sys_enter_exit_group",
+    "signal/signal_deliver",
+    "sched/sched_process_exit",
+    "syscalls/sys_enter_connect",
+    "syscalls/sys_exit_connect",
+    "sock/inet_sock_set_state",
+)
+
+# cgroup programs: (function, bcc program type name, attach type)
+CGROUP_PROGRAMS = (
+    ("rlg_connect4", "CGROUP_SOCK_ADDR", bpf_link.BPF_CGROUP_INET4_CONNECT),
+    ("rlg_connect6", "CGROUP_SOCK_ADDR", bpf_link.BPF_CGROUP_INET6_CONNECT),
+    ("rlg_egress", "CGROUP_SKB", bpf_link.BPF_CGROUP_INET_EGRESS),
+)
+
+MISS_NAMES = ("proc_state_full", "pending_exec_full", "tagset_full", "exec_without_enter")
+
+MAX_TAGS = 24
+TAG_VALUE_LEN = 64
+# user-space tagset ids (seeding) live in the top half; kernel ids are boot-time ns
+SEED_TAGSET_BASE = 1 << 63
+
+
+class SensorError(RuntimeError):
+    """The probes could not be compiled, loaded or attached."""
+
+
+@dataclass
+class Counters:
+    sent: dict[str, int]
+    drops: dict[str, int]
+    misses: dict[str, int]
+
+
+def find_tracefs() -> str | None:
+    for path in TRACEFS_CANDIDATES:
+        if os.path.isdir(os.path.join(path, "events")):
+            return path
+    return None
+
+
+def find_cgroup2() -> str | None:
+    """The cgroup v2 mount point, from /proc/self/mounts."""
+    try:
+        with open("/proc/self/mounts") as fh:
+            mounts = [line.split() for line in fh]
+    except OSError:
+        return None
+    v2 = [m[1] for m in mounts if len(m) > 2 and m[2] == "cgroup2"]
+    for cand in CGROUP2_CANDIDATES:
+        if cand in v2:
+            return cand
+    return v2[0] if v2 else None
+
+
+def has_group_dead(tracefs: str) -> bool:
+    fmt = Path(tracefs, "events/sched/sched_process_exit/format")
+    try:
+        return "group_dead" in fmt.read_text()
+    except OSError:
+        return False
+
+
+class Sensor:
+    """The loaded kernel programs and their ring buffer."""
+
+    def __init__(self, probes: ProbesConfig, tag_keys: list[str]) -> None:
+        if len(tag_keys) > MAX_TAGS:
+            raise SensorError(
+                f"{len(tag_keys)} tag keys configured; the kernel side holds {MAX_TAGS}"
+            )
+        self.probes = probes
+        self.tag_keys = list(tag_keys)
+        self.bpf: Any = None
+        self._links: list[int] = []
+        self._cgroup_fd: int | None = None
+        self._batch: list[bytes] = []
+        self.load_seconds = 0.0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def cflags(self, tracefs: str) -> list[str]:
+        p = self.probes
+        flags = [
+            f"-I{PROBES_DIR}",
+            f"-DRLG_RING_PAGES={p.ring_pages}",
+            f"-DRLG_FIRST_BYTES={p.first_bytes}",
+            f"-DRLG_MAX_ARGS={p.max_args}",
+            f"-DRLG_ARG_SIZE={p.arg_size}",
+            f"-DRLG_ENV_SCAN={p.env_scan}",
+            f"-DRLG_MAX_TAGS={MAX_TAGS}",
+            f"-DRLG_TAG_VALUE_LEN={TAG_VALUE_LEN}",
+            "-Wno-macro-redefined",
+            "-Wno-unused-function",
+        ]
+        if has_group_dead(tracefs):
+            flags.append("-DRLG_HAVE_GROUP_DEAD")
+        return flags
+
+    def load(self) -> None:
+        """Compile, load and attach everything; tracepoints are live on return."""
+        try:
+            from bcc import BPF
+        except ImportError as exc:
+            raise SensorError(
+                "the bcc Python binding is missing: install python3-bpfcc (run `sudo make setup`)"
+            ) from exc
+        tracefs = find_tracefs()
+        if tracefs is None:
+            raise SensorError("tracefs is not mounted: mount -t tracefs none /sys/kernel/tracing")
+        cgroup2 = find_cgroup2()
+        if cgroup2 is None:
+            raise SensorError("no cgroup v2 mount found (needed for connect and egress hooks)")
+        started = time.monotonic()
+        src = PROBES_DIR / PROGRAM
+        try:
+            # TRACEPOINT_PROBE functions are attached by bcc during construction
+            self.bpf = BPF(src_file=str(src).encode(), cflags=self.cflags(tracefs))
+        except Exception as exc:  # bcc raises bare Exception
+            raise SensorError(f"compiling/loading {src} failed: {exc}") from exc
+        self._set_tag_keys()
+        try:
+            self._cgroup_fd = os.open(cgroup2, os.O_RDONLY | os.O_DIRECTORY)
+            for name, ptype, attach in CGROUP_PROGRAMS:
+                kwargs: dict[str, Any] = {}
+                if ptype == "CGROUP_SOCK_ADDR":
+                    kwargs["attach_type"] = attach  # checked at load time
+                fn = self.bpf.load_func(name.encode(), getattr(BPF, ptype), **kwargs)
+                self._links.append(bpf_link.link_create(fn.fd, self._cgroup_fd, attach))
+        except Exception as exc:
+            self.close()
+            raise SensorError(f"attaching cgroup programs at {cgroup2} failed: {exc}") from exc
+        self.bpf[b"events"].open_ring_buffer(self._on_record)
+        self.load_seconds = time.monotonic() - started
+
+    def close(self) -> None:
+        """Detach everything (links close with their fds, tracepoints with bcc)."""
+        for fd in self._links:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._links.clear()
+        if self._cgroup_fd is not None:
+            os.close(self._cgroup_fd)
+            self._cgroup_fd = None
+        if self.bpf is not None:
+            try:
+                self.bpf.cleanup()
+            except Exception:
+                pass
+            self.bpf = None
+
+    # -- configuration ---------------------------------------------------------
+
+    def _set_tag_keys(self) -> None:
+        table = self.bpf[b"tag_keys"]
+        for idx, key in enumerate(self.tag_keys):
+            table[table.Key(fnv1a_64(key))] = table.Leaf(idx)
+
+    def layouts(self) -> dict[str, type]:
+        """ctypes classes of every record, as bcc derived them from rlguard.h."""
+        return {name: self.bpf[f"layout_{name}".encode()].Leaf for name in EVENT_TYPES.values()}
+
+    # -- seeding ---------------------------------------------------------------
+
+    def seed_process(self, pid: int, ppid: int, tagset_id: int, origin: int) -> None:
+        """Record a process that existed before the probes (no overwrite of live state)."""
+        table = self.bpf[b"proc_state"]
+        key = table.Key(pid)
+        try:
+            cur = table[key]
+            if cur.tagset_id:
+                return  # the kernel saw this process exec with tags: it knows better
+        except KeyError:
+            pass
+        leaf = table.Leaf()
+        leaf.ppid = ppid
+        leaf.tagset_id = tagset_id
+        leaf.tag_origin = origin
+        table[key] = leaf
+
+    def seed_tagset(self, tagset_id: int, values: dict[int, str]) -> None:
+        """Store a user-space tagset so kernel-side inheritance copies real values."""
+        table = self.bpf[b"tagsets"]
+        leaf = table.Leaf()
+        blob = bytearray(MAX_TAGS * TAG_VALUE_LEN)
+        for idx, value in values.items():
+            raw = value.encode("utf-8", "surrogateescape")[: TAG_VALUE_LEN - 1]
+            blob[idx * TAG_VALUE_LEN : idx * TAG_VALUE_LEN + len(raw)] = raw
+            leaf.present_mask |= 1 << idx
+            leaf.own_mask |= 1 << idx
+        ctypes.memmove(ctypes.addressof(leaf) + type(leaf).values.offset, bytes(blob), len(blob))
+        table[table.Key(tagset_id)] = leaf
+
+    def kernel_state(self, pid: int) -> tuple[int, int, int] | None:
+        """(ppid, tagset_id, tag_origin) the kernel holds for pid, if any."""
+        table = self.bpf[b"proc_state"]
+        try:
+            v = table[table.Key(pid)]
+        except KeyError:
+            return None
+        return int(v.ppid), int(v.tagset_id), int(v.tag_origin)
+
+    def kernel_tagset(self, tagset_id: int) -> tuple[int, bytes] | None:
+        """(present_mask, values blob) of a tagset still in the kernel map."""
+        table = self.bpf[b"tagsets"]
+        try:
+            v = table[table.Key(tagset_id)]
+        except KeyError:
+            return None
+        return int(v.present_mask), bytes(v.values)
+
+    # -- draining --------------------------------------------------------------
+
+    def _on_record(self, _ctx: Any, data: Any, size: int) -> int:
+        # copy out now: the ring slot is released when the callback returns
+        self._batch.append(ctypes.string_at(data, size))
+        return 0
+
+    def drain(self) -> list[bytes]:
+        """All records committed so far, in ring order (no wake-ups needed)."""
+        self.bpf.ring_buffer_consume()
+        batch, self._batch = self._batch, []
+        return batch
+
+    def counters(self) -> Counters:
+        def read(name: str, labels: tuple[str, ...] | list[str], offset: int) -> dict[str, int]:
+            table = self.bpf[name.encode()]
+            out = {}
+            for i, label in enumerate(labels):
+                out[label] = int(sum(table[table.Key(i + offset)]))
+            return out
+
+        types = [EVENT_TYPES[i] for i in sorted(EVENT_TYPES)]
+        return Counters(
+            sent=read("sent", types, 1),
+            drops=read("drops", types, 1),
+            misses=read("misses", MISS_NAMES, 0),
+        )

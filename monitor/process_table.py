@@ -1,0 +1,382 @@
+"""Process lineage and episode attribution (typed -> attributed).
+
+The kernel carries tags down the process tree (fork inherits, an exec with its
+own tags replaces); each record's header names its tagset and the process whose
+environment defined it.  This table keeps what the header cannot: names,
+argv, parents and start times, seeded from /proc at start-up so processes that
+were already running have lineage too.  It never reads /proc per event.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitor.config import TagsConfig
+from monitor.events import Event, ExecEvent, ExitEvent, ForkEvent, TagsetEvent
+
+ROLES = ("episode", "worker", "run", "trajectory", "sandbox")
+SEED_TAGSET_BASE = 1 << 63
+
+
+def read_boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
+    except OSError:
+        return "unknown-boot"
+
+
+def boottime_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+@dataclass(slots=True)
+class Process:
+    pid: int
+    entity_id: str
+    ppid: int
+    parent_entity_id: str | None
+    start_ns: int
+    name: str
+    executable: str | None = None
+    args: list[str] = field(default_factory=list)
+    args_truncated: bool = False
+    uid: int | None = None
+    gid: int | None = None
+    tagset_id: int = 0
+    tag_origin: int = 0
+    own_tag_mask: int = 0
+    exited_ns: int | None = None
+    exit_code: int | None = None
+    exit_signal: int | None = None
+    # how we learned of it: fork, exec (no fork seen), proc (seeded), event (stub)
+    seen_via: str = "event"
+
+
+@dataclass(frozen=True, slots=True)
+class Tagset:
+    values: dict[str, str]
+    truncated: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class SeedRecord:
+    """What seeding learned of one running process, for the kernel maps."""
+
+    pid: int
+    ppid: int
+    tagset_id: int
+    tag_origin: int
+
+
+class ProcessTable:
+    """Live processes by pid, with exited ones kept for a short grace period."""
+
+    def __init__(
+        self,
+        tags: TagsConfig,
+        boot_id: str | None = None,
+        max_lineage: int = 16,
+        exit_grace_s: float = 5.0,
+        max_entries: int = 200_000,
+    ) -> None:
+        self.tags = tags
+        self.keys: list[str] = list(tags.keys)
+        self.boot_id = boot_id or read_boot_id()
+        self._boot8 = self.boot_id.replace("-", "")[:8]
+        self.max_lineage = max_lineage
+        self.exit_grace_ns = int(exit_grace_s * 1e9)
+        self.max_entries = max_entries
+        self.procs: dict[int, Process] = {}
+        self.tagsets: dict[int, Tagset] = {}
+        self._expiry: list[tuple[int, int, str]] = []  # (deadline_ns, pid, entity_id)
+        self._rl_cache: dict[tuple[int, int, bool, bool], dict[str, Any]] = {}
+        self._next_seed_id = SEED_TAGSET_BASE + 1
+        self.evicted = 0
+        # callback to fetch a tagset the stream did not carry (kernel map lookup)
+        self.tagset_fallback: Any = None
+
+    # -- identity --------------------------------------------------------------
+
+    def entity_id(self, pid: int, start_ns: int) -> str:
+        """Unique across PID reuse and reboots: boot id, start time, pid."""
+        return f"{self._boot8}-{start_ns:x}-{pid}"
+
+    def __len__(self) -> int:
+        return len(self.procs)
+
+    # -- seeding ---------------------------------------------------------------
+
+    def seed_from_proc(self) -> list[SeedRecord]:
+        """Add every running process (psutil), with tags from /proc/PID/environ.
+
+        Tag inheritance follows the kernel's rules: a process whose own
+        environment has no configured key inherits its parent's tagset; one
+        whose own values differ gets a new tagset (own values over inherited).
+        Only configured keys are ever kept from an environment.
+        """
+        import psutil
+
+        boot = psutil.boot_time()
+        wanted = set(self.keys)
+        rows: dict[int, tuple[int, dict[str, str], Process]] = {}
+        attrs = ["pid", "ppid", "name", "exe", "cmdline", "create_time", "uids", "gids"]
+        for proc in psutil.process_iter(attrs):
+            info = proc.info
+            pid = info["pid"]
+            try:
+                env = proc.environ()
+                own = {k: v for k, v in env.items() if k in wanted}
+                del env  # never keep the rest of an environment
+            except (psutil.Error, OSError):
+                own = {}
+            start_ns = int(max(0.0, (info.get("create_time") or boot) - boot) * 1e9)
+            p = Process(
+                pid=pid,
+                entity_id=self.entity_id(pid, start_ns),
+                ppid=info.get("ppid") or 0,
+                parent_entity_id=None,
+                start_ns=start_ns,
+                name=_safe(info.get("name") or ""),
+                executable=_safe(info["exe"]) if info.get("exe") else None,
+                args=[_safe(a) for a in (info.get("cmdline") or [])][:128],
+                uid=info["uids"].real if info.get("uids") else None,
+                gid=info["gids"].real if info.get("gids") else None,
+                seen_via="proc",
+            )
+            rows[pid] = (p.ppid, own, p)
+
+        out: list[SeedRecord] = []
+        done: dict[int, tuple[int, int]] = {}
+
+        def resolve(pid: int, depth: int = 0) -> tuple[int, int]:
+            if pid in done:
+                return done[pid]
+            row = rows.get(pid)
+            if row is None or depth > 512:
+                return (0, 0)
+            ppid, own, p = row
+            inherited = resolve(ppid, depth + 1) if ppid and ppid != pid else (0, 0)
+            result = inherited
+            if own:
+                base = self.tagsets.get(inherited[0]) if inherited[0] else None
+                if base is None or any(base.values.get(k) != v for k, v in own.items()):
+                    values = dict(base.values) if base else {}
+                    values.update(own)
+                    tid = self._next_seed_id
+                    self._next_seed_id += 1
+                    self.tagsets[tid] = Tagset(values)
+                    result = (tid, pid)
+                p.own_tag_mask = sum(1 << self.keys.index(k) for k in own)
+            done[pid] = result
+            return result
+
+        for pid in sorted(rows):
+            tid, origin = resolve(pid)
+            ppid, _own, p = rows[pid]
+            p.tagset_id, p.tag_origin = tid, origin
+            parent = rows.get(ppid)
+            p.parent_entity_id = parent[2].entity_id if parent else None
+            if pid not in self.procs:
+                self.procs[pid] = p
+            out.append(SeedRecord(pid, ppid, tid, origin))
+        return out
+
+    def tagset_values_by_index(self, tagset_id: int) -> dict[int, str]:
+        ts = self.tagsets.get(tagset_id)
+        if ts is None:
+            return {}
+        return {self.keys.index(k): v for k, v in ts.values.items() if k in self.keys}
+
+    # -- updates from events -----------------------------------------------------
+
+    def on_tagset(self, ev: TagsetEvent) -> None:
+        values = {k: v for k, v in zip(self.keys, ev.values, strict=False) if v is not None}
+        truncated = frozenset(k for i, k in enumerate(self.keys) if ev.truncated_mask & (1 << i))
+        self.tagsets[ev.id] = Tagset(values, truncated)
+
+    def _stub(self, ev: Event) -> Process:
+        """A process first seen through one of its events (missed fork/exec)."""
+        parent = self.procs.get(ev.ppid)
+        p = Process(
+            pid=ev.pid,
+            entity_id=self.entity_id(ev.pid, ev.ts_ns),
+            ppid=ev.ppid,
+            parent_entity_id=parent.entity_id if parent else None,
+            start_ns=ev.ts_ns,
+            name=ev.comm,
+            uid=ev.uid,
+            gid=ev.gid,
+            tagset_id=ev.tagset_id,
+            tag_origin=ev.tag_origin,
+        )
+        self._insert(p)
+        return p
+
+    def _insert(self, p: Process) -> None:
+        if len(self.procs) >= self.max_entries and p.pid not in self.procs:
+            self.evicted += 1
+            self._evict_one()
+        self.procs[p.pid] = p
+
+    def _evict_one(self) -> None:
+        # oldest exited first, else the oldest entry
+        for pid, proc in self.procs.items():
+            if proc.exited_ns is not None:
+                del self.procs[pid]
+                return
+        oldest = next(iter(self.procs))
+        del self.procs[oldest]
+
+    def process_for(self, ev: Event) -> Process:
+        """The table entry an event belongs to, created if unknown."""
+        p = self.procs.get(ev.pid)
+        if p is None or (p.exited_ns is not None and ev.ts_ns > p.exited_ns):
+            p = self._stub(ev)
+        else:
+            # the kernel's view of tags is authoritative
+            p.tagset_id = ev.tagset_id or p.tagset_id
+            p.tag_origin = ev.tag_origin if ev.tagset_id else p.tag_origin
+        return p
+
+    def on_fork(self, ev: ForkEvent) -> Process:
+        parent = self.process_for(ev)
+        child = Process(
+            pid=ev.child_pid,
+            entity_id=self.entity_id(ev.child_pid, ev.ts_ns),
+            ppid=ev.pid,
+            parent_entity_id=parent.entity_id,
+            start_ns=ev.ts_ns,
+            name=parent.name,
+            executable=parent.executable,
+            args=parent.args,
+            args_truncated=parent.args_truncated,
+            uid=ev.uid,
+            gid=ev.gid,
+            tagset_id=ev.tagset_id,
+            tag_origin=ev.tag_origin,
+            seen_via="fork",
+        )
+        self._insert(child)
+        return child
+
+    def on_exec(self, ev: ExecEvent) -> Process:
+        p = self.procs.get(ev.pid)
+        if p is None or p.exited_ns is not None:
+            p = self._stub(ev)
+            p.seen_via = "exec"
+        p.name = ev.comm
+        p.executable = ev.filename
+        p.args = ev.argv
+        p.args_truncated = ev.args_truncated
+        p.uid, p.gid = ev.uid, ev.gid
+        p.tagset_id, p.tag_origin = ev.tagset_id, ev.tag_origin
+        p.own_tag_mask = ev.own_tag_mask
+        return p
+
+    def on_exit(self, ev: ExitEvent) -> Process:
+        p = self.process_for(ev)
+        p.exited_ns = ev.ts_ns
+        p.exit_code = ev.exit_code if ev.exit_code >= 0 else None
+        p.exit_signal = ev.exit_signal or None
+        heapq.heappush(self._expiry, (ev.ts_ns + self.exit_grace_ns, p.pid, p.entity_id))
+        return p
+
+    def expire(self, now_ns: int | None = None) -> int:
+        """Drop exited processes whose grace period is over; returns how many."""
+        now = boottime_ns() if now_ns is None else now_ns
+        n = 0
+        while self._expiry and self._expiry[0][0] <= now:
+            _, pid, entity = heapq.heappop(self._expiry)
+            p = self.procs.get(pid)
+            if p is not None and p.entity_id == entity:
+                del self.procs[pid]
+                n += 1
+        if len(self._rl_cache) > 4096:
+            self._rl_cache.clear()
+        return n
+
+    # -- attribution ---------------------------------------------------------------
+
+    def lineage(self, p: Process) -> list[Process]:
+        """Ancestors, nearest first, bounded by max_lineage."""
+        out: list[Process] = []
+        seen = {p.pid}
+        cur = p
+        while len(out) < self.max_lineage and cur.ppid and cur.ppid not in seen:
+            parent = self.procs.get(cur.ppid)
+            if parent is None:
+                break
+            out.append(parent)
+            seen.add(parent.pid)
+            cur = parent
+        return out
+
+    def tagset(self, tagset_id: int) -> Tagset | None:
+        ts = self.tagsets.get(tagset_id)
+        if ts is None and tagset_id and self.tagset_fallback is not None:
+            ts = self.tagset_fallback(tagset_id)
+            if ts is not None:
+                self.tagsets[tagset_id] = ts
+        return ts
+
+    def _lineage_tags(self, p: Process, lineage: list[Process] | None) -> tuple[int, int]:
+        """The nearest ancestor's tagset, for a process the kernel saw untagged."""
+        for anc in self.lineage(p) if lineage is None else lineage:
+            if anc.tagset_id:
+                return anc.tagset_id, anc.tag_origin
+        return 0, 0
+
+    def rl_block(
+        self, p: Process, tagset_id: int, tag_origin: int, lineage: list[Process] | None = None
+    ) -> dict[str, Any]:
+        """The `rl` object: episode, worker, run, trajectory, sandbox and provenance."""
+        via_lineage = False
+        if not tagset_id:
+            tagset_id, tag_origin = self._lineage_tags(p, lineage)
+            via_lineage = bool(tagset_id)
+        own = tag_origin == p.pid
+        key = (tagset_id, tag_origin, own, via_lineage)
+        cached = self._rl_cache.get(key)
+        if cached is not None:
+            return cached
+        block: dict[str, Any] = {r + "_id": None for r in ROLES}
+        ts = self.tagset(tagset_id) if tagset_id else None
+        if ts is None:
+            block["tags"] = {}
+            block["source"] = "none"
+            self._rl_cache[key] = block
+            return block
+        for role in ROLES:
+            for k in getattr(self.tags, role):
+                if k in ts.values:
+                    block[role + "_id"] = ts.values[k]
+                    break
+        block["tags"] = dict(ts.values)
+        if ts.truncated:
+            block["tags_truncated"] = sorted(ts.truncated)
+        if via_lineage:
+            block["source"] = "lineage"
+        elif tagset_id >= SEED_TAGSET_BASE and own:
+            block["source"] = "proc_environ"
+        elif own:
+            block["source"] = "own_env"
+        else:
+            block["source"] = "inherited"
+        origin = self.procs.get(tag_origin)
+        block["origin"] = {
+            "pid": tag_origin,
+            "entity_id": origin.entity_id if origin else None,
+            "name": origin.name if origin else None,
+        }
+        self._rl_cache[key] = block
+        return block
+
+
+def _safe(text: str) -> str:
+    from monitor.sanitize import safe_text
+
+    return safe_text(text, 1024)

@@ -1,0 +1,1 @@
+"""Where attributed events and findings leave rlguard."""

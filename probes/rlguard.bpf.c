@@ -1,0 +1,742 @@
+/* rlguard kernel programs (bcc C).
+ *
+ * Rule for this file: never read a kernel struct through headers.  The
+ * headers on a host may belong to another kernel (see docs/install.md), so
+ * only tracepoint fields (bcc builds them from tracefs formats), BPF helpers,
+ * UAPI contexts (__sk_buff, bpf_sock_addr), packet bytes and user memory are
+ * read here.
+ *
+ * Data flow: every record goes to one ring buffer, `events`, submitted
+ * without a wake-up; user space drains it on a short timer.  Reserve/output
+ * failures are counted per event type in `drops`, successes in `sent`.
+ */
+#include "rlguard.h"
+
+#ifndef RLG_RING_PAGES
+#define RLG_RING_PAGES 4096
+#endif
+
+#define RLG_AF_INET 2
+#define RLG_AF_INET6 10
+#define RLG_SOCK_STREAM 1
+#define RLG_IPPROTO_TCP 6
+#define RLG_IPPROTO_UDP 17
+#define RLG_TCP_SYN_SENT 2
+#define RLG_TCP_CLOSE 7
+#define RLG_CLONE_THREAD 0x00010000ULL
+#define RLG_ETH_P_IP 0x0800
+#define RLG_ETH_P_IPV6 0x86DD
+#define RLG_RB_NO_WAKEUP 1
+#define FNV_OFFSET 0xcbf29ce484222325ULL
+#define FNV_PRIME 0x100000001b3ULL
+
+/* Internal miss counters (user space reports them next to drops). */
+enum rlg_miss {
+    RLG_MISS_PROC_STATE_FULL = 0,   /* fork could not record the child */
+    RLG_MISS_PENDING_EXEC_FULL = 1,
+    RLG_MISS_TAGSET_FULL = 2,
+    RLG_MISS_EXEC_NO_ENTER = 3,     /* exec seen without its syscall entry */
+    RLG_MISS_MAX = 4,
+};
+
+BPF_RINGBUF_OUTPUT(events, RLG_RING_PAGES);
+BPF_PERCPU_ARRAY(sent, u64, RLG_EV_TYPE_MAX);
+BPF_PERCPU_ARRAY(drops, u64, RLG_EV_TYPE_MAX);
+BPF_PERCPU_ARRAY(misses, u64, RLG_MISS_MAX);
+
+/* Layout carriers: never written, they only give bcc the C types so that
+ * user space decodes records with the layouts defined in rlguard.h. */
+BPF_ARRAY(layout_header, struct rlg_header, 1);
+BPF_ARRAY(layout_exec, struct rlg_exec_event, 1);
+BPF_ARRAY(layout_fork, struct rlg_fork_event, 1);
+BPF_ARRAY(layout_exit, struct rlg_exit_event, 1);
+BPF_ARRAY(layout_connect, struct rlg_connect_event, 1);
+BPF_ARRAY(layout_tcp_state, struct rlg_tcp_state_event, 1);
+BPF_ARRAY(layout_send, struct rlg_send_event, 1);
+BPF_ARRAY(layout_dns, struct rlg_dns_event, 1);
+BPF_ARRAY(layout_tagset, struct rlg_tagset_event, 1);
+
+/* FNV-1a hash of a configured env key -> its index (filled by user space). */
+BPF_HASH(tag_keys, u64, u32, 64);
+/* tgid -> lineage and tags, inherited at fork, replaced by an exec with own tags. */
+BPF_HASH(proc_state, u32, struct rlg_proc_state, 131072);
+BPF_TABLE("lru_hash", u64, struct rlg_tagset, tagsets, 16384);
+
+struct rlg_pending_exec {
+    struct rlg_exec_event ev;
+    struct rlg_tagset tags;
+};
+BPF_TABLE("lru_hash", u32, struct rlg_pending_exec, pending_exec, 1024);
+BPF_PERCPU_ARRAY(exec_scratch, struct rlg_pending_exec, 1);
+BPF_PERCPU_ARRAY(tagset_scratch, struct rlg_tagset_event, 1);
+
+/* never written: a source of zeros (a 1.5 KiB memset is no BPF instruction) */
+BPF_ARRAY(zero_tagset, struct rlg_tagset, 1);
+
+struct rlg_env_key {
+    char key[RLG_TAG_KEY_LEN + 2];
+};
+BPF_PERCPU_ARRAY(env_key_scratch, struct rlg_env_key, 1);
+
+BPF_TABLE("lru_hash", u32, u64, clone_flags, 4096);
+
+struct rlg_exit_info {
+    int code;
+    int sig;
+};
+BPF_TABLE("lru_hash", u32, struct rlg_exit_info, exit_info, 16384);
+
+BPF_TABLE("lru_hash", u32, struct rlg_connect_event, pending_connect, 4096);
+
+/* socket cookie of a new outbound TCP connection whose first payload is still to come */
+struct rlg_fresh {
+    u32 owner_pid;
+    u32 pad;
+};
+BPF_TABLE("lru_hash", u64, struct rlg_fresh, fresh_tcp, 65536);
+/* kernel socket address -> the header of the task that started the connection */
+BPF_TABLE("lru_hash", u64, struct rlg_header, sock_owner, 65536);
+
+BPF_PERCPU_ARRAY(send_scratch, struct rlg_send_event, 1);
+BPF_PERCPU_ARRAY(dns_scratch, struct rlg_dns_event, 1);
+
+static __always_inline void bump_sent(u32 type) {
+    u64 *v = sent.lookup(&type);
+    if (v)
+        (*v)++;
+}
+
+static __always_inline void bump_drop(u32 type) {
+    u64 *v = drops.lookup(&type);
+    if (v)
+        (*v)++;
+}
+
+static __always_inline void bump_miss(u32 idx) {
+    u64 *v = misses.lookup(&idx);
+    if (v)
+        (*v)++;
+}
+
+static __always_inline void emit(void *data, u64 size, u32 type) {
+    if (events.ringbuf_output(data, size, RLG_RB_NO_WAKEUP) == 0)
+        bump_sent(type);
+    else
+        bump_drop(type);
+}
+
+/* Task identity without the cgroup id (not every program type may ask). */
+static __always_inline void fill_task(struct rlg_header *h, u32 type) {
+    u64 pt = bpf_get_current_pid_tgid();
+    u64 ug = bpf_get_current_uid_gid();
+    h->type = type;
+    h->pid = pt >> 32;
+    h->tid = (u32)pt;
+    h->ts_ns = bpf_ktime_get_boot_ns();
+    h->uid = (u32)ug;
+    h->gid = ug >> 32;
+    h->flags = 0;
+    bpf_get_current_comm(h->comm, sizeof(h->comm));
+    struct rlg_proc_state *st = proc_state.lookup(&h->pid);
+    if (st) {
+        h->ppid = st->ppid;
+        h->tagset_id = st->tagset_id;
+        h->tag_origin = st->tag_origin;
+    } else {
+        h->ppid = 0;
+        h->tagset_id = 0;
+        h->tag_origin = 0;
+    }
+}
+
+static __always_inline void fill_header(struct rlg_header *h, u32 type) {
+    fill_task(h, type);
+    h->cgroup_id = bpf_get_current_cgroup_id();
+}
+
+/* ---------------------------------------------------------------- exec */
+
+static __always_inline int exec_enter(const char *filename, const char *const *argv,
+                                      const char *const *envp, int dirfd, u32 flags) {
+    u32 zero = 0;
+    struct rlg_pending_exec *p = exec_scratch.lookup(&zero);
+    if (!p)
+        return 0;
+    struct rlg_exec_event *e = &p->ev;
+    e->args_count = 0;
+    e->args_size = 0;
+    e->own_tag_mask = 0;
+    e->dirfd = dirfd;
+    e->hdr.flags = flags;
+    p->tags.present_mask = 0;
+    p->tags.own_mask = 0;
+    p->tags.truncated_mask = 0;
+    /* values are compared whole against the inherited tagset: no stale tails */
+    struct rlg_tagset *z = zero_tagset.lookup(&zero);
+    if (!z)
+        return 0;
+    bpf_probe_read_kernel(p->tags.values, sizeof(p->tags.values), z->values);
+
+    bpf_probe_read_user_str(e->filename, sizeof(e->filename), filename);
+
+    int i;
+    for (i = 0; i < RLG_MAX_ARGS; i++) {
+        const char *argp = NULL;
+        bpf_probe_read_user(&argp, sizeof(argp), &argv[i]);
+        if (!argp)
+            break;
+        u32 off = e->args_size;
+        if (off > RLG_ARGS_BUF - RLG_ARG_SIZE)
+            break;
+        long n = bpf_probe_read_user_str(&e->args[off], RLG_ARG_SIZE, argp);
+        if (n <= 0) {
+            /* unreadable entry: keep the position with an empty string */
+            e->args[off] = 0;
+            n = 1;
+        }
+        if (n >= RLG_ARG_SIZE)
+            e->hdr.flags |= RLG_EXEC_ARG_TRUNCATED;
+        e->args_size = off + (u32)n;
+        e->args_count++;
+    }
+    if (i == RLG_MAX_ARGS) {
+        const char *more = NULL;
+        bpf_probe_read_user(&more, sizeof(more), &argv[RLG_MAX_ARGS]);
+        if (more)
+            e->hdr.flags |= RLG_EXEC_ARGS_TRUNCATED;
+    }
+
+    /* Env tags: hash each key, keep only the values of configured keys. */
+    struct rlg_env_key *k = env_key_scratch.lookup(&zero);
+    if (!k)
+        return 0;
+    int j;
+    for (j = 0; j < RLG_ENV_SCAN; j++) {
+        const char *ep = NULL;
+        bpf_probe_read_user(&ep, sizeof(ep), &envp[j]);
+        if (!ep)
+            break;
+        long n = bpf_probe_read_user_str(k->key, sizeof(k->key), ep);
+        if (n <= 1)
+            continue;
+        u64 h = FNV_OFFSET;
+        int eq = -1;
+        int c;
+        for (c = 0; c < RLG_TAG_KEY_LEN + 1; c++) {
+            char ch = k->key[c];
+            if (ch == '=') {
+                eq = c;
+                break;
+            }
+            if (ch == 0)
+                break;
+            h ^= (u8)ch;
+            h *= FNV_PRIME;
+        }
+        if (eq <= 0)
+            continue;
+        u32 *idx = tag_keys.lookup(&h);
+        if (!idx)
+            continue;
+        u32 t = *idx;
+        if (t >= RLG_MAX_TAGS)
+            continue;
+        long m = bpf_probe_read_user_str(&p->tags.values[t * RLG_TAG_VALUE_LEN],
+                                         RLG_TAG_VALUE_LEN, ep + eq + 1);
+        if (m < 0)
+            continue;
+        if (m >= RLG_TAG_VALUE_LEN)
+            p->tags.truncated_mask |= (1U << t);
+        p->tags.present_mask |= (1U << t);
+        p->tags.own_mask |= (1U << t);
+    }
+    if (j == RLG_ENV_SCAN) {
+        const char *more = NULL;
+        bpf_probe_read_user(&more, sizeof(more), &envp[RLG_ENV_SCAN]);
+        if (more)
+            e->hdr.flags |= RLG_EXEC_ENV_SCAN_TRUNCATED;
+    }
+    if (p->tags.truncated_mask)
+        e->hdr.flags |= RLG_EXEC_TAG_TRUNCATED;
+    e->own_tag_mask = p->tags.own_mask;
+
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    if (pending_exec.update(&tid, p) != 0)
+        bump_miss(RLG_MISS_PENDING_EXEC_FULL);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execve) {
+    return exec_enter(args->filename, args->argv, args->envp, -100, 0);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execveat) {
+    return exec_enter(args->filename, args->argv, args->envp, (int)args->fd,
+                      RLG_EXEC_EXECVEAT);
+}
+
+/* Do the exec's own tag values equal the inherited ones?  The common case:
+ * every child of a tagged worker carries the worker's environment. */
+static __always_inline int same_as_inherited(struct rlg_pending_exec *p, struct rlg_tagset *inh) {
+    if ((p->tags.own_mask & inh->present_mask) != p->tags.own_mask)
+        return 0;
+    int t;
+    for (t = 0; t < RLG_MAX_TAGS; t++) {
+        if (!(p->tags.own_mask & (1U << t)))
+            continue;
+        u64 *a = (u64 *)&p->tags.values[t * RLG_TAG_VALUE_LEN];
+        u64 *b = (u64 *)&inh->values[t * RLG_TAG_VALUE_LEN];
+        int w;
+        for (w = 0; w < RLG_TAG_VALUE_LEN / 8; w++) {
+            if (a[w] != b[w])
+                return 0;
+        }
+    }
+    return 1;
+}
+
+/* A new tagset: the exec's own values over the inherited ones.  When they
+ * add nothing, the process keeps the inherited tagset and its origin. */
+static __always_inline void make_tagset(struct rlg_pending_exec *p, u32 tgid, u64 now) {
+    struct rlg_proc_state *st = proc_state.lookup(&tgid);
+    if (st && st->tagset_id) {
+        struct rlg_tagset *inh = tagsets.lookup(&st->tagset_id);
+        if (inh && same_as_inherited(p, inh))
+            return;
+        if (inh) {
+            int t;
+            for (t = 0; t < RLG_MAX_TAGS; t++) {
+                u32 bit = 1U << t;
+                if ((inh->present_mask & bit) && !(p->tags.own_mask & bit)) {
+                    bpf_probe_read_kernel(&p->tags.values[t * RLG_TAG_VALUE_LEN],
+                                          RLG_TAG_VALUE_LEN,
+                                          &inh->values[t * RLG_TAG_VALUE_LEN]);
+                    p->tags.present_mask |= bit;
+                    p->tags.truncated_mask |= inh->truncated_mask & bit;
+                }
+            }
+        }
+    }
+    /* unique per CPU: an exec takes far longer than 256 ns */
+    u64 id = (now & ~0xFFULL) | (bpf_get_smp_processor_id() & 0xFF);
+    if (tagsets.update(&id, &p->tags) != 0) {
+        bump_miss(RLG_MISS_TAGSET_FULL);
+    }
+    struct rlg_proc_state ns = {};
+    if (st)
+        ns.ppid = st->ppid;
+    ns.tagset_id = id;
+    ns.tag_origin = tgid;
+    if (proc_state.update(&tgid, &ns) != 0)
+        bump_miss(RLG_MISS_PROC_STATE_FULL);
+
+    u32 zero = 0;
+    struct rlg_tagset_event *te = tagset_scratch.lookup(&zero);
+    if (!te)
+        return;
+    fill_header(&te->hdr, RLG_EV_TAGSET);
+    te->id = id;
+    bpf_probe_read_kernel(&te->tags, sizeof(te->tags), &p->tags);
+    emit(te, sizeof(*te), RLG_EV_TAGSET);
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec) {
+    u32 old = args->old_pid;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct rlg_pending_exec *p = pending_exec.lookup(&old);
+    if (!p) {
+        /* exec without a seen entry (the monitor started mid-exec, or a
+         * kernel-started program): report what the tracepoint knows */
+        u32 zero = 0;
+        p = exec_scratch.lookup(&zero);
+        if (!p)
+            return 0;
+        bump_miss(RLG_MISS_EXEC_NO_ENTER);
+        p->ev.args_count = 0;
+        p->ev.args_size = 0;
+        p->ev.own_tag_mask = 0;
+        p->ev.dirfd = -100;
+        p->tags.present_mask = 0;
+        p->tags.own_mask = 0;
+        unsigned short loc = args->data_loc_filename & 0xFFFF;
+        bpf_probe_read_kernel_str(p->ev.filename, sizeof(p->ev.filename),
+                                  (void *)args + loc);
+        u32 saved_flags = RLG_EXEC_NO_ENTER;
+        fill_header(&p->ev.hdr, RLG_EV_EXEC);
+        p->ev.hdr.flags = saved_flags;
+        emit(&p->ev, offsetof(struct rlg_exec_event, args), RLG_EV_EXEC);
+        return 0;
+    }
+    u64 now = bpf_ktime_get_boot_ns();
+    if (p->tags.own_mask)
+        make_tagset(p, tgid, now);
+    u32 flags = p->ev.hdr.flags;
+    fill_header(&p->ev.hdr, RLG_EV_EXEC);
+    p->ev.hdr.flags = flags;
+    u64 size = offsetof(struct rlg_exec_event, args) + p->ev.args_size;
+    if (size > sizeof(p->ev))
+        size = sizeof(p->ev);
+    emit(&p->ev, size, RLG_EV_EXEC);
+    pending_exec.delete(&old);
+    return 0;
+}
+
+/* ------------------------------------------------------- fork and exit */
+
+TRACEPOINT_PROBE(syscalls, sys_enter_clone) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 f = args->clone_flags;
+    clone_flags.update(&tid, &f);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_clone3) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 f = 0;
+    /* struct clone_args starts with the u64 flags (UAPI) */
+    bpf_probe_read_user(&f, sizeof(f), (void *)args->uargs);
+    clone_flags.update(&tid, &f);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_fork) {
+    u64 pt = bpf_get_current_pid_tgid();
+    u32 tid = (u32)pt;
+    u32 tgid = pt >> 32;
+    u64 *fl = clone_flags.lookup(&tid);
+    if (fl) {
+        u64 f = *fl;
+        clone_flags.delete(&tid);
+        if (f & RLG_CLONE_THREAD)
+            return 0;       /* a thread, not a process */
+    }
+    u32 child = args->child_pid;
+    struct rlg_proc_state cs = {};
+    cs.ppid = tgid;
+    struct rlg_proc_state *ps = proc_state.lookup(&tgid);
+    if (ps) {
+        cs.tagset_id = ps->tagset_id;
+        cs.tag_origin = ps->tag_origin;
+    }
+    if (proc_state.update(&child, &cs) != 0)
+        bump_miss(RLG_MISS_PROC_STATE_FULL);
+
+    struct rlg_fork_event e = {};
+    fill_header(&e.hdr, RLG_EV_FORK);
+    e.child_pid = child;
+    emit(&e, sizeof(e), RLG_EV_FORK);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_exit_group) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct rlg_exit_info x = {};
+    x.code = (int)(args->error_code & 0xff);
+    exit_info.update(&tgid, &x);
+    return 0;
+}
+
+TRACEPOINT_PROBE(signal, signal_deliver) {
+    if (args->sa_handler != 0)
+        return 0;   /* handled or ignored: not fatal */
+    int sig = args->sig;
+    /* default action is not termination for these */
+    if (sig == 17 || sig == 18 || sig == 19 || sig == 20 || sig == 21 ||
+        sig == 22 || sig == 23 || sig == 28 || sig <= 0 || sig >= 32)
+        return 0;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct rlg_exit_info x = {};
+    x.code = -1;
+    x.sig = sig;
+    exit_info.update(&tgid, &x);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit) {
+    u64 pt = bpf_get_current_pid_tgid();
+    u32 tgid = pt >> 32;
+#ifdef RLG_HAVE_GROUP_DEAD
+    if (!args->group_dead)
+        return 0;
+#else
+    if (tgid != (u32)pt)
+        return 0;
+#endif
+    struct rlg_exit_event e = {};
+    fill_header(&e.hdr, RLG_EV_EXIT);
+    e.exit_code = -1;
+    struct rlg_exit_info *x = exit_info.lookup(&tgid);
+    if (x) {
+        e.exit_code = x->code;
+        e.exit_signal = x->sig;
+        exit_info.delete(&tgid);
+    }
+    emit(&e, sizeof(e), RLG_EV_EXIT);
+    proc_state.delete(&tgid);
+    return 0;
+}
+
+/* ------------------------------------------------------------- connect */
+
+TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
+    const unsigned char *sa = (const unsigned char *)args->uservaddr;
+    u16 family = 0;
+    bpf_probe_read_user(&family, sizeof(family), sa);
+    if (family != RLG_AF_INET && family != RLG_AF_INET6)
+        return 0;
+    struct rlg_connect_event e = {};
+    fill_header(&e.hdr, RLG_EV_CONNECT);
+    e.hdr.flags = RLG_CONNECT_SYSCALL;
+    e.fd = (int)args->fd;
+    e.ret = 1;
+    e.family = family;
+    u16 port = 0;
+    bpf_probe_read_user(&port, sizeof(port), sa + 2);   /* sin_port / sin6_port */
+    e.dport = bpf_ntohs(port);
+    if (family == RLG_AF_INET)
+        bpf_probe_read_user(e.daddr, 4, sa + 4);
+    else
+        bpf_probe_read_user(e.daddr, 16, sa + 8);
+    u32 tid = e.hdr.tid;
+    pending_connect.update(&tid, &e);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct rlg_connect_event *e = pending_connect.lookup(&tid);
+    if (!e)
+        return 0;
+    e->ret = (int)args->ret;
+    emit(e, sizeof(*e), RLG_EV_CONNECT);
+    pending_connect.delete(&tid);
+    return 0;
+}
+
+/* cgroup/connect4 and connect6: below the syscall layer, so io_uring and
+ * any other path into inet connect pass here too. */
+static __always_inline void on_sock_connect(struct bpf_sock_addr *ctx, u16 family) {
+    u64 pt = bpf_get_current_pid_tgid();
+    u32 tid = (u32)pt;
+    u64 cookie = bpf_get_socket_cookie(ctx);
+    u32 type = ctx->type;
+    u32 protocol = ctx->protocol;
+    struct rlg_connect_event *p = pending_connect.lookup(&tid);
+    if (p) {
+        p->cookie = cookie;
+        p->sock_type = type;
+        p->protocol = protocol;
+        p->hdr.flags |= RLG_CONNECT_SOCKINFO;
+    } else {
+        struct rlg_connect_event e = {};
+        fill_header(&e.hdr, RLG_EV_CONNECT);
+        e.hdr.flags = RLG_CONNECT_KERNEL | RLG_CONNECT_SOCKINFO;
+        e.fd = -1;
+        e.ret = 1;
+        e.cookie = cookie;
+        e.sock_type = type;
+        e.protocol = protocol;
+        e.family = family;
+        e.dport = bpf_ntohs((u16)ctx->user_port);
+        if (family == RLG_AF_INET) {
+            u32 a = ctx->user_ip4;
+            __builtin_memcpy(e.daddr, &a, 4);
+        } else {
+            u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1];
+            u32 a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
+            __builtin_memcpy(e.daddr, &a0, 4);
+            __builtin_memcpy(e.daddr + 4, &a1, 4);
+            __builtin_memcpy(e.daddr + 8, &a2, 4);
+            __builtin_memcpy(e.daddr + 12, &a3, 4);
+        }
+        emit(&e, sizeof(e), RLG_EV_CONNECT);
+    }
+    if (type == RLG_SOCK_STREAM) {
+        struct rlg_fresh f = {};
+        f.owner_pid = pt >> 32;
+        fresh_tcp.update(&cookie, &f);
+    }
+}
+
+int rlg_connect4(struct bpf_sock_addr *ctx) {
+    on_sock_connect(ctx, RLG_AF_INET);
+    return 1;
+}
+
+int rlg_connect6(struct bpf_sock_addr *ctx) {
+    on_sock_connect(ctx, RLG_AF_INET6);
+    return 1;
+}
+
+/* ----------------------------------------------------------- tcp state */
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state) {
+    if (args->protocol != RLG_IPPROTO_TCP)
+        return 0;
+    struct rlg_tcp_state_event e = {};
+    u64 sk = (u64)args->skaddr;
+    if (args->newstate == RLG_TCP_SYN_SENT) {
+        /* connect() runs in the connecting task: remember it as the owner */
+        fill_header(&e.hdr, RLG_EV_TCP_STATE);
+        e.hdr.flags = RLG_TCP_OWNER_KNOWN;
+        sock_owner.update(&sk, &e.hdr);
+    } else {
+        /* later transitions often run in softirq: the current task is
+         * unrelated, so use the recorded owner or none */
+        struct rlg_header *o = sock_owner.lookup(&sk);
+        if (o) {
+            e.hdr = *o;
+            e.hdr.flags = RLG_TCP_OWNER_KNOWN;
+        }
+        e.hdr.type = RLG_EV_TCP_STATE;
+        e.hdr.ts_ns = bpf_ktime_get_boot_ns();
+        if (args->newstate == RLG_TCP_CLOSE)
+            sock_owner.delete(&sk);
+    }
+    e.skaddr = sk;
+    e.oldstate = args->oldstate;
+    e.newstate = args->newstate;
+    e.family = args->family;
+    e.sport = args->sport;
+    e.dport = args->dport;
+    if (args->family == RLG_AF_INET) {
+        __builtin_memcpy(e.saddr, args->saddr, 4);
+        __builtin_memcpy(e.daddr, args->daddr, 4);
+    } else {
+        __builtin_memcpy(e.saddr, args->saddr_v6, 16);
+        __builtin_memcpy(e.daddr, args->daddr_v6, 16);
+    }
+    emit(&e, sizeof(e), RLG_EV_TCP_STATE);
+    return 0;
+}
+
+/* ------------------------------------------ first bytes and DNS (egress) */
+
+/* Source and destination from the IPv4 or IPv6 header (packet bytes: ABI). */
+static __always_inline void load_addrs(struct __sk_buff *skb, u16 family,
+                                       unsigned char *saddr, unsigned char *daddr) {
+    if (family == RLG_AF_INET) {
+        bpf_skb_load_bytes(skb, 12, saddr, 4);
+        bpf_skb_load_bytes(skb, 16, daddr, 4);
+    } else {
+        bpf_skb_load_bytes(skb, 8, saddr, 16);
+        bpf_skb_load_bytes(skb, 24, daddr, 16);
+    }
+}
+
+/* cgroup_skb/egress sees every packet a local socket sends, whatever the
+ * syscall (write, send*, writev, sendfile, io_uring) and whichever process
+ * holds the socket; it runs in the sending task for the first segment of a
+ * connection and for UDP. */
+int rlg_egress(struct __sk_buff *skb) {
+    u32 l4 = 0;
+    u8 proto = 0;
+    u16 family = 0;
+    if (skb->protocol == bpf_htons(RLG_ETH_P_IP)) {
+        u8 vihl = 0;
+        u16 frag = 0;
+        if (bpf_skb_load_bytes(skb, 0, &vihl, 1) < 0)
+            return 1;
+        bpf_skb_load_bytes(skb, 6, &frag, 2);
+        if (bpf_ntohs(frag) & 0x1FFF)
+            return 1;       /* not the first fragment */
+        bpf_skb_load_bytes(skb, 9, &proto, 1);
+        l4 = (vihl & 0x0F) * 4;
+        family = RLG_AF_INET;
+    } else if (skb->protocol == bpf_htons(RLG_ETH_P_IPV6)) {
+        bpf_skb_load_bytes(skb, 6, &proto, 1);
+        l4 = 40;            /* extension headers are not followed */
+        family = RLG_AF_INET6;
+    } else {
+        return 1;
+    }
+
+    if (proto == RLG_IPPROTO_TCP) {
+        u64 cookie = bpf_get_socket_cookie(skb);
+        struct rlg_fresh *f = fresh_tcp.lookup(&cookie);
+        if (!f)
+            return 1;
+        u8 doff = 0;
+        if (bpf_skb_load_bytes(skb, l4 + 12, &doff, 1) < 0)
+            return 1;
+        u32 off = l4 + (doff >> 4) * 4;
+        if (skb->len <= off)
+            return 1;       /* SYN or bare ACK: no payload yet */
+        u32 plen = skb->len - off;
+        u32 zero = 0;
+        struct rlg_send_event *e = send_scratch.lookup(&zero);
+        if (!e)
+            return 1;
+        u32 owner = f->owner_pid;
+        fresh_tcp.delete(&cookie);
+        fill_task(&e->hdr, RLG_EV_SEND);
+        e->hdr.cgroup_id = bpf_skb_cgroup_id(skb);
+        if (e->hdr.pid != owner)
+            e->hdr.flags |= RLG_SEND_OWNER_DIFFERS;
+        e->cookie = cookie;
+        e->owner_pid = owner;
+        e->payload_len = plen;
+        e->family = family;
+        u16 ports[2] = {};
+        bpf_skb_load_bytes(skb, l4, ports, 4);
+        e->sport = bpf_ntohs(ports[0]);
+        e->dport = bpf_ntohs(ports[1]);
+        load_addrs(skb, family, e->saddr, e->daddr);
+        u32 n = plen;
+        if (n > RLG_FIRST_BYTES)
+            n = RLG_FIRST_BYTES;
+        if (n == 0)
+            return 1;
+        /* same value, but a bound the verifier can see: [1, RLG_FIRST_BYTES] */
+        n = ((n - 1) & (RLG_FIRST_BYTES - 1)) + 1;
+        /* the helper needs a constant-bounded length */
+        if (bpf_skb_load_bytes(skb, off, e->data, n) < 0)
+            n = 0;
+        e->captured = n;
+        u64 size = offsetof(struct rlg_send_event, data) + n;
+        if (size > sizeof(*e))
+            size = sizeof(*e);
+        emit(e, size, RLG_EV_SEND);
+        return 1;
+    }
+
+    if (proto == RLG_IPPROTO_UDP) {
+        u16 ports[2] = {};
+        if (bpf_skb_load_bytes(skb, l4, ports, 4) < 0)
+            return 1;
+        if (bpf_ntohs(ports[1]) != 53)
+            return 1;
+        u32 off = l4 + 8;
+        if (skb->len <= off)
+            return 1;
+        u32 plen = skb->len - off;
+        u32 zero = 0;
+        struct rlg_dns_event *e = dns_scratch.lookup(&zero);
+        if (!e)
+            return 1;
+        fill_task(&e->hdr, RLG_EV_DNS);
+        e->hdr.cgroup_id = bpf_skb_cgroup_id(skb);
+        e->cookie = bpf_get_socket_cookie(skb);
+        e->payload_len = plen;
+        e->family = family;
+        e->transport = RLG_IPPROTO_UDP;
+        e->sport = bpf_ntohs(ports[0]);
+        e->dport = 53;
+        load_addrs(skb, family, e->saddr, e->daddr);
+        u32 n = plen;
+        if (n > RLG_DNS_BYTES)
+            n = RLG_DNS_BYTES;
+        if (n == 0)
+            return 1;
+        /* same value, but a bound the verifier can see: [1, RLG_DNS_BYTES] */
+        n = ((n - 1) & (RLG_DNS_BYTES - 1)) + 1;
+        if (bpf_skb_load_bytes(skb, off, e->data, n) < 0)
+            n = 0;
+        e->captured = n;
+        u64 size = offsetof(struct rlg_dns_event, data) + n;
+        if (size > sizeof(*e))
+            size = sizeof(*e);
+        emit(e, size, RLG_EV_DNS);
+    }
+    return 1;
+}

@@ -1,0 +1,189 @@
+/* rlguard event layouts: the one definition shared by the kernel programs
+ * (rlguard.bpf.c) and user space, which gets the ctypes layout from bcc
+ * (the layout_* maps), never by restating it.
+ *
+ * Sizes may be overridden with -D by the loader (monitor/probes.py); the
+ * defaults here are what a build without the loader gets.  Every size that
+ * is used as a mask must stay a power of two.
+ */
+#ifndef RLGUARD_H
+#define RLGUARD_H
+
+#ifndef RLG_TASK_COMM_LEN
+#define RLG_TASK_COMM_LEN 16
+#endif
+#ifndef RLG_MAX_ARGS
+#define RLG_MAX_ARGS 32          /* argv entries captured */
+#endif
+#ifndef RLG_ARG_SIZE
+#define RLG_ARG_SIZE 256         /* bytes per argv entry, power of two */
+#endif
+#define RLG_ARGS_BUF (RLG_MAX_ARGS * RLG_ARG_SIZE)
+#ifndef RLG_FILENAME_LEN
+#define RLG_FILENAME_LEN 256
+#endif
+#ifndef RLG_MAX_TAGS
+#define RLG_MAX_TAGS 24          /* configured environment keys */
+#endif
+#ifndef RLG_TAG_KEY_LEN
+#define RLG_TAG_KEY_LEN 32       /* longest key name we hash */
+#endif
+#ifndef RLG_TAG_VALUE_LEN
+#define RLG_TAG_VALUE_LEN 64     /* bytes kept of each tag value */
+#endif
+#ifndef RLG_ENV_SCAN
+#define RLG_ENV_SCAN 256         /* envp entries scanned per exec */
+#endif
+#ifndef RLG_FIRST_BYTES
+#define RLG_FIRST_BYTES 256      /* payload bytes kept per new connection, power of two */
+#endif
+#ifndef RLG_DNS_BYTES
+#define RLG_DNS_BYTES 512        /* UDP DNS payload kept, power of two */
+#endif
+
+enum rlg_event_type {
+    RLG_EV_EXEC = 1,
+    RLG_EV_FORK = 2,
+    RLG_EV_EXIT = 3,
+    RLG_EV_CONNECT = 4,
+    RLG_EV_TCP_STATE = 5,
+    RLG_EV_SEND = 6,
+    RLG_EV_DNS = 7,
+    RLG_EV_TAGSET = 8,
+    RLG_EV_TYPE_MAX = 9,
+};
+
+/* exec flags */
+#define RLG_EXEC_ARGS_TRUNCATED 1      /* more argv entries than RLG_MAX_ARGS */
+#define RLG_EXEC_ARG_TRUNCATED 2       /* at least one entry cut at RLG_ARG_SIZE */
+#define RLG_EXEC_EXECVEAT 4
+#define RLG_EXEC_ENV_SCAN_TRUNCATED 8  /* envp longer than RLG_ENV_SCAN */
+#define RLG_EXEC_TAG_TRUNCATED 16      /* a tag value longer than RLG_TAG_VALUE_LEN */
+#define RLG_EXEC_NO_ENTER 32           /* exec seen without its syscall entry */
+
+/* connect flags */
+#define RLG_CONNECT_SYSCALL 1    /* seen at sys_enter_connect: fd and result are real */
+#define RLG_CONNECT_SOCKINFO 2   /* type/protocol/cookie filled by the cgroup hook */
+#define RLG_CONNECT_KERNEL 4     /* cgroup hook without a connect syscall (io_uring...) */
+
+/* send flags */
+#define RLG_SEND_OWNER_DIFFERS 1 /* sending task is not the connecting process */
+
+/* tcp_state flags */
+#define RLG_TCP_OWNER_KNOWN 1
+
+/* Common header: every record starts with it. */
+struct rlg_header {
+    unsigned int type;
+    unsigned int pid;           /* tgid */
+    unsigned int tid;
+    unsigned int ppid;          /* creator's tgid as recorded at fork; 0 = unknown */
+    unsigned long long ts_ns;   /* CLOCK_BOOTTIME */
+    unsigned long long cgroup_id;
+    unsigned long long tagset_id; /* 0 = no tags */
+    unsigned int tag_origin;    /* pid whose environment defined the tagset */
+    unsigned int uid;
+    unsigned int gid;
+    unsigned int flags;
+    char comm[RLG_TASK_COMM_LEN];
+};
+
+struct rlg_exec_event {
+    struct rlg_header hdr;
+    unsigned int args_count;    /* argv entries captured */
+    unsigned int args_size;     /* bytes used in args[] (NUL-separated) */
+    unsigned int own_tag_mask;  /* tag keys found in this exec's own envp */
+    int dirfd;                  /* execveat only */
+    char filename[RLG_FILENAME_LEN];
+    char args[RLG_ARGS_BUF];    /* variable length: only args_size bytes sent */
+};
+
+struct rlg_fork_event {
+    struct rlg_header hdr;      /* the parent */
+    unsigned int child_pid;
+    unsigned int pad;
+};
+
+struct rlg_exit_event {
+    struct rlg_header hdr;
+    int exit_code;              /* exit_group() status, -1 when unknown */
+    int exit_signal;            /* fatal signal, 0 when none */
+};
+
+struct rlg_connect_event {
+    struct rlg_header hdr;
+    int fd;                     /* -1 when not from a syscall */
+    int ret;                    /* 0, -errno; 1 = unknown (not a syscall) */
+    unsigned long long cookie;  /* socket cookie, 0 = unknown */
+    unsigned short family;
+    unsigned short dport;       /* host order */
+    unsigned int sock_type;     /* SOCK_STREAM / SOCK_DGRAM, 0 = unknown */
+    unsigned int protocol;
+    unsigned char daddr[16];
+};
+
+struct rlg_tcp_state_event {
+    struct rlg_header hdr;      /* the socket's owner when known */
+    unsigned long long skaddr;  /* kernel socket address: an opaque id */
+    int oldstate;
+    int newstate;
+    unsigned short family;
+    unsigned short sport;
+    unsigned short dport;
+    unsigned short pad;
+    unsigned char saddr[16];
+    unsigned char daddr[16];
+};
+
+struct rlg_send_event {
+    struct rlg_header hdr;      /* the sending task */
+    unsigned long long cookie;
+    unsigned int owner_pid;     /* the process that connected */
+    unsigned int payload_len;   /* bytes in this segment */
+    unsigned int captured;      /* bytes in data[] */
+    unsigned short family;
+    unsigned short sport;
+    unsigned short dport;
+    unsigned short pad;
+    unsigned char saddr[16];
+    unsigned char daddr[16];
+    unsigned char data[RLG_FIRST_BYTES];  /* variable length */
+};
+
+struct rlg_dns_event {
+    struct rlg_header hdr;
+    unsigned long long cookie;
+    unsigned int payload_len;
+    unsigned int captured;
+    unsigned short family;
+    unsigned short sport;
+    unsigned short dport;
+    unsigned short transport;   /* IPPROTO_UDP */
+    unsigned char saddr[16];
+    unsigned char daddr[16];
+    unsigned char data[RLG_DNS_BYTES];    /* variable length */
+};
+
+/* Tag values of one process, keyed by tagset id; sent once when created. */
+struct rlg_tagset {
+    unsigned int present_mask;
+    unsigned int own_mask;
+    unsigned int truncated_mask;
+    unsigned int pad;
+    char values[RLG_MAX_TAGS * RLG_TAG_VALUE_LEN];
+};
+
+struct rlg_tagset_event {
+    struct rlg_header hdr;
+    unsigned long long id;
+    struct rlg_tagset tags;
+};
+
+/* Kernel-side per-process state, keyed by tgid. */
+struct rlg_proc_state {
+    unsigned int ppid;
+    unsigned int tag_origin;
+    unsigned long long tagset_id;
+};
+
+#endif

@@ -1,0 +1,2 @@
+/* Exits at once: a process that lives well under a millisecond. */
+int main(void) { return 3; }

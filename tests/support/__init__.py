@@ -1,0 +1,1 @@
+"""Test harness: a live in-process monitor, network-namespace hosts, C helpers."""

@@ -1,0 +1,100 @@
+"""A real monitor (real eBPF probes) running in a thread, its documents kept in memory."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from monitor.collector import Collector
+from monitor.config import Config
+
+Doc = dict[str, Any]
+
+
+class MemorySink:
+    """Keeps every document, serialised and parsed back, exactly as a reader sees it."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.docs: list[Doc] = []
+        self._cond = threading.Condition()
+        self.lines_written = 0
+        self.lines_lost = 0
+        self.pending = 0
+        self.last_error = None
+
+    def write(self, doc: Doc) -> None:
+        line = orjson.dumps(doc)
+        parsed = orjson.loads(line)  # a strict parser: proof that the line is valid JSON
+        with self._cond:
+            self.lines.append(line)
+            self.docs.append(parsed)
+            self.lines_written += 1
+            self._cond.notify_all()
+
+    def flush(self) -> bool:
+        return True
+
+    def wait_for(self, pred: Callable[[Doc], bool], timeout: float = 10.0, start: int = 0) -> Doc:
+        deadline = time.monotonic() + timeout
+        idx = start
+        with self._cond:
+            while True:
+                while idx < len(self.docs):
+                    if pred(self.docs[idx]):
+                        return self.docs[idx]
+                    idx += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no matching event within {timeout}s")
+                self._cond.wait(left)
+
+    def find_all(self, pred: Callable[[Doc], bool]) -> list[Doc]:
+        with self._cond:
+            return [d for d in self.docs if pred(d)]
+
+    def mark(self) -> int:
+        with self._cond:
+            return len(self.docs)
+
+
+class LiveMonitor:
+    def __init__(self, config: Config) -> None:
+        self.sink = MemorySink()
+        self.collector = Collector(config, self.sink)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> LiveMonitor:
+        self.collector.start()
+        self._thread = threading.Thread(target=self.collector.run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.collector.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.collector.close()
+
+    # shortcuts
+    def wait_for(self, pred: Callable[[Doc], bool], timeout: float = 10.0, start: int = 0) -> Doc:
+        return self.sink.wait_for(pred, timeout, start)
+
+    def mark(self) -> int:
+        return self.sink.mark()
+
+
+def action(name: str) -> Callable[[Doc], bool]:
+    return lambda d: d.get("event", {}).get("action") == name
+
+
+def exec_of(pid: int) -> Callable[[Doc], bool]:
+    return lambda d: d["event"]["action"] == "exec" and d.get("process", {}).get("pid") == pid
+
+
+def exec_with_arg(marker: str) -> Callable[[Doc], bool]:
+    return lambda d: d["event"]["action"] == "exec" and marker in d["process"].get("args", [])

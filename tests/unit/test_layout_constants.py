@@ -1,0 +1,45 @@
+"""Constants mirrored in Python agree with probes/rlguard.h, the source of truth."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from monitor import events
+
+pytestmark = pytest.mark.unit
+
+HEADER = (Path(__file__).resolve().parents[2] / "probes" / "rlguard.h").read_text()
+
+
+def c_value(name: str) -> int:
+    m = re.search(rf"\b{name}\s*=?\s*(\d+)", HEADER)
+    assert m, name
+    return int(m.group(1))
+
+
+@pytest.mark.parametrize(
+    "py,c",
+    [
+        ("EXEC_ARGS_TRUNCATED", "RLG_EXEC_ARGS_TRUNCATED"),
+        ("EXEC_ARG_TRUNCATED", "RLG_EXEC_ARG_TRUNCATED"),
+        ("EXEC_EXECVEAT", "RLG_EXEC_EXECVEAT"),
+        ("EXEC_ENV_SCAN_TRUNCATED", "RLG_EXEC_ENV_SCAN_TRUNCATED"),
+        ("EXEC_TAG_TRUNCATED", "RLG_EXEC_TAG_TRUNCATED"),
+        ("EXEC_NO_ENTER", "RLG_EXEC_NO_ENTER"),
+        ("CONNECT_SYSCALL", "RLG_CONNECT_SYSCALL"),
+        ("CONNECT_SOCKINFO", "RLG_CONNECT_SOCKINFO"),
+        ("CONNECT_KERNEL", "RLG_CONNECT_KERNEL"),
+        ("SEND_OWNER_DIFFERS", "RLG_SEND_OWNER_DIFFERS"),
+        ("TCP_OWNER_KNOWN", "RLG_TCP_OWNER_KNOWN"),
+    ],
+)
+def test_flag_values(py: str, c: str) -> None:
+    assert getattr(events, py) == c_value(c)
+
+
+def test_event_type_numbers() -> None:
+    for num, name in events.EVENT_TYPES.items():
+        assert c_value(f"RLG_EV_{name.upper()}") == num
