@@ -105,6 +105,7 @@ class Kind(Enum):
     INT = "an integer"
     FLOAT = "a number"
     STR_LIST = "an array of strings"
+    INT_LIST = "an array of integers"
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class Check:
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """One key of a section. For ``Kind.STR_LIST`` the checks apply to every item."""
+    """One key of a section. For list kinds the checks apply to every item."""
 
     name: str
     kind: Kind
@@ -172,6 +173,41 @@ def _is_pow2(v: int) -> bool:
 
 
 POWER_OF_TWO = Check("a power of two", _is_pow2)
+
+
+def _is_cidr(v: str) -> bool:
+    from netaddr import AddrFormatError, IPNetwork
+
+    try:
+        IPNetwork(v)
+    except (AddrFormatError, ValueError, TypeError):
+        return False
+    return True
+
+
+CIDR = Check("an IPv4/IPv6 address or CIDR", _is_cidr)
+_DOMAIN_RE = re.compile(r"(?=.{1,253}$)([a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}")
+DOMAIN = Check(
+    "a lower-case domain name", lambda v: _DOMAIN_RE.fullmatch(v.rstrip(".")) is not None
+)
+IOC_LISTS = (
+    "miner_names",
+    "miner_flags",
+    "pool_url_schemes",
+    "pool_ports",
+    "pool_domains",
+    "tunnel_tools",
+    "tunnel_domains",
+    "ssh_clients",
+    "shells",
+)
+IOC_LIST_NAME = Check("one of " + ", ".join(IOC_LISTS), lambda v: v in IOC_LISTS)
+
+
+def one_of(*choices: str) -> Check:
+    return Check("one of " + ", ".join(f'"{c}"' for c in choices), lambda v: v in choices)
+
+
 NON_EMPTY = Check("non-empty", lambda v: len(v) > 0)
 
 # The kernel compares at most TAG_KEY_LEN bytes of a key, so longer names could never match.
@@ -258,6 +294,33 @@ class ProcessTableConfig:
     exit_grace_s: float
     max_lineage: int
     max_entries: int
+
+
+@dataclass(frozen=True)
+class DetectorsConfig:
+    """``[detectors]``: additions to the shipped IOC lists (monitor/data/iocs.toml)."""
+
+    miner_names: tuple[str, ...]
+    miner_flags: tuple[str, ...]
+    pool_url_schemes: tuple[str, ...]
+    pool_ports: tuple[int, ...]
+    pool_domains: tuple[str, ...]
+    tunnel_tools: tuple[str, ...]
+    tunnel_domains: tuple[str, ...]
+    ssh_clients: tuple[str, ...]
+    shells: tuple[str, ...]
+    replace: tuple[str, ...]
+    pool_port_connects: str
+
+
+@dataclass(frozen=True)
+class AllowlistConfig:
+    """``[allowlist]``: destinations, hosts and programs that never alert."""
+
+    destinations: tuple[str, ...]
+    ssh_destinations: tuple[str, ...]
+    internal_networks: tuple[str, ...]
+    process_paths: tuple[str, ...]
 
 
 # --- finishers (cross-field rules) --------------------------------------------------------
@@ -496,6 +559,129 @@ SCHEMA: tuple[SectionSpec, ...] = (
             ),
         ),
     ),
+    SectionSpec(
+        name="detectors",
+        doc=(
+            "Additions to the detection content shipped in monitor/data/iocs.toml. Every list "
+            "here is added to the shipped list of the same name; name a list in `replace` to "
+            "drop the shipped entries and use only yours."
+        ),
+        result=DetectorsConfig,
+        fields=(
+            FieldSpec(
+                "miner_names",
+                Kind.STR_LIST,
+                [],
+                "Miner executable names (low confidence alone: a binary can be renamed).",
+                (NON_EMPTY,),
+            ),
+            FieldSpec(
+                "miner_flags",
+                Kind.STR_LIST,
+                [],
+                "Command-line flags only miners use.",
+                (NON_EMPTY,),
+            ),
+            FieldSpec(
+                "pool_url_schemes",
+                Kind.STR_LIST,
+                [],
+                "Pool URL schemes, e.g. stratum+tcp://.",
+                (NON_EMPTY,),
+            ),
+            FieldSpec(
+                "pool_ports",
+                Kind.INT_LIST,
+                [],
+                "Ports mining pools listen on (informational: a port alone never alerts).",
+                (between(1, 65535),),
+            ),
+            FieldSpec("pool_domains", Kind.STR_LIST, [], "Mining pool domain suffixes.", (DOMAIN,)),
+            FieldSpec(
+                "tunnel_tools", Kind.STR_LIST, [], "Reverse-tunnel tool names.", (NON_EMPTY,)
+            ),
+            FieldSpec(
+                "tunnel_domains", Kind.STR_LIST, [], "Tunnel-service domain suffixes.", (DOMAIN,)
+            ),
+            FieldSpec(
+                "ssh_clients",
+                Kind.STR_LIST,
+                [],
+                "Programs expected to speak SSH as "
+                "clients (others sending an SSH banner are flagged).",
+                (NON_EMPTY,),
+            ),
+            FieldSpec(
+                "shells",
+                Kind.STR_LIST,
+                [],
+                "Interactive shells (reverse-shell rule).",
+                (NON_EMPTY,),
+            ),
+            FieldSpec(
+                "replace",
+                Kind.STR_LIST,
+                [],
+                "Lists whose shipped entries are dropped.",
+                (IOC_LIST_NAME,),
+            ),
+            FieldSpec(
+                "pool_port_connects",
+                Kind.STR,
+                "info",
+                "What a connect to a pool port "
+                'alone produces: "info" (a low-severity alert), or "off".',
+                (one_of("info", "off"),),
+            ),
+        ),
+    ),
+    SectionSpec(
+        name="allowlist",
+        doc="What never alerts: known destinations, SSH bastions, internal networks, programs.",
+        result=AllowlistConfig,
+        fields=(
+            FieldSpec(
+                "destinations",
+                Kind.STR_LIST,
+                [],
+                "Addresses or CIDRs (IPv4/IPv6) whose traffic never alerts.",
+                (CIDR,),
+            ),
+            FieldSpec(
+                "ssh_destinations",
+                Kind.STR_LIST,
+                [],
+                "SSH bastions and git/rsync "
+                "hosts (addresses or CIDRs): plain SSH to them is expected.",
+                (CIDR,),
+            ),
+            FieldSpec(
+                "internal_networks",
+                Kind.STR_LIST,
+                [
+                    "127.0.0.0/8",
+                    "::1/128",
+                    "10.0.0.0/8",
+                    "172.16.0.0/12",
+                    "192.168.0.0/16",
+                    "100.64.0.0/10",
+                    "169.254.0.0/16",
+                    "fc00::/7",
+                    "fe80::/10",
+                ],
+                "Networks that count as inside (loopback and private): a connect-back from an "
+                "SSH client into these is the reverse-forward behaviour.",
+                (CIDR,),
+            ),
+            FieldSpec(
+                "process_paths",
+                Kind.STR_LIST,
+                [],
+                "Executable paths (fnmatch globs) whose alerts are suppressed.",
+                (NON_EMPTY,),
+            ),
+        ),
+    ),
 )
 
 
@@ -507,6 +693,8 @@ class Config:
     tags: TagsConfig
     probes: ProbesConfig
     process_table: ProcessTableConfig
+    detectors: DetectorsConfig
+    allowlist: AllowlistConfig
     source: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -599,15 +787,22 @@ def _apply_checks(f: FieldSpec, value: Any, key: str) -> None:
 
 def _convert(f: FieldSpec, value: Any) -> Any:
     """Type-check and validate one value; returns it in its frozen form."""
-    if f.kind is Kind.STR_LIST:
+    if f.kind in (Kind.STR_LIST, Kind.INT_LIST):
         if not isinstance(value, list):
             raise _Invalid(
                 f.name, f"expected {f.kind.value}, got {_toml_type(value)} ({_shown(value)})"
             )
+        want_str = f.kind is Kind.STR_LIST
         for i, item in enumerate(value):
             key = f"{f.name}[{i}]"
-            if not isinstance(item, str):
-                raise _Invalid(key, f"expected a string, got {_toml_type(item)} ({_shown(item)})")
+            ok = (
+                isinstance(item, str)
+                if want_str
+                else isinstance(item, int) and not isinstance(item, bool)
+            )
+            if not ok:
+                what = "a string" if want_str else "an integer"
+                raise _Invalid(key, f"expected {what}, got {_toml_type(item)} ({_shown(item)})")
             _apply_checks(f, item, key)
         return tuple(value)
     # bool is a subclass of int, and `ring_pages = true` is never what anyone meant.
@@ -626,7 +821,7 @@ def _convert(f: FieldSpec, value: Any) -> Any:
 
 
 def _frozen_default(f: FieldSpec) -> Any:
-    return tuple(f.default) if f.kind is Kind.STR_LIST else f.default
+    return tuple(f.default) if f.kind in (Kind.STR_LIST, Kind.INT_LIST) else f.default
 
 
 def _build_section(spec: SectionSpec, raw: Mapping[str, Any], source: Path | None) -> Any:
@@ -742,7 +937,7 @@ def _comment(text: str) -> list[str]:
 
 def _allowed(f: FieldSpec) -> str:
     rules = [c.rule for c in f.checks]
-    if f.kind is Kind.STR_LIST:
+    if f.kind in (Kind.STR_LIST, Kind.INT_LIST):
         each = f"; each {', '.join(rules)}" if rules else ""
         return f"Allowed: {f.kind.value}{each}."
     return "Allowed: " + ", ".join([f.kind.value, *rules]) + "."
@@ -750,7 +945,7 @@ def _allowed(f: FieldSpec) -> str:
 
 def _assignment(f: FieldSpec) -> list[str]:
     one_line = f"{f.name} = {_toml_value(f.default)}"
-    if len(one_line) <= _WIDTH or f.kind is not Kind.STR_LIST:
+    if len(one_line) <= _WIDTH or f.kind not in (Kind.STR_LIST, Kind.INT_LIST):
         return [one_line]
     return [f"{f.name} = [", *(f"    {_toml_value(v)}," for v in f.default), "]"]
 

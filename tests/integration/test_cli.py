@@ -103,3 +103,58 @@ def test_run_writes_ndjson(tmp_path: Path) -> None:
     stats = next(d for d in docs if d["event"]["action"] == "stats")["rlguard"]
     assert stats["drops_total"] == 0
     assert stats["kernel"]["sent"]["exec"] >= 1
+
+
+def test_check_without_bcc_says_how_to_fix() -> None:
+    # the interpreter refuses to import bcc (sys.modules entry None makes import fail)
+    code = (
+        "import sys; sys.modules['bcc'] = None; sys.argv = ['rlguard', 'check']\n"
+        "from monitor.cli import main; main()\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr + res.stdout
+    assert "[FAIL] bcc: the bcc Python binding is not importable" in res.stdout
+    assert "apt-get install python3-bpfcc" in res.stdout
+
+
+def test_check_without_tracefs_says_how_to_fix() -> None:
+    # a private mount namespace where tracefs is unmounted: the host keeps its own
+    script = (
+        "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug/tracing 2>/dev/null; "
+        "umount /sys/kernel/debug 2>/dev/null; "
+        f"exec {sys.executable} -m monitor.cli check --no-load"
+    )
+    res = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1, res.stdout
+    assert "Traceback" not in res.stderr + res.stdout
+    assert "[FAIL] tracefs: not mounted" in res.stdout
+    assert "fix: mount -t tracefs none /sys/kernel/tracing" in res.stdout
+
+
+def test_run_without_root_fails_cleanly() -> None:
+    res = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            *RLGUARD,
+            "run",
+            "--duration",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    assert "cannot run here" in res.stderr and "privileges" in res.stderr

@@ -599,6 +599,9 @@ def pow2(lo: int, hi: int) -> st.SearchStrategy[int]:
     return st.sampled_from([2**i for i in range(20) if lo <= 2**i <= hi])
 
 
+DEFAULTS = load_config(None)
+
+
 @st.composite
 def valid_configs(draw: st.DrawFn) -> dict[str, dict[str, Any]]:
     """Random valid documents: any subset of sections and keys, values within the rules."""
@@ -633,6 +636,9 @@ def valid_configs(draw: st.DrawFn) -> dict[str, dict[str, Any]]:
             doc[section] = {k: v for k, v in values.items() if draw(st.booleans())}
     probes = {**{"max_args": 32, "arg_size": 256}, **doc.get("probes", {})}
     assume(probes["max_args"] * probes["arg_size"] <= cfg.ARGS_BUF_MAX)
+    # stay within the kernel's key limit (roles not given keep their default keys)
+    tags = {**{r: list(getattr(DEFAULTS.tags, r)) for r in cfg.TAG_ROLES}, **doc.get("tags", {})}
+    assume(len({k for r in cfg.TAG_ROLES for k in tags[r]}) <= cfg.MAX_TAGS)
     return doc
 
 
