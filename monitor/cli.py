@@ -133,6 +133,130 @@ def check(
     typer.echo("rlguard can run on this host")
 
 
+@app.command()
+def rules(
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per rule"),
+    config: Path | None = ConfigOpt,
+) -> None:
+    """List every detection rule, its severity, ATT&CK mapping and data sources."""
+    import orjson
+
+    from monitor.detectors.iocs import build_iocs
+    from monitor.detectors.rules import load_rules
+
+    cfg = _load(config)
+    iocs = build_iocs(cfg.detectors, cfg.allowlist)
+    for rule in load_rules().values():
+        if as_json:
+            typer.echo(
+                orjson.dumps(
+                    {
+                        "id": rule.id,
+                        "name": rule.name,
+                        "category": rule.category,
+                        "description": rule.description,
+                        "severity": rule.severity_for,
+                        "techniques": [{"id": t, "name": n} for t, n in rule.techniques],
+                        "data_sources": list(rule.data_sources),
+                    }
+                ).decode()
+            )
+            continue
+        techs = ", ".join(f"{t} {n}" for t, n in rule.techniques)
+        sev = " ".join(f"{k}->{v}" for k, v in rule.severity_for.items())
+        typer.echo(f"{rule.id}  {rule.name}")
+        typer.echo(f"    {rule.description}")
+        typer.echo(f"    severity by confidence: {sev}")
+        typer.echo(f"    ATT&CK: {techs}")
+        typer.echo(f"    data: {', '.join(rule.data_sources)}")
+    if not as_json:
+        sizes = {
+            "miner_names": len(iocs.miner_names),
+            "miner_flags": len(iocs.miner_flags),
+            "pool_url_schemes": len(iocs.pool_url_schemes),
+            "pool_ports": len(iocs.pool_ports),
+            "pool_domains": len(iocs.pool_domains),
+            "tunnel_tools": len(iocs.tunnel_tools),
+            "tunnel_domains": len(iocs.tunnel_domains),
+            "ssh_clients": len(iocs.ssh_clients),
+            "shells": len(iocs.shells),
+        }
+        typer.echo(
+            "IOC lists (monitor/data/iocs.toml + [detectors] config): "
+            + ", ".join(f"{k}={v}" for k, v in sizes.items())
+        )
+
+
+@app.command()
+def demo(
+    output: str | None = typer.Option(
+        None, "--output", "-o", help="also write every event as NDJSON to this file"
+    ),
+    hold: float = typer.Option(6.0, help="seconds the fake worker keeps tunnel and miner up"),
+) -> None:
+    """Stage the incident on this host and show rlguard catching it.
+
+    Creates an "outside host" (a network namespace at 198.51.100.2 with a real
+    sshd on ports 22 and 443 and a fake mining pool), runs a fake RL worker with
+    episode tags that opens a reverse SSH tunnel and starts a stratum client
+    under an innocent name, lets the outside use the tunnel, prints the alerts,
+    and removes everything it made.
+    """
+    import threading
+    import time
+
+    cfg = _load(None)
+    _fail_preflight()
+    from monitor.collector import Collector
+    from monitor.lab.incident import Incident
+    from monitor.probes import SensorError
+    from monitor.sinks.console import ConsoleAlertSink
+
+    sink = ConsoleAlertSink(output)
+    collector = Collector(cfg, sink)
+    try:
+        collector.start()
+    except SensorError as exc:
+        typer.echo(f"rlguard: {exc}", err=True)
+        raise typer.Exit(1) from None
+    thread = threading.Thread(target=collector.run, daemon=True)
+    thread.start()
+    incident = Incident()
+    typer.echo(f"rlguard demo: probes armed in {collector.armed_seconds:.2f}s")
+    typer.echo(
+        f"rlguard demo: outside host {incident.host.ip4} (sshd :22 :443, pool :3333); "
+        f"worker tags RL_RUN_ID={incident.run} RL_EPISODE_ID={incident.episode} "
+        f"RL_WORKER_ID={incident.worker}\n"
+    )
+    try:
+        incident.setup()
+        got = incident.stage(hold)
+        typer.echo(
+            f"\nrlguard demo: the outside host reached 127.0.0.1:8081 through the "
+            f"tunnel: {got[:60]!r}\n"
+        )
+        deadline = time.monotonic() + hold + 5
+        wanted = {"RLG-TUN-001", "RLG-MIN-001"}
+        while time.monotonic() < deadline:
+            seen = {a["rule"]["id"] for a in sink.alerts}
+            if wanted <= seen:
+                break
+            time.sleep(0.2)
+    finally:
+        incident.cleanup()
+        collector.stop_event.set()
+        thread.join(timeout=10)
+        collector.close()
+        sink.close()
+    ids = sorted({a["rule"]["id"] for a in sink.alerts})
+    typer.echo(
+        f"\nrlguard demo: {len(sink.alerts)} alerts ({', '.join(ids) or 'none'}); "
+        "everything the demo created is removed"
+    )
+    if not {"RLG-TUN-001", "RLG-MIN-001"} <= set(ids):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

@@ -16,9 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 from monitor.config import Config
+from monitor.detectors.engine import DetectionEngine, render_alert
+from monitor.detectors.iocs import build_iocs
 from monitor.ecs import Renderer
 from monitor.events import (
     SEND_OWNER_DIFFERS,
+    DupEvent,
     Event,
     ExecEvent,
     ExitEvent,
@@ -51,6 +54,8 @@ class Collector:
         )
         self.table.tagset_fallback = self._kernel_tagset
         self.renderer = Renderer(self.table)
+        self.engine = DetectionEngine(build_iocs(config.detectors, config.allowlist))
+        self.alerts_written = 0
         self.decoder: RecordDecoder | None = None
         self.received: Counter[str] = Counter()
         self.undecodable = 0
@@ -157,10 +162,19 @@ class Collector:
         if isinstance(ev, TagsetEvent):
             table.on_tagset(ev)
             return None
+        parent = None
         if isinstance(ev, ExecEvent):
             p = table.on_exec(ev)
+            parent = table.procs.get(p.ppid)
         elif isinstance(ev, ForkEvent):
             p = table.on_fork(ev)
+            parent = table.procs.get(ev.pid)
+        elif isinstance(ev, DupEvent):
+            p = table.process_for(ev)
+            if self.engine.socket_for_fd(p, ev.oldfd) is None:
+                # a plain redirection: state only, no line
+                self.engine.observe(ev, p, None)
+                return None
         elif isinstance(ev, ExitEvent):
             p = table.on_exit(ev)
         elif isinstance(ev, TcpStateEvent) and not ev.owner_known:
@@ -171,6 +185,13 @@ class Collector:
             p = table.process_for(ev)
         doc = self.renderer.render(ev, p)
         self.sink.write(doc)
+        findings = self.engine.observe(ev, p, doc, parent)
+        if findings:
+            now = self.renderer.clock.now_iso()
+            for f in findings:
+                self.sink.write(render_alert(f, now))
+                self.alerts_written += 1
+            self.sink.flush()  # alerts leave at once, not at the end of the batch
         for observer in self.observers:
             observer(ev, p, doc)
         return doc
@@ -271,6 +292,7 @@ class Collector:
                 "error": getattr(self.sink, "last_error", None),
             },
             "process_table": {"size": len(self.table), "tagsets": len(self.table.tagsets)},
+            "alerts": dict(self.engine.alerts_by_rule),
             "uptime_s": round(time.monotonic() - self.started_mono, 3),
             "boottime_ns": boottime_ns(),
         }

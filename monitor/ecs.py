@@ -43,6 +43,7 @@ CATEGORY = {
     "tcp_state": (["network"], ["connection"], "rlguard.network"),
     "send": (["network"], ["connection", "protocol"], "rlguard.network"),
     "dns": (["network"], ["protocol"], "rlguard.dns"),
+    "dup": (["process"], ["change"], "rlguard.process"),
 }
 
 
@@ -122,10 +123,26 @@ class Renderer:
             },
             "host": self.host,
         }
-        lineage = self.table.lineage(p)
-        doc["process"] = self.process_fields(p, ev)
+        gen = self.table.generation
+        cache = p.render_cache
+        if cache is None or cache[0] != gen:
+            # names, parents and lineage change only with fork/exec/exit: reuse in between
+            lineage = self.table.lineage(p)
+            cache = p.render_cache = (
+                gen,
+                (
+                    lineage,
+                    self.process_fields(p),
+                    [{"pid": a.pid, "name": a.name, "entity_id": a.entity_id} for a in lineage],
+                ),
+            )
+        lineage, proc_fields, lineage_doc = cache[1]
+        proc = dict(proc_fields)
+        if ev.tid != ev.pid:
+            proc["thread"] = {"id": ev.tid}
+        doc["process"] = proc
         rl = dict(self.table.rl_block(p, ev.tagset_id, ev.tag_origin, lineage))
-        rl["lineage"] = [{"pid": a.pid, "name": a.name, "entity_id": a.entity_id} for a in lineage]
+        rl["lineage"] = lineage_doc
         doc["rl"] = rl
         extra = getattr(self, "_" + action)(ev, doc)
         if ev.cgroup_id:
@@ -166,6 +183,9 @@ class Renderer:
         if ev.exit_signal:
             detail["exit"]["signal"] = ev.exit_signal
         return detail
+
+    def _dup(self, ev: Any, doc: dict[str, Any]) -> dict[str, Any]:
+        return {"dup": {"oldfd": ev.oldfd, "newfd": ev.newfd}}
 
     @staticmethod
     def _net_type(family: int) -> str:

@@ -27,6 +27,7 @@ EVENT_TYPES: dict[int, str] = {
     6: "send",
     7: "dns",
     8: "tagset",
+    9: "dup",
 }
 
 # flag bits, mirrored from probes/rlguard.h (the header is the source of truth;
@@ -167,6 +168,15 @@ class TcpStateEvent(Event):
     @property
     def owner_known(self) -> bool:
         return bool(self.flags & TCP_OWNER_KNOWN)
+
+
+@dataclass(slots=True)
+class DupEvent(Event):
+    """dup2/dup3 of oldfd onto stdin, stdout or stderr."""
+
+    action: ClassVar[str] = "dup"
+    oldfd: int = -1
+    newfd: int = -1
 
 
 @dataclass(slots=True)
@@ -315,6 +325,7 @@ class RecordDecoder:
             6: self._send,
             7: self._dns,
             8: self._tagset,
+            9: self._dup,
         }
 
     def decode(self, raw: bytes) -> Event | None:
@@ -323,8 +334,8 @@ class RecordDecoder:
             return None
         etype = int.from_bytes(raw[:4], "little")
         lay = self._by_type.get(etype)
-        if lay is None or len(raw) < min(lay.tail_offset, lay.size):
-            return None
+        if lay is None or len(raw) < lay.unpacker.size:
+            return None  # unknown type or shorter than its fixed part: counted by the caller
         vals = lay.unpacker.unpack_from(raw)
         f = dict(zip(lay.names, vals, strict=True))
         return self._decoders[etype](f, raw, lay)
@@ -408,6 +419,9 @@ class RecordDecoder:
 
     def _dns(self, f: dict[str, Any], raw: bytes, lay: Layout) -> DnsEvent:
         return DnsEvent(**self._packet(f, raw, lay), transport="udp")
+
+    def _dup(self, f: dict[str, Any], raw: bytes, lay: Layout) -> DupEvent:
+        return DupEvent(**self._hdr(f), oldfd=f["oldfd"], newfd=f["newfd"])
 
     def _tagset(self, f: dict[str, Any], raw: bytes, lay: Layout) -> TagsetEvent:
         blob: bytes = f["tags_values"]

@@ -40,7 +40,10 @@ TRACEPOINTS = (
     "syscalls/sys_enter_connect",
     "syscalls/sys_exit_connect",
     "sock/inet_sock_set_state",
+    "syscalls/sys_enter_dup3",
 )
+# used when the kernel has them (dup2 does not exist on arm64)
+OPTIONAL_TRACEPOINTS = ("syscalls/sys_enter_dup2",)
 
 # cgroup programs: (function, bcc program type name, attach type)
 CGROUP_PROGRAMS = (
@@ -131,6 +134,8 @@ class Sensor:
         ]
         if has_group_dead(tracefs):
             flags.append("-DRLG_HAVE_GROUP_DEAD")
+        if Path(tracefs, "events/syscalls/sys_enter_dup2").is_dir():
+            flags.append("-DRLG_HAVE_DUP2")
         return flags
 
     def load(self) -> None:

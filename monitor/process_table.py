@@ -54,6 +54,8 @@ class Process:
     exit_signal: int | None = None
     # how we learned of it: fork, exec (no fork seen), proc (seeded), event (stub)
     seen_via: str = "event"
+    # rendered process/lineage fields, valid while the table's generation is unchanged
+    render_cache: tuple[int, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,8 @@ class ProcessTable:
         self._rl_cache: dict[tuple[int, int, bool, bool], dict[str, Any]] = {}
         self._next_seed_id = SEED_TAGSET_BASE + 1
         self.evicted = 0
+        # bumped on every change that can alter a rendered name, parent or lineage
+        self.generation = 0
         # callback to fetch a tagset the stream did not carry (kernel map lookup)
         self.tagset_fallback: Any = None
 
@@ -217,6 +221,7 @@ class ProcessTable:
         return p
 
     def _insert(self, p: Process) -> None:
+        self.generation += 1
         if len(self.procs) >= self.max_entries and p.pid not in self.procs:
             self.evicted += 1
             self._evict_one()
@@ -243,6 +248,7 @@ class ProcessTable:
         return p
 
     def on_fork(self, ev: ForkEvent) -> Process:
+        self.generation += 1
         parent = self.process_for(ev)
         child = Process(
             pid=ev.child_pid,
@@ -264,6 +270,7 @@ class ProcessTable:
         return child
 
     def on_exec(self, ev: ExecEvent) -> Process:
+        self.generation += 1
         p = self.procs.get(ev.pid)
         if p is None or p.exited_ns is not None:
             p = self._stub(ev)
@@ -278,6 +285,7 @@ class ProcessTable:
         return p
 
     def on_exit(self, ev: ExitEvent) -> Process:
+        self.generation += 1
         p = self.process_for(ev)
         p.exited_ns = ev.ts_ns
         p.exit_code = ev.exit_code if ev.exit_code >= 0 else None
@@ -295,6 +303,7 @@ class ProcessTable:
             if p is not None and p.entity_id == entity:
                 del self.procs[pid]
                 n += 1
+                self.generation += 1
         if len(self._rl_cache) > 4096:
             self._rl_cache.clear()
         return n

@@ -55,6 +55,7 @@ BPF_ARRAY(layout_tcp_state, struct rlg_tcp_state_event, 1);
 BPF_ARRAY(layout_send, struct rlg_send_event, 1);
 BPF_ARRAY(layout_dns, struct rlg_dns_event, 1);
 BPF_ARRAY(layout_tagset, struct rlg_tagset_event, 1);
+BPF_ARRAY(layout_dup, struct rlg_dup_event, 1);
 
 /* FNV-1a hash of a configured env key -> its index (filled by user space). */
 BPF_HASH(tag_keys, u64, u32, 64);
@@ -474,6 +475,31 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
     emit(&e, sizeof(e), RLG_EV_EXIT);
     proc_state.delete(&tgid);
     return 0;
+}
+
+/* ----------------------------------------------------------------- dup */
+
+/* Only dups onto fds 0-2 leave the kernel: that is how a socket becomes a
+ * shell's stdin/stdout (bash /dev/tcp, nc -e, socat exec:, pty.spawn). */
+static __always_inline int on_dup(u64 oldfd, u64 newfd) {
+    if (newfd > 2 || oldfd == newfd)
+        return 0;
+    struct rlg_dup_event e = {};
+    fill_header(&e.hdr, RLG_EV_DUP);
+    e.oldfd = (int)oldfd;
+    e.newfd = (int)newfd;
+    emit(&e, sizeof(e), RLG_EV_DUP);
+    return 0;
+}
+
+#ifdef RLG_HAVE_DUP2
+TRACEPOINT_PROBE(syscalls, sys_enter_dup2) {
+    return on_dup(args->oldfd, args->newfd);
+}
+#endif
+
+TRACEPOINT_PROBE(syscalls, sys_enter_dup3) {
+    return on_dup(args->oldfd, args->newfd);
 }
 
 /* ------------------------------------------------------------- connect */

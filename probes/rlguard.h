@@ -50,7 +50,8 @@ enum rlg_event_type {
     RLG_EV_SEND = 6,
     RLG_EV_DNS = 7,
     RLG_EV_TAGSET = 8,
-    RLG_EV_TYPE_MAX = 9,
+    RLG_EV_DUP = 9,
+    RLG_EV_TYPE_MAX = 10,
 };
 
 /* exec flags */
@@ -162,6 +163,13 @@ struct rlg_dns_event {
     unsigned char saddr[16];
     unsigned char daddr[16];
     unsigned char data[RLG_DNS_BYTES];    /* variable length */
+};
+
+/* dup2/dup3 onto stdin, stdout or stderr (how reverse shells are wired). */
+struct rlg_dup_event {
+    struct rlg_header hdr;
+    int oldfd;
+    int newfd;
 };
 
 /* Tag values of one process, keyed by tagset id; sent once when created. */

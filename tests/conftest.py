@@ -56,7 +56,7 @@ def live() -> Iterator[object]:
 
 @pytest.fixture
 def netns_host() -> Iterator[object]:
-    from tests.support.netns import NetnsHost
+    from monitor.lab.netns import NetnsHost
 
     host = NetnsHost().up()
     try:

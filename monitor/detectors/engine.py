@@ -1,0 +1,469 @@
+"""The detection engine: per-process state around the pure detectors.
+
+The pure functions in stratum.py and tunnel.py judge one argv, one payload or
+one DNS name.  Behaviour needs memory: which process holds an SSH session,
+which fd is which socket, what was already alerted.  This module keeps that
+state, reads the few files a rule needs (ssh and miner configs, bounded), and
+turns signals into alert documents: one per (rule, subject), with a follow-up
+only when new evidence raises the severity.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import pwd
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitor.detectors import stratum, tunnel
+from monitor.detectors.iocs import Iocs
+from monitor.detectors.rules import SEVERITY_RANK, SEVERITY_SCORE, Rule, load_rules
+from monitor.detectors.signals import Signal, bounded
+from monitor.dns import parse_dns_message
+from monitor.events import (
+    ConnectEvent,
+    DnsEvent,
+    DupEvent,
+    Event,
+    ExecEvent,
+    ExitEvent,
+    ForkEvent,
+    SendEvent,
+)
+from monitor.process_table import Process
+
+CONFIG_READ_LIMIT = 64 * 1024
+SSH_PORTS = frozenset({22, 2222})
+MAX_ALERT_KEYS = 100_000
+FileReader = Callable[[int, str], "str | None"]
+
+
+@dataclass(slots=True)
+class Conn:
+    """An outbound connection a process opened."""
+
+    daddr: str | None
+    dport: int
+    transport: str | None
+    cookie: int = 0
+
+
+@dataclass(slots=True)
+class ProcState:
+    fds: dict[int, Conn] = field(default_factory=dict)
+    ssh_sessions: list[Conn] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Finding:
+    rule: Rule
+    subject: str
+    signals: list[Signal]
+    event: Event
+    process: Process
+    doc: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_process_file(pid: int, path: str) -> str | None:
+    """Read a file as process `pid` would see it (its root and cwd), bounded."""
+    if not path:
+        return None
+    base = f"/proc/{pid}/root"
+    if not posixpath.isabs(path):
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            return None
+        path = posixpath.join(cwd, path)
+    try:
+        with open(base + path, "rb") as fh:
+            return fh.read(CONFIG_READ_LIMIT).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+class DetectionEngine:
+    def __init__(
+        self,
+        iocs: Iocs,
+        rules: dict[str, Rule] | None = None,
+        read_file: FileReader = read_process_file,
+    ) -> None:
+        self.iocs = iocs
+        self.rules = rules or load_rules()
+        self.read_file = read_file
+        self.state: dict[str, ProcState] = {}
+        self._alerted: OrderedDict[tuple[str, str], tuple[str, list[Signal]]] = OrderedDict()
+        self.alerts_by_rule: dict[str, int] = {}
+
+    # -- state ---------------------------------------------------------------------
+
+    def _st(self, p: Process) -> ProcState:
+        st = self.state.get(p.entity_id)
+        if st is None:
+            st = self.state[p.entity_id] = ProcState()
+        return st
+
+    def socket_for_fd(self, p: Process, fd: int) -> Conn | None:
+        st = self.state.get(p.entity_id)
+        return st.fds.get(fd) if st else None
+
+    # -- entry point -----------------------------------------------------------------
+
+    def observe(
+        self, ev: Event, p: Process, doc: dict[str, Any] | None, parent: Process | None = None
+    ) -> list[Finding]:
+        """Update state with one attributed event; returns new or escalated findings."""
+        if isinstance(ev, ForkEvent):
+            return self._fork(ev, p, parent)
+        if isinstance(ev, ExitEvent):
+            self.state.pop(p.entity_id, None)
+            return []
+        if doc is None:
+            doc = {}
+        if isinstance(ev, ExecEvent):
+            return self._exec(ev, p, doc, parent)
+        if isinstance(ev, ConnectEvent):
+            return self._connect(ev, p, doc)
+        if isinstance(ev, SendEvent):
+            return self._send(ev, p, doc)
+        if isinstance(ev, DnsEvent):
+            return self._dns(ev, p, doc)
+        if isinstance(ev, DupEvent):
+            return self._dup(ev, p, doc)
+        return []
+
+    # -- per event -----------------------------------------------------------------
+
+    def _fork(self, ev: ForkEvent, child: Process, parent: Process | None) -> list[Finding]:
+        if parent is None:
+            return []
+        pst = self.state.get(parent.entity_id)
+        if pst is not None:
+            # the child inherits the fd table and the SSH sessions (ssh -f forks)
+            self.state[child.entity_id] = ProcState(dict(pst.fds), list(pst.ssh_sessions))
+        return []
+
+    def _exec(
+        self, ev: ExecEvent, p: Process, doc: dict[str, Any], parent: Process | None
+    ) -> list[Finding]:
+        out: list[Finding] = []
+        argv = ev.argv
+        exe = ev.filename
+        if self.iocs.is_allowed_process(exe):
+            return out
+        name = posixpath.basename(argv[0]) if argv else posixpath.basename(exe)
+        base = posixpath.basename(exe)
+
+        # reverse tunnels on the command line (and in the ssh config it reads)
+        sigs: list[Signal] = []
+        if base in ("ssh", "dbclient") or name == "ssh":
+            sigs += tunnel.ssh_forward_specs(argv, self._ssh_config(ev, argv))
+        elif base == "autossh" or name == "autossh":
+            sigs += tunnel.autossh_signals(argv)
+        if sigs:
+            out += self._finding("RLG-TUN-003", p.entity_id, sigs, ev, p, doc)
+        tool = tunnel.tunnel_tool_signals(argv, exe, self.iocs)
+        if tool:
+            out += self._finding("RLG-TUN-004", p.entity_id, tool, ev, p, doc)
+
+        # mining
+        cfg_path = stratum.miner_config_path(argv)
+        cfg_text = self.read_file(ev.pid, cfg_path) if cfg_path else None
+        mining = stratum.miner_argv_signals(argv, exe, self.iocs, cfg_text)
+        if mining:
+            out += self._finding("RLG-MIN-002", p.entity_id, mining, ev, p, doc)
+
+        # reverse shell: a shell started with a socket on stdin/stdout (nc -e,
+        # socat exec:, bash -i >& /dev/tcp), or under a relay holding one (pty.spawn)
+        if base in self.iocs.shells or name in self.iocs.shells:
+            conn = self._stdio_socket(p)
+            how = "the shell's own stdin/stdout"
+            if conn is None and parent is not None:
+                conn = self._stdio_socket(parent)
+                how = f"its parent {parent.name} ({parent.pid}) relays stdin/stdout"
+            if conn is not None:
+                sig = Signal(
+                    "fd",
+                    "shell.stdio_socket",
+                    bounded(f"{how} = tcp {conn.daddr}:{conn.dport}"),
+                    "high",
+                )
+                out += self._finding(
+                    "RLG-SHL-001", p.entity_id, [sig], ev, p, doc, {"connect_back": _dest(conn)}
+                )
+        return out
+
+    def _ssh_config(self, ev: ExecEvent, argv: list[str]) -> str | None:
+        """The ssh config text the process reads: -F file, else user + system config."""
+        path = tunnel.ssh_config_path(argv)
+        if path:
+            return self.read_file(ev.pid, path)
+        parts = []
+        try:
+            home = pwd.getpwuid(ev.uid).pw_dir
+            user_cfg = self.read_file(ev.pid, posixpath.join(home, ".ssh", "config"))
+            if user_cfg:
+                parts.append(user_cfg)
+        except KeyError:
+            pass
+        system = self.read_file(ev.pid, "/etc/ssh/ssh_config")
+        if system:
+            parts.append(system)
+        return "\n".join(parts) if parts else None
+
+    def _stdio_socket(self, p: Process) -> Conn | None:
+        st = self.state.get(p.entity_id)
+        if st is None:
+            return None
+        c0, c1 = st.fds.get(0), st.fds.get(1)
+        if c0 is not None and c0 is c1 and c0.transport == "tcp":
+            if not self.iocs.is_internal(c0.daddr) and not self.iocs.is_allowed_destination(
+                c0.daddr
+            ):
+                return c0
+        return None
+
+    def _connect(self, ev: ConnectEvent, p: Process, doc: dict[str, Any]) -> list[Finding]:
+        out: list[Finding] = []
+        ok = ev.ret in (0, -115, 1)  # success, in progress, or seen below the syscall
+        if not ok:
+            return out
+        transport = ev.transport
+        conn = Conn(ev.daddr, ev.dport, transport, ev.cookie)
+        st = self._st(p)
+        if ev.fd >= 0:
+            st.fds[ev.fd] = conn
+        if transport != "tcp":
+            return out
+        # an SSH client opening connections into the host: serving a -R forward
+        if st.ssh_sessions and self.iocs.is_internal(ev.daddr) and p.name != "sshd":
+            sess = st.ssh_sessions[-1]
+            sig = Signal(
+                "behaviour",
+                "ssh.connect_back",
+                bounded(
+                    f"holds SSH session to {sess.daddr}:{sess.dport}; "
+                    f"connected to {ev.daddr}:{ev.dport}"
+                ),
+                "high",
+            )
+            out += self._finding(
+                "RLG-TUN-001",
+                p.entity_id,
+                [sig],
+                ev,
+                p,
+                doc,
+                {"ssh_session": _dest(sess), "connect_back": _dest(conn)},
+            )
+        sig2 = stratum.pool_port_signal(ev.dport, self.iocs)
+        if (
+            sig2 is not None
+            and self.iocs.pool_port_connects != "off"
+            and not self.iocs.is_internal(ev.daddr)
+            and not self.iocs.is_allowed_destination(ev.daddr)
+        ):
+            out += self._finding(
+                "RLG-MIN-004", f"{p.entity_id}/{ev.daddr}:{ev.dport}", [sig2], ev, p, doc
+            )
+        return out
+
+    def _send(self, ev: SendEvent, p: Process, doc: dict[str, Any]) -> list[Finding]:
+        out: list[Finding] = []
+        if self.iocs.is_allowed_destination(ev.daddr) or self.iocs.is_allowed_process(p.executable):
+            return out
+        data = ev.data
+        banner = tunnel.ssh_banner(data)
+        if banner is not None:
+            st = self._st(p)
+            st.ssh_sessions.append(Conn(ev.daddr, ev.dport, "tcp", ev.cookie))
+            out += self._ssh_protocol(ev, p, doc, banner)
+            return out
+        mining = stratum.stratum_payload_signals(data)
+        if mining:
+            out += self._finding(
+                "RLG-MIN-001",
+                p.entity_id,
+                mining,
+                ev,
+                p,
+                doc,
+                {"pool": {"ip": ev.daddr, "port": ev.dport}},
+            )
+        shell = tunnel.shell_banner_signal(data)
+        if shell is not None and not self.iocs.is_internal(ev.daddr):
+            out += self._finding(
+                "RLG-SHL-001",
+                p.entity_id,
+                [shell],
+                ev,
+                p,
+                doc,
+                {"connect_back": {"ip": ev.daddr, "port": ev.dport}},
+            )
+        return out
+
+    def _ssh_protocol(
+        self, ev: SendEvent, p: Process, doc: dict[str, Any], banner: str
+    ) -> list[Finding]:
+        names = {p.name, posixpath.basename(p.executable or "")}
+        known = bool(names & self.iocs.ssh_clients)
+        sigs: list[Signal] = []
+        if not known:
+            sigs.append(
+                Signal("banner", "ssh.unknown_client", bounded(f"{p.name} sent '{banner}'"), "high")
+            )
+        if ev.dport not in SSH_PORTS:
+            sigs.append(
+                Signal(
+                    "banner",
+                    "ssh.non_ssh_port",
+                    bounded(f"SSH to port {ev.dport}: '{banner}'"),
+                    "medium",
+                )
+            )
+        if (
+            self.iocs.ssh_destinations
+            and not self.iocs.is_ssh_destination(ev.daddr)
+            and not self.iocs.is_internal(ev.daddr)
+        ):
+            sigs.append(
+                Signal(
+                    "banner",
+                    "ssh.outside_allowlist",
+                    bounded(f"SSH to {ev.daddr}, not an allowed SSH host"),
+                    "medium",
+                )
+            )
+        if not sigs:
+            return []
+        return self._finding(
+            "RLG-TUN-002",
+            p.entity_id,
+            sigs,
+            ev,
+            p,
+            doc,
+            {"ssh_banner": banner, "ssh_server": {"ip": ev.daddr, "port": ev.dport}},
+        )
+
+    def _dns(self, ev: DnsEvent, p: Process, doc: dict[str, Any]) -> list[Finding]:
+        q = parse_dns_message(ev.data)
+        if q is None or q.is_response:
+            return []
+        out: list[Finding] = []
+        sig = tunnel.tunnel_dns_signal(q.name, self.iocs)
+        if sig is not None:
+            out += self._finding("RLG-TUN-005", f"{p.entity_id}/{q.name}", [sig], ev, p, doc)
+        sig2 = stratum.pool_dns_signal(q.name, self.iocs)
+        if sig2 is not None:
+            out += self._finding("RLG-MIN-003", f"{p.entity_id}/{q.name}", [sig2], ev, p, doc)
+        return out
+
+    def _dup(self, ev: DupEvent, p: Process, doc: dict[str, Any]) -> list[Finding]:
+        st = self._st(p)
+        conn = st.fds.get(ev.oldfd)
+        if conn is None:
+            st.fds.pop(ev.newfd, None)
+            return []
+        st.fds[ev.newfd] = conn
+        if p.name in self.iocs.shells and self._stdio_socket(p) is conn:
+            sig = Signal(
+                "fd",
+                "shell.stdio_socket",
+                bounded(f"dup{ev.oldfd}->{ev.newfd}: stdin/stdout = tcp {conn.daddr}:{conn.dport}"),
+                "high",
+            )
+            return self._finding(
+                "RLG-SHL-001", p.entity_id, [sig], ev, p, doc, {"connect_back": _dest(conn)}
+            )
+        return []
+
+    # -- findings ------------------------------------------------------------------
+
+    def _finding(
+        self,
+        rule_id: str,
+        subject: str,
+        signals: list[Signal],
+        ev: Event,
+        p: Process,
+        doc: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+    ) -> list[Finding]:
+        """A finding unless the same (rule, subject) was already reported at least as severe."""
+        rule = self.rules[rule_id]
+        key = (rule_id, subject)
+        prev = self._alerted.get(key)
+        if prev is not None:
+            # a follow-up only when the new evidence raises the severity: no flood
+            prev_sev, seen = prev
+            known = {(s.name, s.detail) for s in seen}
+            merged = seen + [s for s in signals if (s.name, s.detail) not in known]
+            sev = rule.severity(merged)
+            if SEVERITY_RANK[sev] <= SEVERITY_RANK[prev_sev]:
+                if len(merged) > len(seen):
+                    self._alerted[key] = (prev_sev, merged)
+                return []
+            signals = merged
+        if len(self._alerted) >= MAX_ALERT_KEYS:
+            self._alerted.popitem(last=False)
+        self._alerted[key] = (rule.severity(signals), list(signals))
+        self.alerts_by_rule[rule_id] = self.alerts_by_rule.get(rule_id, 0) + 1
+        f = Finding(rule, subject, list(signals), ev, p, doc, dict(extra or {}))
+        if prev is not None:
+            f.extra["follow_up"] = True
+            f.extra["previous_severity"] = prev[0]
+        return [f]
+
+
+def _dest(c: Conn) -> dict[str, Any]:
+    return {"ip": c.daddr, "port": c.dport, "transport": c.transport}
+
+
+def render_alert(f: Finding, timestamp: str) -> dict[str, Any]:
+    """The NDJSON alert: the rule, the evidence and the triggering event's context."""
+    rule = f.rule
+    sev = rule.severity(f.signals)
+    src = f.doc
+    doc: dict[str, Any] = {
+        "@timestamp": timestamp,
+        "event": {
+            "kind": "alert",
+            "category": ["intrusion_detection"],
+            "type": ["indicator"],
+            "action": rule.id,
+            "dataset": "rlguard.alert",
+            "severity": SEVERITY_SCORE[sev],
+            "reason": f"{rule.name}: " + "; ".join(s.detail for s in f.signals)[:400],
+        },
+        "rule": {
+            "id": rule.id,
+            "name": rule.name,
+            "description": rule.description,
+            "category": rule.category,
+            "ruleset": "rlguard",
+        },
+        "threat": {
+            "framework": "MITRE ATT&CK",
+            "technique": [{"id": t[0], "name": t[1]} for t in rule.techniques],
+        },
+    }
+    for key in ("host", "process", "rl", "destination", "source", "network", "dns"):
+        if key in src:
+            doc[key] = src[key]
+    doc["rlguard"] = {
+        "alert": {
+            "severity": sev,
+            "subject": f.subject,
+            "evidence": [s.as_dict() for s in f.signals],
+            "trigger": {"action": f.event.action, "@timestamp": src.get("@timestamp")},
+            **f.extra,
+        }
+    }
+    return doc

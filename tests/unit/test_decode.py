@@ -1,0 +1,154 @@
+"""Record decoding without a kernel.
+
+In production the ctypes layouts come from bcc (compiled from probes/rlguard.h).
+Here, test-only mirrors of a few layouts drive the same decoder, and
+tests/integration/test_layouts.py checks the mirrors against bcc's classes.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from monitor.events import (
+    ConnectEvent,
+    ExecEvent,
+    RecordDecoder,
+    SendEvent,
+    layout_from_ctypes,
+)
+
+pytestmark = pytest.mark.unit
+
+
+class Hdr(ct.Structure):
+    _fields_ = [
+        ("type", ct.c_uint),
+        ("pid", ct.c_uint),
+        ("tid", ct.c_uint),
+        ("ppid", ct.c_uint),
+        ("ts_ns", ct.c_ulonglong),
+        ("cgroup_id", ct.c_ulonglong),
+        ("tagset_id", ct.c_ulonglong),
+        ("tag_origin", ct.c_uint),
+        ("uid", ct.c_uint),
+        ("gid", ct.c_uint),
+        ("flags", ct.c_uint),
+        ("comm", ct.c_char * 16),
+    ]
+
+
+class Exec(ct.Structure):
+    _fields_ = [
+        ("hdr", Hdr),
+        ("args_count", ct.c_uint),
+        ("args_size", ct.c_uint),
+        ("own_tag_mask", ct.c_uint),
+        ("dirfd", ct.c_int),
+        ("filename", ct.c_char * 256),
+        ("args", ct.c_char * 8192),
+    ]
+
+
+class Connect(ct.Structure):
+    _fields_ = [
+        ("hdr", Hdr),
+        ("fd", ct.c_int),
+        ("ret", ct.c_int),
+        ("cookie", ct.c_ulonglong),
+        ("family", ct.c_ushort),
+        ("dport", ct.c_ushort),
+        ("sock_type", ct.c_uint),
+        ("protocol", ct.c_uint),
+        ("daddr", ct.c_ubyte * 16),
+        ("__pad_end", ct.c_ubyte * 4),  # bcc adds trailing padding like this
+    ]
+
+
+class Send(ct.Structure):
+    _fields_ = [
+        ("hdr", Hdr),
+        ("cookie", ct.c_ulonglong),
+        ("owner_pid", ct.c_uint),
+        ("payload_len", ct.c_uint),
+        ("captured", ct.c_uint),
+        ("family", ct.c_ushort),
+        ("sport", ct.c_ushort),
+        ("dport", ct.c_ushort),
+        ("pad", ct.c_ushort),
+        ("saddr", ct.c_ubyte * 16),
+        ("daddr", ct.c_ubyte * 16),
+        ("data", ct.c_ubyte * 256),
+    ]
+
+
+def decoder() -> RecordDecoder:
+    layouts = {name: Hdr for name in ("fork", "exit", "tcp_state", "dns", "tagset", "dup")}
+    layouts.update(exec=Exec, connect=Connect, send=Send)
+    return RecordDecoder(layouts, tag_value_len=64, max_tags=24)
+
+
+def hdr(etype: int, comm: bytes = b"python3") -> Hdr:
+    h = Hdr()
+    h.type, h.pid, h.tid, h.ppid = etype, 100, 101, 1
+    h.ts_ns, h.cgroup_id, h.tagset_id, h.tag_origin = 5_000_000_000, 7, 0, 0
+    h.comm = comm
+    return h
+
+
+def test_layout_skips_padding_and_tail() -> None:
+    lay = layout_from_ctypes(Send, "data")
+    assert "data" not in lay.names and "pid" in lay.names
+    assert lay.tail_offset == Send.data.offset
+    lay2 = layout_from_ctypes(Connect)
+    assert "__pad_end" not in lay2.names
+    # 8-byte fields are 8 bytes even with '<' (standard sizes)
+    assert lay2.unpacker.size <= ct.sizeof(Connect)
+
+
+def test_exec_variable_length() -> None:
+    e = Exec()
+    e.hdr = hdr(1, b"tr\x1bue")
+    args = b"/bin/true\0--flag\0caf\xc3\xa9\0bad\xff\0"
+    e.args_count, e.args_size = 4, len(args)
+    e.filename = b"/bin/true"
+    ct.memmove(ct.addressof(e) + Exec.args.offset, args, len(args))
+    raw = bytes(e)[: Exec.args.offset + len(args)]  # only args_size bytes are sent
+    ev = decoder().decode(raw)
+    assert isinstance(ev, ExecEvent)
+    assert ev.argv == ["/bin/true", "--flag", "café", "bad\\xff"]
+    assert ev.comm == "tr\\x1bue"
+    assert ev.pid == 100 and ev.ts_ns == 5_000_000_000
+
+
+def test_connect_addresses() -> None:
+    c = Connect()
+    c.hdr = hdr(4)
+    c.fd, c.ret, c.family, c.dport, c.sock_type = 3, -111, 10, 443, 1
+    c.daddr[:] = list(bytes.fromhex("20010db8000000000000000000000002"))
+    ev = decoder().decode(bytes(c))
+    assert isinstance(ev, ConnectEvent)
+    assert ev.daddr == "2001:db8::2" and ev.dport == 443 and ev.transport == "tcp"
+
+
+def test_send_payload_is_bounded_by_record() -> None:
+    s = Send()
+    s.hdr = hdr(6)
+    s.captured, s.payload_len, s.family = 200, 999, 2
+    payload = b"SSH-2.0-OpenSSH_9.2\r\n"
+    ct.memmove(ct.addressof(s) + Send.data.offset, payload, len(payload))
+    raw = bytes(s)[: Send.data.offset + len(payload)]  # record shorter than `captured` claims
+    ev = decoder().decode(raw)
+    assert isinstance(ev, SendEvent)
+    assert ev.data == payload
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=600))
+def test_garbage_never_raises(raw: bytes) -> None:
+    ev = decoder().decode(raw)
+    if len(raw) < 4 or int.from_bytes(raw[:4], "little") not in range(1, 10):
+        assert ev is None
