@@ -7,7 +7,7 @@ ARGS        ?=
 PYTEST_ARGS ?=
 
 # Targets that install packages, mount filesystems or load eBPF programs.
-ROOT_GOALS := setup setup-test run test
+ROOT_GOALS := setup setup-test run test demo
 ifneq ($(filter $(ROOT_GOALS),$(MAKECMDGOALS)),)
 ifneq ($(shell id -u),0)
 $(error 'make $(MAKECMDGOALS)' needs root (it installs packages and loads eBPF programs): run 'sudo make $(MAKECMDGOALS)')
@@ -15,11 +15,12 @@ endif
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-test run test test-unit lint check clean
+.PHONY: help setup setup-test run test test-unit lint check clean demo
 
 help:
 	@echo "sudo make run    set up this host, then run the monitor (ARGS='...' passes options)"
 	@echo "sudo make test   set up this host with test tools, then run the test suite (PYTEST_ARGS='...')"
+	@echo "sudo make demo   stage the incident (reverse SSH tunnel + miner) in a namespace and watch rlguard catch it"
 	@echo "make test-unit   unit tests only (no root once the venv exists)"
 	@echo "make lint        ruff and mypy"
 	@echo "make check       rlguard check: can this host run the monitor?"
@@ -37,6 +38,9 @@ run: setup
 
 test: setup-test
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup-test
+	$(VENV)/bin/rlguard demo
 
 # These only need the venv; make it (as root) when it is missing.
 $(PY):

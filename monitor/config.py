@@ -628,10 +628,12 @@ SCHEMA: tuple[SectionSpec, ...] = (
             FieldSpec(
                 "pool_port_connects",
                 Kind.STR,
-                "info",
-                "What a connect to a pool port "
-                'alone produces: "info" (a low-severity alert), or "off".',
-                (one_of("info", "off"),),
+                "context",
+                "What a connect to a common pool port produces. A port alone proves nothing: "
+                '"context" (default) keeps it as evidence for the process\'s other mining '
+                'alerts and never alerts on it alone; "alert" also raises a low-severity '
+                'RLG-MIN-004 alert; "off" ignores pool ports.',
+                (one_of("context", "alert", "off"),),
             ),
         ),
     ),

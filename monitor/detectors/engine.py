@@ -55,6 +55,8 @@ class Conn:
 class ProcState:
     fds: dict[int, Conn] = field(default_factory=dict)
     ssh_sessions: list[Conn] = field(default_factory=list)
+    # pool-port connects: context for this process's mining alerts
+    pool_ports: list[Signal] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -161,10 +163,11 @@ class DetectionEngine:
 
         # reverse tunnels on the command line (and in the ssh config it reads)
         sigs: list[Signal] = []
-        if base in ("ssh", "dbclient") or name == "ssh":
+        if base == "ssh" or name == "ssh":
             sigs += tunnel.ssh_forward_specs(argv, self._ssh_config(ev, argv))
         elif base == "autossh" or name == "autossh":
-            sigs += tunnel.autossh_signals(argv)
+            ssh_argv = tunnel.autossh_ssh_argv(argv)
+            sigs += tunnel.autossh_signals(argv, self._ssh_config(ev, ssh_argv))
         if sigs:
             out += self._finding("RLG-TUN-003", p.entity_id, sigs, ev, p, doc)
         tool = tunnel.tunnel_tool_signals(argv, exe, self.iocs)
@@ -201,6 +204,8 @@ class DetectionEngine:
     def _ssh_config(self, ev: ExecEvent, argv: list[str]) -> str | None:
         """The ssh config text the process reads: -F file, else user + system config."""
         path = tunnel.ssh_config_path(argv)
+        if path == "none":
+            return None  # `-F none`: ssh reads no config at all
         if path:
             return self.read_file(ev.pid, path)
         parts = []
@@ -264,13 +269,17 @@ class DetectionEngine:
         sig2 = stratum.pool_port_signal(ev.dport, self.iocs)
         if (
             sig2 is not None
-            and self.iocs.pool_port_connects != "off"
             and not self.iocs.is_internal(ev.daddr)
             and not self.iocs.is_allowed_destination(ev.daddr)
         ):
-            out += self._finding(
-                "RLG-MIN-004", f"{p.entity_id}/{ev.daddr}:{ev.dport}", [sig2], ev, p, doc
-            )
+            if len(st.pool_ports) < 8:
+                st.pool_ports.append(
+                    Signal(sig2.kind, sig2.name, bounded(f"{ev.daddr}:{ev.dport}"), "low")
+                )
+            if self.iocs.pool_port_connects == "alert":
+                out += self._finding(
+                    "RLG-MIN-004", f"{p.entity_id}/{ev.daddr}:{ev.dport}", [sig2], ev, p, doc
+                )
         return out
 
     def _send(self, ev: SendEvent, p: Process, doc: dict[str, Any]) -> list[Finding]:
@@ -398,6 +407,11 @@ class DetectionEngine:
     ) -> list[Finding]:
         """A finding unless the same (rule, subject) was already reported at least as severe."""
         rule = self.rules[rule_id]
+        if rule.category == "mining" and rule_id != "RLG-MIN-004":
+            st = self.state.get(p.entity_id)
+            if st is not None and st.pool_ports:
+                # context only: a low signal never raises the severity on its own
+                signals = list(signals) + [s for s in st.pool_ports if s not in signals]
         key = (rule_id, subject)
         prev = self._alerted.get(key)
         if prev is not None:

@@ -40,7 +40,7 @@ class Iocs:
     ssh_destinations: IPSet
     internal_networks: IPSet
     allow_process_paths: tuple[str, ...]
-    pool_port_connects: str = "info"
+    pool_port_connects: str = "context"
 
     def is_internal(self, ip: str | None) -> bool:
         return _in(ip, self.internal_networks)

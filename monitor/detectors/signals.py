@@ -34,7 +34,11 @@ class Signal:
 
 
 def bounded(text: str, limit: int = 256) -> str:
-    """Evidence text, bounded and stripped of control characters."""
+    """Evidence text, at most `limit` characters (truncation marker included),
+    stripped of control characters."""
     from monitor.sanitize import safe_text
 
-    return safe_text(text, limit)
+    out = safe_text(text, limit)
+    if len(out) > limit:  # safe_text appends its "…[+N bytes]" marker past the limit
+        out = safe_text(text, max(8, limit - (len(out) - limit) - 2))
+    return out[:limit]

@@ -148,7 +148,7 @@ class OutsideHost(NetnsHost):
                 UsePAM no
                 AllowTcpForwarding yes
                 PermitTunnel no
-                LogLevel ERROR
+                LogLevel QUIET
                 """
             )
         )
