@@ -12,6 +12,7 @@ from monitor.detectors.engine import DetectionEngine, render_alert
 from monitor.detectors.iocs import build_iocs
 from monitor.events import ConnectEvent, DupEvent, ExecEvent, ForkEvent, SendEvent
 from monitor.process_table import ProcessTable
+from tests.support.events import hdr as base_hdr
 
 pytestmark = pytest.mark.unit
 
@@ -20,19 +21,7 @@ OUTSIDE = "198.51.100.2"
 
 
 def hdr(pid: int, comm: str, ppid: int = 1, ts: int = 1) -> dict:
-    return dict(
-        pid=pid,
-        tid=pid,
-        ppid=ppid,
-        ts_ns=ts,
-        cgroup_id=1,
-        tagset_id=0,
-        tag_origin=0,
-        uid=0,
-        gid=0,
-        flags=0,
-        comm=comm,
-    )
+    return base_hdr(pid, ppid=ppid, ts=ts, comm=comm)
 
 
 class World:

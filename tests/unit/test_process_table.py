@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from monitor.config import load_config
 from monitor.events import ExecEvent, ExitEvent, ForkEvent, TagsetEvent
 from monitor.process_table import ProcessTable
+from tests.support.events import hdr
 
 pytestmark = pytest.mark.unit
 
@@ -18,22 +19,6 @@ KEYS = list(CFG.tags.keys)
 
 def table() -> ProcessTable:
     return ProcessTable(CFG.tags, boot_id="0123456789abcdef", max_lineage=16, exit_grace_s=1.0)
-
-
-def hdr(pid: int, ppid: int = 1, ts: int = 1000, tagset: int = 0, origin: int = 0, comm: str = "p"):
-    return dict(
-        pid=pid,
-        tid=pid,
-        ppid=ppid,
-        ts_ns=ts,
-        cgroup_id=1,
-        tagset_id=tagset,
-        tag_origin=origin,
-        uid=0,
-        gid=0,
-        flags=0,
-        comm=comm,
-    )
 
 
 def tagset_event(tid: int, pid: int, values: dict[str, str]) -> TagsetEvent:
