@@ -62,6 +62,7 @@ class Collector:
         self.errors = 0
         self.observers: list[Observer] = []
         self.stop_event = threading.Event()
+        self._stop_requested = False
         self.started_mono = 0.0
         self.armed_seconds = 0.0
         self._last_metrics = 0.0
@@ -105,8 +106,10 @@ class Collector:
         self.sensor.close()
 
     def install_signal_handlers(self) -> None:
+        # handlers only set plain flags: threading.Event.set() from a signal
+        # handler can deadlock on the lock the interrupted wait() holds
         def stop(_sig: int, _frm: Any) -> None:
-            self.stop_event.set()
+            self._stop_requested = True
 
         def reopen(_sig: int, _frm: Any) -> None:
             if hasattr(self.sink, "reopen"):
@@ -120,12 +123,12 @@ class Collector:
         """Loop until stopped (signal, stop_event) or duration_s elapses."""
         poll = self.config.probes.poll_interval_ms / 1000.0
         deadline = None if duration_s is None else time.monotonic() + duration_s
-        while not self.stop_event.is_set():
+        while not (self._stop_requested or self.stop_event.is_set()):
             n = self.step()
             if deadline is not None and time.monotonic() >= deadline:
                 break
             if n == 0:
-                self.stop_event.wait(poll)
+                time.sleep(poll)
 
     # -- the loop body ---------------------------------------------------------------
 

@@ -19,6 +19,9 @@ from monitor.community_id import community_id_v1
 from monitor.dns import parse_dns_message
 from monitor.events import (
     CONNECT_KERNEL,
+    EXEC_ARGV_UNREADABLE,
+    EXEC_ENV_SCAN_TRUNCATED,
+    EXEC_TAG_TRUNCATED,
     SEND_OWNER_DIFFERS,
     SOCK_TYPES,
     TCP_STATES,
@@ -78,7 +81,7 @@ class Renderer:
     def __init__(self, table: ProcessTable, hostname: str | None = None) -> None:
         self.table = table
         self.clock = Clock()
-        self.host = {"hostname": hostname or socket.gethostname(), "boot_id": table.boot_id}
+        self.host = {"hostname": hostname or socket.gethostname(), "boot": {"id": table.boot_id}}
         # kernel socket addresses are pointers: publish a keyed hash, never the value
         self._sock_key = os.urandom(16)
 
@@ -102,8 +105,9 @@ class Renderer:
                 "entity_id": parent.entity_id if parent else p.parent_entity_id,
                 "name": parent.name if parent else None,
             },
-            "user": {"id": p.uid},
-            "group": {"id": p.gid},
+            # ECS keeps ids as keywords (strings)
+            "user": {"id": None if p.uid is None else str(p.uid)},
+            "group": {"id": None if p.gid is None else str(p.gid)},
         }
         if ev is not None and ev.tid != ev.pid:
             out["thread"] = {"id": ev.tid}
@@ -154,15 +158,18 @@ class Renderer:
 
     def _exec(self, ev: ExecEvent, doc: dict[str, Any]) -> dict[str, Any]:
         detail: dict[str, Any] = {"exec": {"args_truncated": ev.args_truncated}}
+        for bit, name in (
+            (EXEC_ENV_SCAN_TRUNCATED, "env_scan_truncated"),
+            (EXEC_TAG_TRUNCATED, "tag_truncated"),
+            (EXEC_ARGV_UNREADABLE, "argv_unreadable"),
+        ):
+            if ev.flags & bit:
+                detail["exec"][name] = True
         if ev.own_tag_mask:
             keys = self.table.keys
             detail["exec"]["own_tag_keys"] = [
                 k for i, k in enumerate(keys) if ev.own_tag_mask & (1 << i)
             ]
-        if ev.flags & 4:
-            detail["exec"]["execveat_dirfd"] = ev.dirfd
-        if ev.flags & 32:
-            detail["exec"]["argv_unavailable"] = True
         return detail
 
     def _fork(self, ev: ForkEvent, doc: dict[str, Any]) -> dict[str, Any]:
@@ -237,7 +244,12 @@ class Renderer:
         if not ev.owner_known:
             # softirq context, no recorded owner: no process to name
             doc.pop("process", None)
-            doc["rl"] = {"source": "none", "tags": {}, "lineage": []}
+            doc["rl"] = {
+                **{r + "_id": None for r in ("episode", "worker", "run", "trajectory", "sandbox")},
+                "tags": {},
+                "source": "none",
+                "lineage": [],
+            }
         return {
             "tcp": {
                 "old_state": TCP_STATES.get(ev.oldstate, str(ev.oldstate)),
@@ -272,7 +284,7 @@ class Renderer:
         q = parse_dns_message(ev.data)
         if q is not None:
             doc["dns"] = {
-                "id": q.id,
+                "id": str(q.id),
                 "type": "answer" if q.is_response else "query",
                 "question": {"name": q.name, "type": q.qtype_name},
             }

@@ -34,10 +34,9 @@ EVENT_TYPES: dict[int, str] = {
 # tests/integration/test_layouts.py checks these against it)
 EXEC_ARGS_TRUNCATED = 1
 EXEC_ARG_TRUNCATED = 2
-EXEC_EXECVEAT = 4
 EXEC_ENV_SCAN_TRUNCATED = 8
 EXEC_TAG_TRUNCATED = 16
-EXEC_NO_ENTER = 32
+EXEC_ARGV_UNREADABLE = 64
 CONNECT_SYSCALL = 1
 CONNECT_SOCKINFO = 2
 CONNECT_KERNEL = 4
@@ -116,7 +115,6 @@ class ExecEvent(Event):
     argv: list[str] = field(default_factory=list)
     args_truncated: bool = False
     own_tag_mask: int = 0
-    dirfd: int = -100
 
 
 @dataclass(slots=True)
@@ -365,7 +363,6 @@ class RecordDecoder:
             argv=[safe_text(a, ARG_LIMIT) for a in args],
             args_truncated=bool(f["flags"] & (EXEC_ARGS_TRUNCATED | EXEC_ARG_TRUNCATED)),
             own_tag_mask=f["own_tag_mask"],
-            dirfd=f["dirfd"],
         )
 
     def _fork(self, f: dict[str, Any], raw: bytes, lay: Layout) -> ForkEvent:

@@ -28,8 +28,6 @@ CGROUP2_CANDIDATES = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
 
 # Every tracepoint the programs use (checked by `rlguard check`).
 TRACEPOINTS = (
-    "syscalls/sys_enter_execve",
-    "syscalls/sys_enter_execveat",
     "sched/sched_process_exec",
     "syscalls/sys_enter_clone",
     "syscalls/sys_enter_clone3",
@@ -52,7 +50,7 @@ CGROUP_PROGRAMS = (
     ("rlg_egress", "CGROUP_SKB", bpf_link.BPF_CGROUP_INET_EGRESS),
 )
 
-MISS_NAMES = ("proc_state_full", "pending_exec_full", "tagset_full", "exec_without_enter")
+MISS_NAMES = ("proc_state_full", "tagset_full", "exec_without_stack")
 
 MAX_TAGS = 24
 TAG_VALUE_LEN = 64

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,7 +94,9 @@ class ProcessTable:
         self.exit_grace_ns = int(exit_grace_s * 1e9)
         self.max_entries = max_entries
         self.procs: dict[int, Process] = {}
-        self.tagsets: dict[int, Tagset] = {}
+        # bounded: an evicted tagset is read back from the kernel map on demand
+        self.tagsets: OrderedDict[int, Tagset] = OrderedDict()
+        self.max_tagsets = 65536
         self._expiry: list[tuple[int, int, str]] = []  # (deadline_ns, pid, entity_id)
         self._rl_cache: dict[tuple[int, int, bool, bool], dict[str, Any]] = {}
         self._next_seed_id = SEED_TAGSET_BASE + 1
@@ -133,7 +136,8 @@ class ProcessTable:
             pid = info["pid"]
             try:
                 env = proc.environ()
-                own = {k: v for k, v in env.items() if k in wanted}
+                # values are attacker-controlled: sanitise like everything from the kernel
+                own = {k: _safe(v) for k, v in env.items() if k in wanted}
                 del env  # never keep the rest of an environment
             except (psutil.Error, OSError):
                 own = {}
@@ -200,7 +204,12 @@ class ProcessTable:
     def on_tagset(self, ev: TagsetEvent) -> None:
         values = {k: v for k, v in zip(self.keys, ev.values, strict=False) if v is not None}
         truncated = frozenset(k for i, k in enumerate(self.keys) if ev.truncated_mask & (1 << i))
-        self.tagsets[ev.id] = Tagset(values, truncated)
+        self._put_tagset(ev.id, Tagset(values, truncated))
+
+    def _put_tagset(self, tagset_id: int, ts: Tagset) -> None:
+        self.tagsets[tagset_id] = ts
+        if len(self.tagsets) > self.max_tagsets:
+            self.tagsets.popitem(last=False)
 
     def _stub(self, ev: Event) -> Process:
         """A process first seen through one of its events (missed fork/exec)."""
@@ -239,9 +248,11 @@ class ProcessTable:
     def process_for(self, ev: Event) -> Process:
         """The table entry an event belongs to, created if unknown."""
         p = self.procs.get(ev.pid)
-        if p is None or (p.exited_ns is not None and ev.ts_ns > p.exited_ns):
+        if p is None:
             p = self._stub(ev)
         else:
+            # an exited entry still owns late events (a TCP FIN after exit);
+            # a reused pid arrives through a fork, which replaces the entry
             # the kernel's view of tags is authoritative
             p.tagset_id = ev.tagset_id or p.tagset_id
             p.tag_origin = ev.tag_origin if ev.tagset_id else p.tag_origin
@@ -329,7 +340,7 @@ class ProcessTable:
         if ts is None and tagset_id and self.tagset_fallback is not None:
             ts = self.tagset_fallback(tagset_id)
             if ts is not None:
-                self.tagsets[tagset_id] = ts
+                self._put_tagset(tagset_id, ts)
         return ts
 
     def _lineage_tags(self, p: Process, lineage: list[Process] | None) -> tuple[int, int]:

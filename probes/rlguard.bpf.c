@@ -10,6 +10,7 @@
  * without a wake-up; user space drains it on a short timer.  Reserve/output
  * failures are counted per event type in `drops`, successes in `sent`.
  */
+#include <uapi/linux/ptrace.h>  /* struct pt_regs: the ptrace register ABI */
 #include "rlguard.h"
 
 #ifndef RLG_RING_PAGES
@@ -33,10 +34,9 @@
 /* Internal miss counters (user space reports them next to drops). */
 enum rlg_miss {
     RLG_MISS_PROC_STATE_FULL = 0,   /* fork could not record the child */
-    RLG_MISS_PENDING_EXEC_FULL = 1,
-    RLG_MISS_TAGSET_FULL = 2,
-    RLG_MISS_EXEC_NO_ENTER = 3,     /* exec seen without its syscall entry */
-    RLG_MISS_MAX = 4,
+    RLG_MISS_TAGSET_FULL = 1,
+    RLG_MISS_EXEC_NO_STACK = 2,     /* exec whose new user stack could not be found */
+    RLG_MISS_MAX = 3,
 };
 
 BPF_RINGBUF_OUTPUT(events, RLG_RING_PAGES);
@@ -63,11 +63,11 @@ BPF_HASH(tag_keys, u64, u32, 64);
 BPF_HASH(proc_state, u32, struct rlg_proc_state, 131072);
 BPF_TABLE("lru_hash", u64, struct rlg_tagset, tagsets, 16384);
 
+/* an exec event being built, with the tag values its envp carried */
 struct rlg_pending_exec {
     struct rlg_exec_event ev;
     struct rlg_tagset tags;
 };
-BPF_TABLE("lru_hash", u32, struct rlg_pending_exec, pending_exec, 1024);
 BPF_PERCPU_ARRAY(exec_scratch, struct rlg_pending_exec, 1);
 BPF_PERCPU_ARRAY(tagset_scratch, struct rlg_tagset_event, 1);
 
@@ -157,31 +157,25 @@ static __always_inline void fill_header(struct rlg_header *h, u32 type) {
 
 /* ---------------------------------------------------------------- exec */
 
-static __always_inline int exec_enter(const char *filename, const char *const *argv,
-                                      const char *const *envp, int dirfd, u32 flags) {
-    u32 zero = 0;
-    struct rlg_pending_exec *p = exec_scratch.lookup(&zero);
-    if (!p)
-        return 0;
+/* argv and envp are read at sched_process_exec from the new program's
+ * initial stack (SysV ABI: argc, argv[], NULL, envp[], NULL at the user stack
+ * pointer the kernel just set up).  The kernel itself wrote those pages, so
+ * they are present (a probe cannot fault pages in), and no other thread of
+ * the caller can change them any more (no TOCTOU on argv or tags).  The user
+ * stack pointer comes from bpf_task_pt_regs(): the ptrace register ABI, not
+ * a kernel-internal struct. */
+static __always_inline int read_exec(struct rlg_pending_exec *p, u64 sp) {
     struct rlg_exec_event *e = &p->ev;
-    e->args_count = 0;
-    e->args_size = 0;
-    e->own_tag_mask = 0;
-    e->dirfd = dirfd;
-    e->hdr.flags = flags;
-    p->tags.present_mask = 0;
-    p->tags.own_mask = 0;
-    p->tags.truncated_mask = 0;
-    /* values are compared whole against the inherited tagset: no stale tails */
-    struct rlg_tagset *z = zero_tagset.lookup(&zero);
-    if (!z)
-        return 0;
-    bpf_probe_read_kernel(p->tags.values, sizeof(p->tags.values), z->values);
-
-    bpf_probe_read_user_str(e->filename, sizeof(e->filename), filename);
-
+    u64 argc = 0;
+    if (bpf_probe_read_user(&argc, sizeof(argc), (void *)sp) < 0) {
+        e->hdr.flags |= RLG_EXEC_ARGV_UNREADABLE;
+        return -1;
+    }
+    const char *const *argv = (const char *const *)(sp + 8);
     int i;
     for (i = 0; i < RLG_MAX_ARGS; i++) {
+        if ((u64)i >= argc)
+            break;
         const char *argp = NULL;
         bpf_probe_read_user(&argp, sizeof(argp), &argv[i]);
         if (!argp)
@@ -191,26 +185,29 @@ static __always_inline int exec_enter(const char *filename, const char *const *a
             break;
         long n = bpf_probe_read_user_str(&e->args[off], RLG_ARG_SIZE, argp);
         if (n <= 0) {
-            /* unreadable entry: keep the position with an empty string */
             e->args[off] = 0;
             n = 1;
+            e->hdr.flags |= RLG_EXEC_ARGV_UNREADABLE;
         }
-        if (n >= RLG_ARG_SIZE)
-            e->hdr.flags |= RLG_EXEC_ARG_TRUNCATED;
+        if (n >= RLG_ARG_SIZE) {
+            /* n counts the NUL: only truncated if the string goes on */
+            char next = 0;
+            bpf_probe_read_user(&next, 1, argp + RLG_ARG_SIZE - 1);
+            if (next)
+                e->hdr.flags |= RLG_EXEC_ARG_TRUNCATED;
+        }
         e->args_size = off + (u32)n;
         e->args_count++;
     }
-    if (i == RLG_MAX_ARGS) {
-        const char *more = NULL;
-        bpf_probe_read_user(&more, sizeof(more), &argv[RLG_MAX_ARGS]);
-        if (more)
-            e->hdr.flags |= RLG_EXEC_ARGS_TRUNCATED;
-    }
+    if (argc > RLG_MAX_ARGS)
+        e->hdr.flags |= RLG_EXEC_ARGS_TRUNCATED;
 
     /* Env tags: hash each key, keep only the values of configured keys. */
+    u32 zero = 0;
     struct rlg_env_key *k = env_key_scratch.lookup(&zero);
     if (!k)
         return 0;
+    const char *const *envp = (const char *const *)(sp + 8 + (argc + 1) * 8);
     int j;
     for (j = 0; j < RLG_ENV_SCAN; j++) {
         const char *ep = NULL;
@@ -242,12 +239,18 @@ static __always_inline int exec_enter(const char *filename, const char *const *a
         u32 t = *idx;
         if (t >= RLG_MAX_TAGS)
             continue;
+        if (p->tags.own_mask & (1U << t))
+            continue;   /* a repeated key: getenv() returns the first, so do we */
         long m = bpf_probe_read_user_str(&p->tags.values[t * RLG_TAG_VALUE_LEN],
                                          RLG_TAG_VALUE_LEN, ep + eq + 1);
         if (m < 0)
             continue;
-        if (m >= RLG_TAG_VALUE_LEN)
-            p->tags.truncated_mask |= (1U << t);
+        if (m >= RLG_TAG_VALUE_LEN) {
+            char next = 0;
+            bpf_probe_read_user(&next, 1, ep + eq + RLG_TAG_VALUE_LEN);
+            if (next)
+                p->tags.truncated_mask |= (1U << t);
+        }
         p->tags.present_mask |= (1U << t);
         p->tags.own_mask |= (1U << t);
     }
@@ -260,20 +263,7 @@ static __always_inline int exec_enter(const char *filename, const char *const *a
     if (p->tags.truncated_mask)
         e->hdr.flags |= RLG_EXEC_TAG_TRUNCATED;
     e->own_tag_mask = p->tags.own_mask;
-
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    if (pending_exec.update(&tid, p) != 0)
-        bump_miss(RLG_MISS_PENDING_EXEC_FULL);
     return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_execve) {
-    return exec_enter(args->filename, args->argv, args->envp, -100, 0);
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_execveat) {
-    return exec_enter(args->filename, args->argv, args->envp, (int)args->fd,
-                      RLG_EXEC_EXECVEAT);
 }
 
 /* Do the exec's own tag values equal the inherited ones?  The common case:
@@ -342,35 +332,38 @@ static __always_inline void make_tagset(struct rlg_pending_exec *p, u32 tgid, u6
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exec) {
-    u32 old = args->old_pid;
+    u32 zero = 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    struct rlg_pending_exec *p = pending_exec.lookup(&old);
-    if (!p) {
-        /* exec without a seen entry (the monitor started mid-exec, or a
-         * kernel-started program): report what the tracepoint knows */
-        u32 zero = 0;
-        p = exec_scratch.lookup(&zero);
-        if (!p)
-            return 0;
-        bump_miss(RLG_MISS_EXEC_NO_ENTER);
-        p->ev.args_count = 0;
-        p->ev.args_size = 0;
-        p->ev.own_tag_mask = 0;
-        p->ev.dirfd = -100;
-        p->tags.present_mask = 0;
-        p->tags.own_mask = 0;
-        unsigned short loc = args->data_loc_filename & 0xFFFF;
-        bpf_probe_read_kernel_str(p->ev.filename, sizeof(p->ev.filename),
-                                  (void *)args + loc);
-        u32 saved_flags = RLG_EXEC_NO_ENTER;
-        fill_header(&p->ev.hdr, RLG_EV_EXEC);
-        p->ev.hdr.flags = saved_flags;
-        emit(&p->ev, offsetof(struct rlg_exec_event, args), RLG_EV_EXEC);
+    struct rlg_pending_exec *p = exec_scratch.lookup(&zero);
+    if (!p)
         return 0;
+    struct rlg_tagset *z = zero_tagset.lookup(&zero);
+    if (!z)
+        return 0;
+    p->ev.hdr.flags = 0;
+    p->ev.args_count = 0;
+    p->ev.args_size = 0;
+    p->ev.own_tag_mask = 0;
+    p->tags.present_mask = 0;
+    p->tags.own_mask = 0;
+    p->tags.truncated_mask = 0;
+    /* values are compared whole against the inherited tagset: no stale tails */
+    bpf_probe_read_kernel(p->tags.values, sizeof(p->tags.values), z->values);
+    /* the path as the kernel resolved it */
+    unsigned short loc = args->data_loc_filename & 0xFFFF;
+    bpf_probe_read_kernel_str(p->ev.filename, sizeof(p->ev.filename), (void *)args + loc);
+
+    struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+    u64 sp = 0;
+    if (!regs || bpf_probe_read_kernel(&sp, sizeof(sp), &PT_REGS_SP(regs)) < 0 || !sp) {
+        bump_miss(RLG_MISS_EXEC_NO_STACK);
+        p->ev.hdr.flags |= RLG_EXEC_ARGV_UNREADABLE;
+    } else {
+        read_exec(p, sp);
     }
-    u64 now = bpf_ktime_get_boot_ns();
     if (p->tags.own_mask)
-        make_tagset(p, tgid, now);
+        make_tagset(p, tgid, bpf_ktime_get_boot_ns());
     u32 flags = p->ev.hdr.flags;
     fill_header(&p->ev.hdr, RLG_EV_EXEC);
     p->ev.hdr.flags = flags;
@@ -378,7 +371,6 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     if (size > sizeof(p->ev))
         size = sizeof(p->ev);
     emit(&p->ev, size, RLG_EV_EXEC);
-    pending_exec.delete(&old);
     return 0;
 }
 
@@ -449,7 +441,9 @@ TRACEPOINT_PROBE(signal, signal_deliver) {
     struct rlg_exit_info x = {};
     x.code = -1;
     x.sig = sig;
-    exit_info.update(&tgid, &x);
+    /* insert, not update: after exit_group() the kernel SIGKILLs the other
+     * threads, and that must not overwrite the real exit status */
+    exit_info.insert(&tgid, &x);
     return 0;
 }
 
@@ -547,12 +541,28 @@ static __always_inline void on_sock_connect(struct bpf_sock_addr *ctx, u16 famil
     u64 cookie = bpf_get_socket_cookie(ctx);
     u32 type = ctx->type;
     u32 protocol = ctx->protocol;
+    /* the kernel's copy of the address: a racing thread cannot fake it */
+    unsigned char daddr[16] = {};
+    u16 dport = bpf_ntohs((u16)ctx->user_port);
+    if (family == RLG_AF_INET) {
+        u32 a = ctx->user_ip4;
+        __builtin_memcpy(daddr, &a, 4);
+    } else {
+        u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1];
+        u32 a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
+        __builtin_memcpy(daddr, &a0, 4);
+        __builtin_memcpy(daddr + 4, &a1, 4);
+        __builtin_memcpy(daddr + 8, &a2, 4);
+        __builtin_memcpy(daddr + 12, &a3, 4);
+    }
     struct rlg_connect_event *p = pending_connect.lookup(&tid);
     if (p) {
         p->cookie = cookie;
         p->sock_type = type;
         p->protocol = protocol;
         p->hdr.flags |= RLG_CONNECT_SOCKINFO;
+        p->dport = dport;
+        __builtin_memcpy(p->daddr, daddr, 16);
     } else {
         struct rlg_connect_event e = {};
         fill_header(&e.hdr, RLG_EV_CONNECT);
@@ -563,18 +573,8 @@ static __always_inline void on_sock_connect(struct bpf_sock_addr *ctx, u16 famil
         e.sock_type = type;
         e.protocol = protocol;
         e.family = family;
-        e.dport = bpf_ntohs((u16)ctx->user_port);
-        if (family == RLG_AF_INET) {
-            u32 a = ctx->user_ip4;
-            __builtin_memcpy(e.daddr, &a, 4);
-        } else {
-            u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1];
-            u32 a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
-            __builtin_memcpy(e.daddr, &a0, 4);
-            __builtin_memcpy(e.daddr + 4, &a1, 4);
-            __builtin_memcpy(e.daddr + 8, &a2, 4);
-            __builtin_memcpy(e.daddr + 12, &a3, 4);
-        }
+        e.dport = dport;
+        __builtin_memcpy(e.daddr, daddr, 16);
         emit(&e, sizeof(e), RLG_EV_CONNECT);
     }
     if (type == RLG_SOCK_STREAM) {

@@ -57,10 +57,9 @@ enum rlg_event_type {
 /* exec flags */
 #define RLG_EXEC_ARGS_TRUNCATED 1      /* more argv entries than RLG_MAX_ARGS */
 #define RLG_EXEC_ARG_TRUNCATED 2       /* at least one entry cut at RLG_ARG_SIZE */
-#define RLG_EXEC_EXECVEAT 4
 #define RLG_EXEC_ENV_SCAN_TRUNCATED 8  /* envp longer than RLG_ENV_SCAN */
 #define RLG_EXEC_TAG_TRUNCATED 16      /* a tag value longer than RLG_TAG_VALUE_LEN */
-#define RLG_EXEC_NO_ENTER 32           /* exec seen without its syscall entry */
+#define RLG_EXEC_ARGV_UNREADABLE 64    /* an argv entry could not be read from user memory */
 
 /* connect flags */
 #define RLG_CONNECT_SYSCALL 1    /* seen at sys_enter_connect: fd and result are real */
@@ -94,7 +93,7 @@ struct rlg_exec_event {
     unsigned int args_count;    /* argv entries captured */
     unsigned int args_size;     /* bytes used in args[] (NUL-separated) */
     unsigned int own_tag_mask;  /* tag keys found in this exec's own envp */
-    int dirfd;                  /* execveat only */
+    unsigned int pad;
     char filename[RLG_FILENAME_LEN];
     char args[RLG_ARGS_BUF];    /* variable length: only args_size bytes sent */
 };

@@ -90,7 +90,12 @@ def test_run_writes_ndjson(tmp_path: Path) -> None:
         time.sleep(1.5)
     finally:
         mon.terminate()
-        assert mon.wait(timeout=30) == 0
+        try:
+            rc = mon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            mon.kill()
+            raise
+    assert rc == 0
     docs = [json.loads(line) for line in out.read_text().splitlines()]
     kinds = [(d["event"]["kind"], d["event"]["action"]) for d in docs]
     assert kinds[0] == ("metric", "started")

@@ -38,7 +38,7 @@ def test_exec_event_fields(live) -> None:
     assert p["args_count"] == 3
     assert p["name"] == "echo"
     assert p["parent"]["pid"] == os.getpid()
-    assert p["user"]["id"] == os.geteuid()
+    assert p["user"]["id"] == str(os.geteuid())
     assert p["entity_id"] and p["start"].endswith("Z")
     assert doc["event"]["kind"] == "event"
     assert doc["event"]["category"] == ["process"]
@@ -48,7 +48,7 @@ def test_exec_event_fields(live) -> None:
     assert rl["source"] == "own_env"
     assert rl["tags"] == {"RL_EPISODE_ID": "ep-exec-1", "RL_WORKER_ID": "w3"}
     assert doc["rlguard"]["exec"]["own_tag_keys"] == ["RL_EPISODE_ID", "RL_WORKER_ID"]
-    assert doc["host"]["boot_id"]
+    assert doc["host"]["boot"]["id"]
 
 
 def test_fork_and_exit_codes(live) -> None:
@@ -180,3 +180,55 @@ def test_lineage_is_listed(live) -> None:
     pids = [a["pid"] for a in doc["rl"]["lineage"]]
     assert proc.pid in pids
     assert os.getpid() in pids
+
+
+def test_threaded_process_exit_code_is_not_a_signal(live) -> None:
+    script = (
+        "import threading, time, os\n"
+        "for _ in range(3):\n"
+        "    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+        "time.sleep(0.05)\n"
+        "os._exit(5)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    assert proc.wait(timeout=20) == 5
+    ex = live.wait_for(lambda d: d["event"]["action"] == "exit" and d["process"]["pid"] == proc.pid)
+    assert ex["process"]["exit_code"] == 5
+    assert "signal" not in ex["rlguard"]["exit"]
+
+
+def test_exec_from_unfaulted_memory_keeps_the_kernel_path(live) -> None:
+    helper = build_helper("unfaulted_exec")
+    proc = subprocess.Popen([str(helper), marker()])
+    proc.wait(timeout=10)
+    doc = live.wait_for(
+        lambda d: (
+            d["event"]["action"] == "exec"
+            and d["process"]["pid"] == proc.pid
+            and d["process"]["executable"] == "/bin/true"
+        )
+    )
+    # the path comes from the exec tracepoint (the kernel's copy); argv that
+    # could not be read is flagged rather than silently empty
+    exe = doc["rlguard"]["exec"]
+    if doc["process"]["args"][:1] != ["/bin/true"]:
+        assert exe.get("argv_unreadable") is True
+
+
+def test_repeated_env_key_first_wins(live) -> None:
+    helper = build_helper("dupenv")
+    m = marker()
+    subprocess.run([str(helper), m], check=True, timeout=10)
+    doc = live.wait_for(
+        lambda d: exec_with_arg(m)(d) and d["process"]["executable"] == "/bin/true"
+    )
+    assert doc["rl"]["episode_id"] == "ep-first"
+
+
+def test_exact_length_argument_is_not_truncated(live) -> None:
+    m = marker()
+    exact = "E" * 255  # 255 characters + NUL fill the 256-byte slot exactly
+    subprocess.run(["/bin/true", m, exact], check=True, timeout=10)
+    doc = live.wait_for(exec_with_arg(m))
+    assert doc["process"]["args"][2] == exact
+    assert doc["rlguard"]["exec"]["args_truncated"] is False

@@ -47,7 +47,7 @@ class Exec(ct.Structure):
         ("args_count", ct.c_uint),
         ("args_size", ct.c_uint),
         ("own_tag_mask", ct.c_uint),
-        ("dirfd", ct.c_int),
+        ("pad", ct.c_uint),
         ("filename", ct.c_char * 256),
         ("args", ct.c_char * 8192),
     ]
