@@ -238,7 +238,11 @@ def demo(
         deadline = time.monotonic() + hold + 5
         wanted = {"RLG-TUN-001", "RLG-MIN-001"}
         while time.monotonic() < deadline:
-            seen = {a["rule"]["id"] for a in sink.alerts}
+            seen = {
+                a["rule"]["id"]
+                for a in sink.alerts
+                if a.get("rl", {}).get("episode_id") == incident.episode
+            }
             if wanted <= seen:
                 break
             time.sleep(0.2)
@@ -248,9 +252,10 @@ def demo(
         thread.join(timeout=10)
         collector.close()
         sink.close()
-    ids = sorted({a["rule"]["id"] for a in sink.alerts})
+    ours = [a for a in sink.alerts if a.get("rl", {}).get("episode_id") == incident.episode]
+    ids = sorted({a["rule"]["id"] for a in ours})
     typer.echo(
-        f"\nrlguard demo: {len(sink.alerts)} alerts ({', '.join(ids) or 'none'}); "
+        f"\nrlguard demo: {len(ours)} alerts for {incident.episode} ({', '.join(ids) or 'none'}); "
         "everything the demo created is removed"
     )
     if not {"RLG-TUN-001", "RLG-MIN-001"} <= set(ids):

@@ -204,6 +204,26 @@ IOC_LISTS = (
 IOC_LIST_NAME = Check("one of " + ", ".join(IOC_LISTS), lambda v: v in IOC_LISTS)
 
 
+_SIEM_RE = re.compile(r"(tcp|tls|syslog\+tcp|syslog\+tls)://(\[[0-9a-fA-F:.]+\]|[^:/\s]+):\d{1,5}")
+SIEM_URL = Check(
+    "empty, or scheme://host:port with scheme tcp, tls, syslog+tcp or syslog+tls",
+    lambda v: v == "" or _SIEM_RE.fullmatch(v) is not None,
+)
+
+
+def _loopback_listen(v: str) -> bool:
+    if v == "":
+        return True
+    host, _, port = v.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return False
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+
+
+LOOPBACK_LISTEN = Check('empty, or a loopback "host:port" such as 127.0.0.1:9464', _loopback_listen)
+
+
 def one_of(*choices: str) -> Check:
     return Check("one of " + ", ".join(f'"{c}"' for c in choices), lambda v: v in choices)
 
@@ -234,6 +254,29 @@ class OutputConfig:
 
     path: str
     metrics_interval_s: float
+    rotate_bytes: int
+    rotate_keep: int
+    live_socket: str
+    live_group: str
+
+
+@dataclass(frozen=True)
+class SiemConfig:
+    """``[siem]``: a network sink to a SIEM collector, with an on-disk spool."""
+
+    url: str
+    ca_file: str
+    spool_dir: str
+    spool_max_bytes: int
+    connect_timeout_s: float
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """``[service]``: running as a daemon."""
+
+    state_dir: str
+    metrics_listen: str
 
 
 @dataclass(frozen=True)
@@ -395,6 +438,36 @@ SCHEMA: tuple[SectionSpec, ...] = (
                 10.0,
                 "Seconds between metrics events (event, drop and miss counters).",
                 (between(0.1, 3600),),
+            ),
+            FieldSpec(
+                "rotate_bytes",
+                Kind.INT,
+                0,
+                "Rotate the output file when it reaches this size (0: never; external "
+                "logrotate with SIGHUP or copytruncate also works).",
+                (between(0, 1 << 40),),
+            ),
+            FieldSpec(
+                "rotate_keep",
+                Kind.INT,
+                5,
+                "Rotated files kept (path.1 ... path.N).",
+                (between(1, 1000),),
+            ),
+            FieldSpec(
+                "live_socket",
+                Kind.STR,
+                "",
+                "Unix socket publishing the live stream to `rlguard tail` clients "
+                '(e.g. "/run/rlguard/live.sock"; "" disables it).',
+                (),
+            ),
+            FieldSpec(
+                "live_group",
+                Kind.STR,
+                "rlguard",
+                "Group whose members may read the live socket (no root needed to watch).",
+                (NON_EMPTY,),
             ),
         ),
     ),
@@ -593,7 +666,8 @@ SCHEMA: tuple[SectionSpec, ...] = (
                 "pool_ports",
                 Kind.INT_LIST,
                 [],
-                "Ports mining pools listen on (informational: a port alone never alerts).",
+                "Ports mining pools listen on: context for the process's other mining alerts; an "
+                'alert on its own only with pool_port_connects = "alert".',
                 (between(1, 65535),),
             ),
             FieldSpec("pool_domains", Kind.STR_LIST, [], "Mining pool domain suffixes.", (DOMAIN,)),
@@ -684,6 +758,66 @@ SCHEMA: tuple[SectionSpec, ...] = (
             ),
         ),
     ),
+    SectionSpec(
+        name="siem",
+        doc="Forward every line to a SIEM collector; when it is down, lines queue on disk.",
+        result=SiemConfig,
+        fields=(
+            FieldSpec(
+                "url",
+                Kind.STR,
+                "",
+                'Collector address: "tcp://host:port" or "tls://host:port" (newline-framed '
+                'NDJSON), "syslog+tcp://host:port" or "syslog+tls://host:port" (RFC 5424, '
+                'octet-counted); "" disables the sink.',
+                (SIEM_URL,),
+            ),
+            FieldSpec("ca_file", Kind.STR, "", "CA bundle for tls:// (default: system CAs).", ()),
+            FieldSpec(
+                "spool_dir",
+                Kind.STR,
+                "/var/lib/rlguard/spool",
+                "Where lines wait while the collector is unreachable.",
+                (NON_EMPTY,),
+            ),
+            FieldSpec(
+                "spool_max_bytes",
+                Kind.INT,
+                256 * 1024 * 1024,
+                "Spool bound; past it the oldest lines are dropped and the loss is counted "
+                "and reported.",
+                (between(1024, 1 << 40),),
+            ),
+            FieldSpec(
+                "connect_timeout_s",
+                Kind.FLOAT,
+                5.0,
+                "Connect and send timeout.",
+                (between(0.1, 300),),
+            ),
+        ),
+    ),
+    SectionSpec(
+        name="service",
+        doc="Running as a systemd service.",
+        result=ServiceConfig,
+        fields=(
+            FieldSpec(
+                "state_dir",
+                Kind.STR,
+                "/var/lib/rlguard",
+                "Heartbeat and state kept across restarts (for gap records).",
+                (NON_EMPTY,),
+            ),
+            FieldSpec(
+                "metrics_listen",
+                Kind.STR,
+                "",
+                'Prometheus metrics endpoint, loopback only (e.g. "127.0.0.1:9464"; "" off).',
+                (LOOPBACK_LISTEN,),
+            ),
+        ),
+    ),
 )
 
 
@@ -697,6 +831,8 @@ class Config:
     process_table: ProcessTableConfig
     detectors: DetectorsConfig
     allowlist: AllowlistConfig
+    siem: SiemConfig
+    service: ServiceConfig
     source: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:

@@ -88,6 +88,16 @@ def read_process_file(pid: int, path: str) -> str | None:
         return None
 
 
+def stdio_is_one_socket(pid: int) -> bool | None:
+    """Are fds 0 and 1 of pid the same socket?  None when /proc can't tell (gone)."""
+    try:
+        a = os.readlink(f"/proc/{pid}/fd/0")
+        b = os.readlink(f"/proc/{pid}/fd/1")
+    except OSError:
+        return None
+    return a == b and a.startswith("socket:")
+
+
 class DetectionEngine:
     def __init__(
         self,
@@ -98,6 +108,8 @@ class DetectionEngine:
         self.iocs = iocs
         self.rules = rules or load_rules()
         self.read_file = read_file
+        # confirm reverse-shell fds in /proc (off in pure unit tests)
+        self.verify_fds = read_file is read_process_file
         self.state: dict[str, ProcState] = {}
         self._alerted: OrderedDict[tuple[str, str], tuple[str, list[Signal]]] = OrderedDict()
         self.alerts_by_rule: dict[str, int] = {}
@@ -128,16 +140,20 @@ class DetectionEngine:
         if doc is None:
             doc = {}
         if isinstance(ev, ExecEvent):
-            return self._exec(ev, p, doc, parent)
-        if isinstance(ev, ConnectEvent):
-            return self._connect(ev, p, doc)
-        if isinstance(ev, SendEvent):
-            return self._send(ev, p, doc)
-        if isinstance(ev, DnsEvent):
-            return self._dns(ev, p, doc)
-        if isinstance(ev, DupEvent):
-            return self._dup(ev, p, doc)
-        return []
+            found = self._exec(ev, p, doc, parent)
+        elif isinstance(ev, ConnectEvent):
+            found = self._connect(ev, p, doc)
+        elif isinstance(ev, SendEvent):
+            found = self._send(ev, p, doc)
+        elif isinstance(ev, DnsEvent):
+            found = self._dns(ev, p, doc)
+        elif isinstance(ev, DupEvent):
+            found = self._dup(ev, p, doc)
+        else:
+            return []
+        if found and self.iocs.is_allowed_process(p.executable):
+            return []  # state was kept; allowlisted programs never alert
+        return found
 
     # -- per event -----------------------------------------------------------------
 
@@ -222,16 +238,23 @@ class DetectionEngine:
         return "\n".join(parts) if parts else None
 
     def _stdio_socket(self, p: Process) -> Conn | None:
+        """The outside TCP connection on p's stdin and stdout, if the model says so.
+
+        The fd model sees connect and dup2/dup3 but not close(), so a stale fd
+        number could match; when the process still exists, /proc confirms that
+        fds 0 and 1 really are one socket.
+        """
         st = self.state.get(p.entity_id)
         if st is None:
             return None
         c0, c1 = st.fds.get(0), st.fds.get(1)
-        if c0 is not None and c0 is c1 and c0.transport == "tcp":
-            if not self.iocs.is_internal(c0.daddr) and not self.iocs.is_allowed_destination(
-                c0.daddr
-            ):
-                return c0
-        return None
+        if c0 is None or c0 is not c1 or c0.transport != "tcp":
+            return None
+        if self.iocs.is_internal(c0.daddr) or self.iocs.is_allowed_destination(c0.daddr):
+            return None
+        if self.verify_fds and stdio_is_one_socket(p.pid) is False:
+            return None
+        return c0
 
     def _connect(self, ev: ConnectEvent, p: Process, doc: dict[str, Any]) -> list[Finding]:
         out: list[Finding] = []

@@ -737,7 +737,7 @@ def pool_dns_signal(name: str, iocs: Iocs) -> Signal | None:
 
 
 def pool_port_signal(port: int, iocs: Iocs) -> Signal | None:
-    """A connect to a port pools commonly listen on: informational, never an alert alone.
+    """A connect to a port pools commonly listen on: context, an alert alone only if configured.
 
     ``None`` when the port is not listed or the user turned these off
     (``pool_port_connects = "off"``).

@@ -531,3 +531,35 @@ def test_grep_for_stratum_is_not_a_miner(mon, tmp_path) -> None:
             and d["process"]["name"] == "grep"
         ),
     )
+
+
+STALE_FD = textwrap.dedent(
+    """
+    import socket, subprocess, sys
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+    fd = s.fileno()
+    s.sendall(b"hello"); s.close()            # the fd number is free again
+    # a shell that puts an unrelated file on the same fd number, then on stdio
+    cmd = f"exec {fd}</etc/hostname; exec 0<&{fd}; exec 1>&{fd}; sleep 0.5"
+    subprocess.run(["bash", "-c", cmd])
+    """
+)
+
+
+def test_reused_fd_number_is_not_a_reverse_shell(mon, bastion) -> None:
+    ep = episode()
+    subprocess.run(
+        [sys.executable, "-c", STALE_FD, bastion.ip4, "8000"],
+        env=worker_env(ep),
+        check=True,
+        timeout=30,
+    )
+    assert_silent(
+        mon,
+        ep,
+        lambda d: (
+            d["event"]["action"] == "exec"
+            and d.get("rl", {}).get("episode_id") == ep
+            and d["process"]["name"] == "bash"
+        ),
+    )

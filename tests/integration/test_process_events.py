@@ -219,9 +219,7 @@ def test_repeated_env_key_first_wins(live) -> None:
     helper = build_helper("dupenv")
     m = marker()
     subprocess.run([str(helper), m], check=True, timeout=10)
-    doc = live.wait_for(
-        lambda d: exec_with_arg(m)(d) and d["process"]["executable"] == "/bin/true"
-    )
+    doc = live.wait_for(lambda d: exec_with_arg(m)(d) and d["process"]["executable"] == "/bin/true")
     assert doc["rl"]["episode_id"] == "ep-first"
 
 
