@@ -133,6 +133,35 @@ def check(
     typer.echo("rlguard can run on this host")
 
 
+service_app = typer.Typer(help="Install and inspect the systemd service.")
+app.add_typer(service_app, name="service")
+
+
+@service_app.command("install")
+def service_install(
+    no_start: bool = typer.Option(False, "--no-start", help="install only, do not start"),
+) -> None:
+    """Install rlguard.service (Type=notify, watchdog, hardened), /etc/rlguard/rlguard.toml
+    and the `rlguard` group, then enable and start the service."""
+    import os
+
+    from monitor.service import install
+
+    if os.geteuid() != 0:
+        typer.echo("rlguard: service install needs root (sudo rlguard service install)", err=True)
+        raise typer.Exit(1)
+    for line in install(sys.prefix, start=not no_start):
+        typer.echo(f"rlguard: {line}")
+
+
+@service_app.command("unit")
+def service_unit() -> None:
+    """Print the unit file as `service install` would write it."""
+    from monitor.service import render_unit
+
+    typer.echo(render_unit(sys.prefix, str(DEFAULT_CONFIG)), nl=False)
+
+
 @app.command()
 def rules(
     as_json: bool = typer.Option(False, "--json", help="one JSON object per rule"),

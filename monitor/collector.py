@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from monitor.config import Config
+from monitor.config import Config, ConfigError, load_config
 from monitor.detectors.engine import DetectionEngine, render_alert
 from monitor.detectors.iocs import build_iocs
 from monitor.ecs import Renderer
@@ -33,6 +33,7 @@ from monitor.events import (
 )
 from monitor.probes import MAX_TAGS, TAG_VALUE_LEN, Counters, Sensor
 from monitor.process_table import Process, ProcessTable, Tagset, boottime_ns
+from monitor.service import Heartbeat, Watchdog, gap_record, sd_notify
 
 DROP_CHECK_INTERVAL_S = 1.0
 Observer = Callable[[Event, Process, dict[str, Any]], None]
@@ -63,6 +64,9 @@ class Collector:
         self.observers: list[Observer] = []
         self.stop_event = threading.Event()
         self._stop_requested = False
+        self._reload_requested = False
+        self.watchdog = Watchdog()
+        self.heartbeat = Heartbeat.in_dir(config.service.state_dir)
         self.started_mono = 0.0
         self.armed_seconds = 0.0
         self._last_metrics = 0.0
@@ -96,13 +100,70 @@ class Collector:
                 },
             )
         )
+        self._report_gap()
         self.sink.flush()
+        sd_notify(
+            f"READY=1\nSTATUS=armed in {self.armed_seconds:.2f}s, {len(seeds)} processes seeded"
+        )
+
+    def _report_gap(self) -> None:
+        """After a restart, say when monitoring stopped and when it resumed."""
+        prev = self.heartbeat.previous()
+        now = time.time_ns()
+        if prev is not None:
+            gap = gap_record(prev, self.table.boot_id, now)
+            doc = self._base("rlguard.lifecycle", "monitoring_gap")
+            doc["rlguard"] = {"gap": gap}
+            doc["event"]["start"] = _iso_ns(gap["stopped_at_ns"])
+            doc["event"]["end"] = _iso_ns(now)
+            self.sink.write(doc)
+        err = self.heartbeat.beat(self.table.boot_id)
+        if err:
+            self._note("heartbeat_failed", err)
+
+    def _note(self, action: str, message: str) -> None:
+        doc = self._base("rlguard.lifecycle", action)
+        doc["rlguard"] = {"message": message[:1000]}
+        self.sink.write(doc)
+
+    def reload(self) -> bool:
+        """SIGHUP: reopen outputs, reload the config; a bad file keeps the old one."""
+        self._reload_requested = False
+        if hasattr(self.sink, "reopen"):
+            try:
+                self.sink.reopen()
+            except OSError as exc:
+                self._note("reopen_failed", f"{exc.strerror}")
+        try:
+            new = load_config(self.config.source)
+        except ConfigError as exc:
+            self._note("config_reload_failed", f"kept the running config: {exc}")
+            self.sink.flush()
+            return False
+        from monitor.detectors.iocs import build_iocs
+
+        self.engine.iocs = build_iocs(new.detectors, new.allowlist)
+        restart = [
+            name
+            for name in ("probes", "tags", "process_table", "service")
+            if getattr(new, name) != getattr(self.config, name)
+        ]
+        self.config = new
+        self._note(
+            "config_reloaded",
+            "detectors, allowlist and output settings applied"
+            + (f"; changes to {', '.join(restart)} take effect after a restart" if restart else ""),
+        )
+        self.sink.flush()
+        return True
 
     def close(self) -> None:
+        sd_notify("STOPPING=1")
         self.step()
         self.sink.write(self._metrics())
         self.sink.write(self._lifecycle("stopped", {}))
         self.sink.flush()
+        self.heartbeat.beat(self.table.boot_id, clean=True)
         self.sensor.close()
 
     def install_signal_handlers(self) -> None:
@@ -112,8 +173,7 @@ class Collector:
             self._stop_requested = True
 
         def reopen(_sig: int, _frm: Any) -> None:
-            if hasattr(self.sink, "reopen"):
-                self.sink.reopen()
+            self._reload_requested = True  # done by the loop, not in the handler
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
@@ -124,6 +184,8 @@ class Collector:
         poll = self.config.probes.poll_interval_ms / 1000.0
         deadline = None if duration_s is None else time.monotonic() + duration_s
         while not (self._stop_requested or self.stop_event.is_set()):
+            if self._reload_requested:
+                self.reload()
             n = self.step()
             if deadline is not None and time.monotonic() >= deadline:
                 break
@@ -155,6 +217,8 @@ class Collector:
             self._last_metrics = now
             self.renderer.clock.resync()
             self.sink.write(self._metrics())
+            self.heartbeat.beat(self.table.boot_id)
+        self.watchdog.tick()
         self.sink.flush()
         return len(raws)
 
@@ -300,3 +364,11 @@ class Collector:
             "boottime_ns": boottime_ns(),
         }
         return doc
+
+
+def _iso_ns(wall_ns: int) -> str:
+    from datetime import datetime, timezone
+
+    sec, rem = divmod(wall_ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{rem // 1000:06d}Z"
