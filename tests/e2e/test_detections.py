@@ -23,7 +23,6 @@ import pytest
 
 from monitor.config import load_config
 from monitor.dns import build_query
-from monitor.lab.incident import XMRIG_LOGIN
 from monitor.lab.outside import OutsideHost, kill_tree, visit_forwarded_port
 from tests.support.live import LiveMonitor
 
@@ -270,21 +269,13 @@ SEND_FIRST = "import socket,sys\ns=socket.create_connection((sys.argv[1],int(sys
 
 
 def stratum_cases() -> list[tuple[str, bytes]]:
-    cases = [("xmrig-login", XMRIG_LOGIN)]
-    cases.append(
-        (
-            "cpuminer-subscribe",
-            b'{"id": 1, "method": "mining.subscribe", "params": ["cpuminer/2.5.1"]}\n',
-        )
-    )
-    cases.append(
-        (
-            "ethminer-submitlogin",
-            b'{"id":1,"jsonrpc":"2.0","method":"eth_submitLogin","params":'
-            b'["0x9c3b8d2a5a2f7f4b6c1e0d9a8b7c6d5e4f3a2b1c"],"worker":"rig1"}\n',
-        )
-    )
-    return cases
+    """Byte-exact first messages of three miners; tests/corpus/mining/cases.toml cites
+    the source (XMRig Client.cpp, cpuminer util.c, ethminer EthStratumClient.cpp)."""
+    payloads = CORPUS / "mining" / "payloads"
+    return [
+        (name, (payloads / f"{name}.bin").read_bytes())
+        for name in ("xmrig_login", "cpuminer_subscribe", "ethminer_ethproxy")
+    ]
 
 
 @pytest.mark.parametrize("case", stratum_cases(), ids=lambda c: c[0])
@@ -476,7 +467,11 @@ BENIGN_PAYLOADS = {
         b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
         b'\r\nContent-Length: 27\r\n\r\n{"method":"upload","id":7}',
     ),
-    "torch-rendezvous-29500": (29500, bytes.fromhex("0100000000000000") + b"torchelastic/rdzv"),
+    # torch.distributed TCPStore's first bytes (validate), from the corpus (cited there)
+    "torch-rendezvous-29500": (
+        29500,
+        (CORPUS / "mining" / "payloads" / "torch_tcpstore_validate.bin").read_bytes(),
+    ),
     "redis-6379": (6379, b"*1\r\n$4\r\nPING\r\n"),
 }
 
