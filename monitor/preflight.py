@@ -72,8 +72,8 @@ def check_btf() -> Check:
         "BTF",
         ok,
         "/sys/kernel/btf/vmlinux present" if ok else "no /sys/kernel/btf/vmlinux",
-        "a kernel built with CONFIG_DEBUG_INFO_BTF=y; rlguard does not need it today",
-        required=False,
+        "a kernel built with CONFIG_DEBUG_INFO_BTF=y (the exec probe reads the new "
+        "program's stack through bpf_task_pt_regs(bpf_get_current_task_btf()))",
     )
 
 

@@ -337,6 +337,8 @@ class ProcessTable:
 
     def tagset(self, tagset_id: int) -> Tagset | None:
         ts = self.tagsets.get(tagset_id)
+        if ts is not None:
+            self.tagsets.move_to_end(tagset_id)  # least recently used goes first
         if ts is None and tagset_id and self.tagset_fallback is not None:
             ts = self.tagset_fallback(tagset_id)
             if ts is not None:

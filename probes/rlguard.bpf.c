@@ -364,6 +364,8 @@ TRACEPOINT_PROBE(sched, sched_process_exec) {
     }
     if (p->tags.own_mask)
         make_tagset(p, tgid, bpf_ktime_get_boot_ns());
+    /* exec kills the other threads with SIGKILL: that is not how this process ends */
+    exit_info.delete(&tgid);
     u32 flags = p->ev.hdr.flags;
     fill_header(&p->ev.hdr, RLG_EV_EXEC);
     p->ev.hdr.flags = flags;
@@ -561,6 +563,7 @@ static __always_inline void on_sock_connect(struct bpf_sock_addr *ctx, u16 famil
         p->sock_type = type;
         p->protocol = protocol;
         p->hdr.flags |= RLG_CONNECT_SOCKINFO;
+        p->family = family;
         p->dport = dport;
         __builtin_memcpy(p->daddr, daddr, 16);
     } else {
