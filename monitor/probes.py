@@ -33,6 +33,7 @@ TRACEPOINTS = (
     "syscalls/sys_enter_clone3",
     "sched/sched_process_fork",
     "syscalls/sys_enter_exit_group",
+    "signal/signal_generate",
     "signal/signal_deliver",
     "sched/sched_process_exit",
     "syscalls/sys_enter_connect",

@@ -431,15 +431,52 @@ TRACEPOINT_PROBE(syscalls, sys_enter_exit_group) {
     return 0;
 }
 
+/* default action is not termination for these */
+static __always_inline int fatal_by_default(int sig) {
+    return !(sig == 17 || sig == 18 || sig == 19 || sig == 20 || sig == 21 ||
+             sig == 22 || sig == 23 || sig == 28 || sig <= 0 || sig >= 32);
+}
+
+struct rlg_sent_signal {
+    int sig;
+    int pad;
+    u64 ts;
+};
+/* the last fatal-by-default signal queued to a task: the kernel turns a fatal
+ * signal into a group SIGKILL when it is sent, so delivery alone shows 9 */
+BPF_TABLE("lru_hash", u32, struct rlg_sent_signal, sent_signal, 16384);
+
+TRACEPOINT_PROBE(signal, signal_generate) {
+    if (args->result != 0 || args->sig == 9 || !fatal_by_default(args->sig))
+        return 0;   /* 0: TRACE_SIGNAL_DELIVERED (queued) */
+    u32 target = args->pid;
+    struct rlg_sent_signal s = {};
+    s.sig = args->sig;
+    s.ts = bpf_ktime_get_boot_ns();
+    sent_signal.update(&target, &s);
+    return 0;
+}
+
 TRACEPOINT_PROBE(signal, signal_deliver) {
-    if (args->sa_handler != 0)
-        return 0;   /* handled or ignored: not fatal */
+    u64 pt = bpf_get_current_pid_tgid();
+    u32 tgid = pt >> 32;
+    u32 tid = (u32)pt;
     int sig = args->sig;
-    /* default action is not termination for these */
-    if (sig == 17 || sig == 18 || sig == 19 || sig == 20 || sig == 21 ||
-        sig == 22 || sig == 23 || sig == 28 || sig <= 0 || sig >= 32)
+    if (args->sa_handler != 0) {
+        /* handled or ignored: not fatal, and not the cause of a later death */
+        sent_signal.delete(&tgid);
+        sent_signal.delete(&tid);
         return 0;
-    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    }
+    if (!fatal_by_default(sig))
+        return 0;
+    if (sig == 9) {
+        struct rlg_sent_signal *s = sent_signal.lookup(&tgid);
+        if (!s)
+            s = sent_signal.lookup(&tid);
+        if (s && bpf_ktime_get_boot_ns() - s->ts < 5000000000ULL)
+            sig = s->sig;   /* the signal that was sent, before the group kill */
+    }
     struct rlg_exit_info x = {};
     x.code = -1;
     x.sig = sig;
@@ -468,6 +505,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
         e.exit_signal = x->sig;
         exit_info.delete(&tgid);
     }
+    sent_signal.delete(&tgid);
     emit(&e, sizeof(e), RLG_EV_EXIT);
     proc_state.delete(&tgid);
     return 0;

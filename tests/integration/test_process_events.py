@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -230,3 +231,16 @@ def test_exact_length_argument_is_not_truncated(live) -> None:
     doc = live.wait_for(exec_with_arg(m))
     assert doc["process"]["args"][2] == exact
     assert doc["rlguard"]["exec"]["args_truncated"] is False
+
+
+@pytest.mark.parametrize("sig", [15, 2, 9])
+def test_death_by_signal_names_the_signal(live, sig) -> None:
+    proc = subprocess.Popen(["sleep", "30"])
+    time.sleep(0.2)
+    proc.send_signal(sig)
+    proc.wait(timeout=10)
+    ex = live.wait_for(
+        lambda d: d["event"]["action"] == "exit" and d["process"]["pid"] == proc.pid
+    )
+    assert ex["rlguard"]["exit"]["signal"] == sig
+    assert ex["process"]["exit_code"] is None
