@@ -242,7 +242,7 @@ def demo(
     from monitor.sinks.console import ConsoleAlertSink
 
     sink = ConsoleAlertSink(output)
-    collector = Collector(cfg, sink)
+    collector = Collector(cfg, sink, heartbeat=False)
     try:
         collector.start()
     except SensorError as exc:

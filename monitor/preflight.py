@@ -13,6 +13,7 @@ from monitor.probes import TRACEPOINTS, find_cgroup2, find_tracefs
 FALLBACK_MARKER = Path("/var/lib/rlguard/headers-fallback")
 
 # capability bits (linux/capability.h)
+CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
 CAP_BPF = 39
@@ -51,18 +52,20 @@ def check_privileges() -> Check:
         for n, b in (
             ("CAP_BPF", CAP_BPF),
             ("CAP_PERFMON", CAP_PERFMON),
+            ("CAP_NET_ADMIN", CAP_NET_ADMIN),
             ("CAP_SYS_ADMIN", CAP_SYS_ADMIN),
         )
     }
-    ok = has["CAP_SYS_ADMIN"] or (has["CAP_BPF"] and has["CAP_PERFMON"])
+    # cgroup sock_addr/skb programs need CAP_NET_ADMIN besides CAP_BPF (measured)
+    ok = has["CAP_SYS_ADMIN"] or (has["CAP_BPF"] and has["CAP_PERFMON"] and has["CAP_NET_ADMIN"])
     who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
     held = ", ".join(n for n, v in has.items() if v) or "none"
     return Check(
         "privileges",
         ok,
         f"{who}; capabilities: {held}",
-        "run as root (sudo rlguard ...) or grant CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN "
-        "(cgroup attach needs it)",
+        "run as root (sudo rlguard ...) or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN "
+        "(the cgroup connect/egress programs need it)",
     )
 
 

@@ -140,13 +140,11 @@ def install(
     unit.parent.mkdir(parents=True, exist_ok=True)
     unit.write_text(render_unit(venv, str(cfg)))
     done.append(f"wrote {unit}")
+    if _systemd_running():
+        subprocess.run(["systemctl", "daemon-reload"], check=True)
     if start:
         if _systemd_running():
-            for cmd in (
-                ["systemctl", "daemon-reload"],
-                ["systemctl", "enable", "--now", "rlguard.service"],
-            ):
-                subprocess.run(cmd, check=True)
+            subprocess.run(["systemctl", "enable", "--now", "rlguard.service"], check=True)
             done.append("enabled and started rlguard.service")
         else:
             done.append("systemd is not PID 1 here: the unit is installed but not started")

@@ -65,7 +65,7 @@ class MemorySink:
 class LiveMonitor:
     def __init__(self, config: Config) -> None:
         self.sink = MemorySink()
-        self.collector = Collector(config, self.sink)
+        self.collector = Collector(config, self.sink, heartbeat=False)
         self._thread: threading.Thread | None = None
 
     def start(self) -> LiveMonitor:
