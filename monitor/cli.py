@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -68,21 +69,32 @@ def run(
     _fail_preflight()
     from monitor.collector import Collector
     from monitor.probes import SensorError
-    from monitor.sinks.ndjson import NdjsonSink
 
     path = output if output is not None else cfg.output.path
-    try:
-        sink = NdjsonSink(path)
-    except OSError as exc:
-        typer.echo(f"rlguard: cannot open output {path}: {exc.strerror}", err=True)
-        raise typer.Exit(1) from None
+    sink = build_sink(cfg, path)
     collector = Collector(cfg, sink)
     collector.install_signal_handlers()
     try:
         collector.start()
     except SensorError as exc:
+        sink.close()
         typer.echo(f"rlguard: {exc}", err=True)
         raise typer.Exit(1) from None
+    metrics = None
+    if cfg.service.metrics_listen:
+        from monitor.metrics_http import MetricsServer
+
+        def snapshot() -> dict[str, Any]:
+            stats = dict(collector.last_stats or {})
+            if hasattr(sink, "stats"):
+                stats["sinks"] = sink.stats()
+            stats["ring_pages"] = cfg.probes.ring_pages
+            return stats
+
+        try:
+            metrics = MetricsServer(cfg.service.metrics_listen, snapshot)
+        except (OSError, ValueError) as exc:
+            typer.echo(f"rlguard: metrics endpoint {cfg.service.metrics_listen}: {exc}", err=True)
     typer.echo(
         f"rlguard: armed in {collector.armed_seconds:.2f}s, writing to "
         f"{'stdout' if path == '-' else path}",
@@ -92,6 +104,79 @@ def run(
         collector.run(duration)
     finally:
         collector.close()
+        sink.close()  # the SIEM sink delivers what it can, the rest stays spooled
+        if metrics is not None:
+            metrics.close()
+
+
+def build_sink(cfg: Config, path: str) -> Any:
+    """The file (or stdout) sink, plus the SIEM and live-socket sinks the config asks for."""
+    from monitor.sinks.ndjson import NdjsonSink
+
+    try:
+        sinks: list[Any] = [
+            NdjsonSink(
+                path, rotate_bytes=cfg.output.rotate_bytes, rotate_keep=cfg.output.rotate_keep
+            )
+        ]
+    except OSError as exc:
+        typer.echo(f"rlguard: cannot open output {path}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from None
+    if cfg.siem.url:
+        from monitor.sinks.siem import SiemSink
+
+        try:
+            sinks.append(
+                SiemSink(
+                    cfg.siem.url,
+                    cfg.siem.spool_dir,
+                    cfg.siem.spool_max_bytes,
+                    cfg.siem.connect_timeout_s,
+                    ca_file=cfg.siem.ca_file,
+                )
+            )
+        except OSError as exc:
+            typer.echo(f"rlguard: SIEM sink (spool {cfg.siem.spool_dir}): {exc}", err=True)
+            raise typer.Exit(1) from None
+    if cfg.output.live_socket:
+        from monitor.sinks.live import LiveSocketSink
+
+        try:
+            live = LiveSocketSink(cfg.output.live_socket, cfg.output.live_group)
+        except OSError as exc:
+            typer.echo(
+                f"rlguard: live socket {cfg.output.live_socket}: {exc.strerror or exc}", err=True
+            )
+            raise typer.Exit(1) from None
+        if live.last_error:
+            typer.echo(f"rlguard: {live.last_error}", err=True)
+        sinks.append(live)
+    if len(sinks) == 1:
+        return sinks[0]
+    from monitor.sinks.fanout import FanoutSink
+
+    return FanoutSink(*sinks)
+
+
+@app.command()
+def tail(
+    socket_path: str | None = typer.Option(None, "--socket", help="live socket of the service"),
+    file: str | None = typer.Option(None, "--file", help="follow an NDJSON file instead"),
+    config: Path | None = ConfigOpt,
+) -> None:
+    """Watch live events and alerts in a terminal UI (no root needed with the live socket)."""
+    from monitor.tui import rlguard_tail
+
+    if socket_path and file:
+        typer.echo("rlguard tail: --socket or --file, not both", err=True)
+        raise typer.Exit(2)
+    if file:
+        raise typer.Exit(rlguard_tail(file, "file"))
+    path = socket_path or _load(config).output.live_socket
+    if not path:
+        typer.echo("rlguard tail: set [output] live_socket or pass --socket/--file", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(rlguard_tail(path, "socket"))
 
 
 @app.command()

@@ -70,6 +70,7 @@ class Collector:
         self.observers: list[Observer] = []
         self.stop_event = threading.Event()
         self._stop_requested = False
+        self.last_stats: dict[str, Any] | None = None
         self._reload_requested = False
         self.watchdog = Watchdog()
         # the demo and tests run beside the service: they must not move its heartbeat
@@ -228,7 +229,9 @@ class Collector:
         if now - self._last_metrics >= self.config.output.metrics_interval_s:
             self._last_metrics = now
             self.renderer.clock.resync()
-            self.sink.write(self._metrics())
+            stats = self._metrics()
+            self.last_stats = stats["rlguard"]  # read by the metrics endpoint's thread
+            self.sink.write(stats)
             if self.heartbeat is not None:
                 self.heartbeat.beat(self.table.boot_id)
         self.watchdog.tick()

@@ -1,0 +1,1 @@
+"""Widgets of the ``rlguard tail`` viewer, one per module."""
