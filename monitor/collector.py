@@ -366,6 +366,10 @@ class Collector:
                 "misses": counters.misses,
             },
             "drops_total": sum(counters.drops.values()),
+            # queued by the kernel but not yet processed here: how full the ring is
+            "ring_backlog_events": max(
+                0, sum(counters.sent.values()) - sum(self.received.values())
+            ),
             "undecodable": self.undecodable,
             "errors": self.errors,
             "output": {

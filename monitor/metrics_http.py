@@ -175,6 +175,9 @@ _FAMILIES: tuple[tuple[str, str, str, str | None, tuple[str, ...]], ...] = (
      ("process_table", "size")),
     ("tagsets", "gauge", "Distinct RL tag sets known.", None, ("process_table", "tagsets")),
     ("ring_pages", "gauge", "Pages in the kernel ring buffer.", None, ("ring_pages",)),
+    ("ring_backlog_events", "gauge",
+     "Records the kernel queued that the collector has not processed yet (ring usage).", None,
+     ("ring_backlog_events",)),
     ("uptime_seconds", "gauge", "Seconds since the monitor started.", None, ("uptime_s",)),
 )  # fmt: skip
 
