@@ -5,9 +5,10 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 ARGS        ?=
 PYTEST_ARGS ?=
+BENCH_ARGS  ?=
 
 # Targets that install packages, mount filesystems or load eBPF programs.
-ROOT_GOALS := setup setup-test run test demo
+ROOT_GOALS := setup setup-test run test demo bench
 ifneq ($(filter $(ROOT_GOALS),$(MAKECMDGOALS)),)
 ifneq ($(shell id -u),0)
 $(error 'make $(MAKECMDGOALS)' needs root (it installs packages and loads eBPF programs): run 'sudo make $(MAKECMDGOALS)')
@@ -15,12 +16,13 @@ endif
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-test run test test-unit lint check clean demo
+.PHONY: help setup setup-test run test test-unit lint check clean demo bench
 
 help:
 	@echo "sudo make run    set up this host, then run the monitor (ARGS='...' passes options)"
 	@echo "sudo make test   set up this host with test tools, then run the test suite (PYTEST_ARGS='...')"
 	@echo "sudo make demo   stage the incident (reverse SSH tunnel + miner) in a namespace and watch rlguard catch it"
+	@echo "sudo make bench  bare / rlguard / bpftrace side by side (BENCH_ARGS='--quick --rounds 1')"
 	@echo "make test-unit   unit tests only (no root once the venv exists)"
 	@echo "make lint        ruff and mypy"
 	@echo "make check       rlguard check: can this host run the monitor?"
@@ -41,6 +43,9 @@ test: setup-test
 
 demo: setup-test
 	$(VENV)/bin/rlguard demo
+
+bench: setup-test
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 # These only need the venv; make it (as root) when it is missing.
 $(PY):
