@@ -30,6 +30,7 @@ from monitor.events import (
     SendEvent,
     TagsetEvent,
     TcpStateEvent,
+    tag_values,
 )
 from monitor.probes import MAX_TAGS, TAG_VALUE_LEN, Counters, Sensor
 from monitor.process_table import Process, ProcessTable, Tagset, boottime_ns
@@ -315,14 +316,9 @@ class Collector:
         if got is None:
             return None
         mask, blob = got
-        values = {}
-        for i, key in enumerate(self.table.keys):
-            if mask & (1 << i):
-                raw = blob[i * TAG_VALUE_LEN : (i + 1) * TAG_VALUE_LEN].split(b"\0", 1)[0]
-                from monitor.sanitize import safe_text
-
-                values[key] = safe_text(raw, TAG_VALUE_LEN * 4)
-        return Tagset(values)
+        keys = self.table.keys
+        values = tag_values(blob, mask, TAG_VALUE_LEN, len(keys))
+        return Tagset({k: v for k, v in zip(keys, values, strict=True) if v is not None})
 
     # -- metrics -------------------------------------------------------------------------
 

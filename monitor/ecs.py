@@ -90,7 +90,7 @@ class Renderer:
             skaddr.to_bytes(8, "little"), key=self._sock_key, digest_size=8
         ).hexdigest()
 
-    def process_fields(self, p: Process, ev: Event | None = None) -> dict[str, Any]:
+    def process_fields(self, p: Process) -> dict[str, Any]:
         parent = self.table.procs.get(p.ppid)
         out: dict[str, Any] = {
             "pid": p.pid,
@@ -109,8 +109,6 @@ class Renderer:
             "user": {"id": None if p.uid is None else str(p.uid)},
             "group": {"id": None if p.gid is None else str(p.gid)},
         }
-        if ev is not None and ev.tid != ev.pid:
-            out["thread"] = {"id": ev.tid}
         return out
 
     def render(self, ev: Event, p: Process) -> dict[str, Any]:

@@ -299,6 +299,16 @@ def _cstr(raw: bytes) -> bytes:
     return raw if n < 0 else raw[:n]
 
 
+def tag_values(blob: bytes, present_mask: int, width: int, count: int) -> list[str | None]:
+    """The values of a struct rlg_tagset blob (one `width`-byte slot per key), sanitised."""
+    return [
+        safe_text(_cstr(blob[i * width : (i + 1) * width]), width * 4)
+        if present_mask & (1 << i)
+        else None
+        for i in range(count)
+    ]
+
+
 class RecordDecoder:
     """Turns raw ring-buffer records into typed events.
 
@@ -421,14 +431,9 @@ class RecordDecoder:
         return DupEvent(**self._hdr(f), oldfd=f["oldfd"], newfd=f["newfd"])
 
     def _tagset(self, f: dict[str, Any], raw: bytes, lay: Layout) -> TagsetEvent:
-        blob: bytes = f["tags_values"]
-        width = self._tag_value_len
-        values: list[str | None] = []
-        for i in range(self._max_tags):
-            if f["tags_present_mask"] & (1 << i):
-                values.append(safe_text(_cstr(blob[i * width : (i + 1) * width]), width * 4))
-            else:
-                values.append(None)
+        values = tag_values(
+            f["tags_values"], f["tags_present_mask"], self._tag_value_len, self._max_tags
+        )
         return TagsetEvent(
             **self._hdr(f),
             id=f["id"],

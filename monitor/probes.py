@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor import bpf_link
-from monitor.config import ProbesConfig, fnv1a_64
+from monitor.config import MAX_TAGS, ProbesConfig, fnv1a_64
 from monitor.events import EVENT_TYPES
 
 PROBES_DIR = Path(
@@ -53,10 +53,7 @@ CGROUP_PROGRAMS = (
 
 MISS_NAMES = ("proc_state_full", "tagset_full", "exec_without_stack")
 
-MAX_TAGS = 24
 TAG_VALUE_LEN = 64
-# user-space tagset ids (seeding) live in the top half; kernel ids are boot-time ns
-SEED_TAGSET_BASE = 1 << 63
 
 
 class SensorError(RuntimeError):

@@ -19,6 +19,7 @@ from monitor.config import TagsConfig
 from monitor.events import Event, ExecEvent, ExitEvent, ForkEvent, TagsetEvent
 
 ROLES = ("episode", "worker", "run", "trajectory", "sandbox")
+# user-space tagset ids (seeding) live in the top half; kernel ids are boot-time ns
 SEED_TAGSET_BASE = 1 << 63
 
 

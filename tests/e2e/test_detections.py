@@ -379,6 +379,14 @@ def assert_silent(mon: LiveMonitor, ep: str, seen_pred) -> None:
     assert not got, [(a["rule"]["id"], a["event"]["reason"]) for a in got]
 
 
+def saw_exec(ep: str, name: str):
+    return lambda d: (
+        d["event"]["action"] == "exec"
+        and d.get("rl", {}).get("episode_id") == ep
+        and d["process"]["name"] == name
+    )
+
+
 def saw_connect(ep: str, port: int):
     return lambda d: (
         d["event"]["action"] == "connect"
@@ -517,15 +525,7 @@ def test_grep_for_stratum_is_not_a_miner(mon, tmp_path) -> None:
     subprocess.run(
         ["grep", "stratum+tcp", str(f)], env=worker_env(ep), capture_output=True, timeout=10
     )
-    assert_silent(
-        mon,
-        ep,
-        lambda d: (
-            d["event"]["action"] == "exec"
-            and d.get("rl", {}).get("episode_id") == ep
-            and d["process"]["name"] == "grep"
-        ),
-    )
+    assert_silent(mon, ep, saw_exec(ep, "grep"))
 
 
 STALE_FD = textwrap.dedent(
@@ -549,12 +549,4 @@ def test_reused_fd_number_is_not_a_reverse_shell(mon, bastion) -> None:
         check=True,
         timeout=30,
     )
-    assert_silent(
-        mon,
-        ep,
-        lambda d: (
-            d["event"]["action"] == "exec"
-            and d.get("rl", {}).get("episode_id") == ep
-            and d["process"]["name"] == "bash"
-        ),
-    )
+    assert_silent(mon, ep, saw_exec(ep, "bash"))

@@ -17,6 +17,18 @@ pytestmark = pytest.mark.integration
 RLGUARD = [sys.executable, "-m", "monitor.cli"]
 
 
+def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+    """rlguard run as user nobody, with no capabilities."""
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *RLGUARD, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+
+
 def test_check_reports_every_line() -> None:
     res = subprocess.run([*RLGUARD, "check"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -39,22 +51,7 @@ def test_check_reports_every_line() -> None:
 
 def test_check_without_root_says_how_to_fix(tmp_path: Path) -> None:
     # drop to nobody: the privilege check must fail with a fix, never a traceback
-    res = subprocess.run(
-        [
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            *RLGUARD,
-            "check",
-            "--no-load",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd="/",
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )
+    res = as_nobody("check", "--no-load")
     assert res.returncode == 1
     assert "Traceback" not in res.stderr + res.stdout
     assert "[FAIL] privileges" in res.stdout
@@ -143,23 +140,7 @@ def test_check_without_tracefs_says_how_to_fix() -> None:
 
 
 def test_run_without_root_fails_cleanly() -> None:
-    res = subprocess.run(
-        [
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            *RLGUARD,
-            "run",
-            "--duration",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd="/",
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )
+    res = as_nobody("run", "--duration", "1")
     assert res.returncode == 1
     assert "Traceback" not in res.stderr
     assert "cannot run here" in res.stderr and "privileges" in res.stderr

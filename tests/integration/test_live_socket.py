@@ -23,6 +23,7 @@ import pytest
 from monitor.sinks.fanout import FanoutSink
 from monitor.sinks.live import LiveSocketError, LiveSocketSink
 from monitor.sinks.ndjson import NdjsonSink
+from tests.support.system import group_exists
 
 pytestmark = pytest.mark.unit
 
@@ -319,7 +320,7 @@ def test_missing_group_falls_back_to_owner_only(sock_path: Path) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 def test_only_group_members_can_connect() -> None:
     """Real users: a member of the group connects, anyone else gets EACCES."""
-    group = next((g for g in ("daemon", "adm", "users") if _group_exists(g)), None)
+    group = next((g for g in ("daemon", "adm", "users") if group_exists(g)), None)
     if group is None:
         pytest.skip("no spare system group to test with")
     # pytest's tmp dirs sit under a 0700 directory that no other user may cross
@@ -334,14 +335,6 @@ def test_only_group_members_can_connect() -> None:
     finally:
         sink.close()
         shutil.rmtree(top)
-
-
-def _group_exists(name: str) -> bool:
-    try:
-        grp.getgrnam(name)
-    except KeyError:
-        return False
-    return True
 
 
 def _connect_as(path: Path, uid: int, gid: int) -> int:

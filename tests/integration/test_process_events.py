@@ -239,8 +239,6 @@ def test_death_by_signal_names_the_signal(live, sig) -> None:
     time.sleep(0.2)
     proc.send_signal(sig)
     proc.wait(timeout=10)
-    ex = live.wait_for(
-        lambda d: d["event"]["action"] == "exit" and d["process"]["pid"] == proc.pid
-    )
+    ex = live.wait_for(lambda d: d["event"]["action"] == "exit" and d["process"]["pid"] == proc.pid)
     assert ex["rlguard"]["exit"]["signal"] == sig
     assert ex["process"]["exit_code"] is None

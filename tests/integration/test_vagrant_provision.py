@@ -9,7 +9,6 @@ what was there before.
 
 from __future__ import annotations
 
-import grp
 import json
 import os
 import shutil
@@ -18,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.system import group_exists
 
 REPO = Path(__file__).resolve().parents[2]
 PROVISION = REPO / "vagrant" / "provision.sh"
@@ -37,14 +38,6 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="provision.sh needs ro
 
 def _systemd_running() -> bool:
     return Path("/run/systemd/system").is_dir()  # the test monitor/service.py uses
-
-
-def _group_exists(name: str) -> bool:
-    try:
-        grp.getgrnam(name)
-    except KeyError:
-        return False
-    return True
 
 
 def _systemctl_ok(*args: str) -> bool:
@@ -72,7 +65,7 @@ def host_state() -> Iterator[None]:
     config_existed = CONFIG.exists()
     heartbeat_before = HEARTBEAT.read_bytes() if HEARTBEAT.exists() else None
     dirs_existed = {d: d.exists() for d in (CONFIG_DIR, DEMO_OUT.parent, UNIT.parent)}
-    group_existed = _group_exists(GROUP)
+    group_existed = group_exists(GROUP)
     try:
         yield
     finally:
@@ -101,7 +94,7 @@ def host_state() -> Iterator[None]:
                     d.rmdir()  # only when empty: never remove what others put there
                 except OSError:
                     pass
-        if not group_existed and _group_exists(GROUP):
+        if not group_existed and group_exists(GROUP):
             subprocess.run(["groupdel", GROUP], capture_output=True)
 
 
@@ -130,7 +123,7 @@ def test_provision_sets_up_installs_checks_and_stages_the_demo(host_state: None)
     assert f"ExecStart={REPO}/.venv/bin/rlguard run --config {CONFIG}" in unit
     assert CONFIG.is_file()
     assert ("kept" if config_existed else "wrote") + f" {CONFIG}" in res.stdout
-    assert _group_exists(GROUP)
+    assert group_exists(GROUP)
     if _systemd_running():
         assert "rlguard: enabled and started rlguard.service" in res.stdout
         assert _systemctl_ok("is-active", "--quiet", "rlguard")
