@@ -15,9 +15,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from monitor.attribution import Attributor, Conflict
+from monitor.cgroups import CgroupResolver
 from monitor.config import Config, ConfigError, load_config
-from monitor.detectors.engine import DetectionEngine, render_alert
+from monitor.detectors.engine import DetectionEngine, Finding, render_alert
 from monitor.detectors.iocs import build_iocs
+from monitor.detectors.signals import Signal, bounded
 from monitor.ecs import Renderer
 from monitor.events import (
     SEND_OWNER_DIFFERS,
@@ -34,6 +37,8 @@ from monitor.events import (
 )
 from monitor.probes import MAX_TAGS, TAG_VALUE_LEN, Counters, Sensor
 from monitor.process_table import Process, ProcessTable, Tagset, boottime_ns
+from monitor.registry.server import RegistryServer
+from monitor.registry.state import Registry
 from monitor.service import Heartbeat, Watchdog, gap_record, sd_notify
 
 DROP_CHECK_INTERVAL_S = 1.0
@@ -63,6 +68,14 @@ class Collector:
         self.table.tagset_fallback = self._kernel_tagset
         self.renderer = Renderer(self.table)
         self.engine = DetectionEngine(build_iocs(config.detectors, config.allowlist))
+        att = config.attribution
+        self.cgroups = CgroupResolver(att.container_patterns, att.sandbox_patterns)
+        self.registry: Registry | None = None
+        self.registry_server: RegistryServer | None = None
+        if config.registry.socket:
+            self.registry = Registry(int(config.registry.retain_s * 1e9), self.cgroups.mount)
+        self.attributor = Attributor(self.table, att, self.registry, self.cgroups)
+        self.renderer.attributor = self.attributor
         self.alerts_written = 0
         self.decoder: RecordDecoder | None = None
         self.received: Counter[str] = Counter()
@@ -112,10 +125,37 @@ class Collector:
             )
         )
         self._report_gap()
+        self._start_registry()
         self.sink.flush()
         sd_notify(
             f"READY=1\nSTATUS=armed in {self.armed_seconds:.2f}s, {len(seeds)} processes seeded"
         )
+
+    def _start_registry(self) -> None:
+        """Serve the registry socket; without it the monitor still runs (and says so)."""
+        reg = self.config.registry
+        if self.registry is None:
+            return
+        server = RegistryServer(
+            self.registry, reg.socket, reg.group, reg.max_line_bytes, reg.max_clients
+        )
+        try:
+            server.start()
+        except OSError as exc:
+            self._note("registry_unavailable", f"registry socket {reg.socket}: {exc}")
+            return
+        self.registry_server = server
+        if server.note:
+            self._note("registry_root_only", f"registry socket {reg.socket}: {server.note}")
+
+    def _registry_records(self) -> None:
+        reg = self.registry
+        if reg is None:
+            return
+        while reg.pending:
+            wall_ns, doc = reg.pending.popleft()
+            out = {"@timestamp": _iso_ns(wall_ns), **doc, "host": self.renderer.host}
+            self.sink.write(out)
 
     def _report_gap(self) -> None:
         """After a restart, say when monitoring stopped and when it resumed."""
@@ -178,6 +218,10 @@ class Collector:
         self.sink.flush()
         if self.heartbeat is not None:
             self.heartbeat.beat(self.table.boot_id, clean=True)
+        if self.registry_server is not None:
+            self.registry_server.stop()
+            self.registry_server = None
+        self.cgroups.close()
         self.sensor.close()
 
     def install_signal_handlers(self) -> None:
@@ -210,6 +254,8 @@ class Collector:
 
     def step(self) -> int:
         """Drain, process and flush once; returns the number of records."""
+        # registry records first: an episode_start precedes the events it binds
+        self._registry_records()
         raws = self.sensor.drain()
         decode = self.decoder.decode if self.decoder else None
         for raw in raws:
@@ -227,6 +273,8 @@ class Collector:
             self._last_drop_check = now
             self._check_drops()
             self.table.expire()
+            if self.registry is not None:
+                self.registry.expire(boottime_ns())
         if now - self._last_metrics >= self.config.output.metrics_interval_s:
             self._last_metrics = now
             self.renderer.clock.resync()
@@ -247,12 +295,17 @@ class Collector:
             table.on_tagset(ev)
             return None
         parent = None
+        conflict = None
         if isinstance(ev, ExecEvent):
+            before = table.procs.get(ev.pid)
+            prev = (before.tagset_id, before.tag_origin) if before is not None else (0, 0)
             p = table.on_exec(ev)
             parent = table.procs.get(p.ppid)
+            conflict = self.attributor.on_exec(ev, p, prev)
         elif isinstance(ev, ForkEvent):
             p = table.on_fork(ev)
             parent = table.procs.get(ev.pid)
+            self.attributor.on_fork(ev, p, parent)
         elif isinstance(ev, DupEvent):
             p = table.process_for(ev)
             if self.engine.socket_for_fd(p, ev.oldfd) is None:
@@ -270,6 +323,8 @@ class Collector:
         doc = self.renderer.render(ev, p)
         self.sink.write(doc)
         findings = self.engine.observe(ev, p, doc, parent)
+        if conflict is not None:
+            findings = findings + self._conflict_findings(ev, p, doc, conflict)
         if findings:
             now = self.renderer.clock.now_iso()
             for f in findings:
@@ -279,6 +334,22 @@ class Collector:
         for observer in self.observers:
             observer(ev, p, doc)
         return doc
+
+    def _conflict_findings(
+        self, ev: Event, p: Process, doc: dict[str, Any], c: Conflict
+    ) -> list[Finding]:
+        signals = [
+            Signal(
+                "env",
+                f"tag_conflict.{role}",
+                bounded(f"own {role} {own!r} != {c.source} {kept!r}"),
+                "high",
+            )
+            for role, (own, kept) in c.roles.items()
+        ]
+        return self.engine.report(
+            "RLG-ATTR-001", p.entity_id, signals, ev, p, doc, {"conflict": c.as_dict()}
+        )
 
     def _send_subject(self, ev: SendEvent) -> Process:
         """The sender when it inherited the socket from the connector; else the connector.
@@ -376,10 +447,24 @@ class Collector:
             },
             "process_table": {"size": len(self.table), "tagsets": len(self.table.tagsets)},
             "alerts": dict(self.engine.alerts_by_rule),
+            "registry": self._registry_stats(),
             "uptime_s": round(time.monotonic() - self.started_mono, 3),
             "boottime_ns": boottime_ns(),
         }
         return doc
+
+    def _registry_stats(self) -> dict[str, Any] | None:
+        reg, srv = self.registry, self.registry_server
+        if reg is None:
+            return None
+        return {
+            "serving": srv is not None,
+            "messages": reg.messages,
+            "errors": srv.errors if srv else 0,
+            "clients": len(srv.clients) if srv else 0,
+            "open_episodes": sum(1 for e in reg.episodes.values() if e.end_ns is None),
+            "tag_conflicts": self.attributor.conflicts,
+        }
 
 
 def _iso_ns(wall_ns: int) -> str:

@@ -31,6 +31,8 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 __all__ = [
     "ARGS_BUF_MAX",
+    "AttributionConfig",
+    "RegistryConfig",
     "EXAMPLE_PATH",
     "MAX_TAGS",
     "SCHEMA",
@@ -230,6 +232,19 @@ def one_of(*choices: str) -> Check:
 
 NON_EMPTY = Check("non-empty", lambda v: len(v) > 0)
 
+
+def _regex_with(group: str) -> Check:
+    def ok(v: str) -> bool:
+        try:
+            return group in re.compile(v).groupindex
+        except re.error:
+            return False
+
+    return Check(f"a regular expression with a named group (?P<{group}>...)", ok)
+
+
+HEURISTICS = ("ray_title", "iflow_env")
+
 # The kernel compares at most TAG_KEY_LEN bytes of a key, so longer names could never match.
 _ENV_NAME_RE = re.compile(rf"[A-Za-z_][A-Za-z0-9_]{{0,{TAG_KEY_LEN - 1}}}")
 ENV_NAME = Check(
@@ -269,6 +284,27 @@ class SiemConfig:
     spool_dir: str
     spool_max_bytes: int
     connect_timeout_s: float
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """``[registry]``: the Unix socket on which the trainer announces runs and episodes."""
+
+    socket: str
+    group: str
+    max_line_bytes: int
+    max_clients: int
+    retain_s: float
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """``[attribution]``: cgroup/container identity, sandbox names and heuristics."""
+
+    container_patterns: tuple[str, ...]
+    sandbox_patterns: tuple[str, ...]
+    heuristics: tuple[str, ...]
+    conflict_roles: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -520,8 +556,9 @@ SCHEMA: tuple[SectionSpec, ...] = (
             FieldSpec(
                 "extra",
                 Kind.STR_LIST,
-                [],
-                "Further keys, recorded raw, with no role in attribution.",
+                ["IFLOW_ENV"],
+                "Further keys, recorded raw, with no role in attribution (IFLOW_ENV feeds the "
+                "iflow_env heuristic of [attribution]).",
                 _ENV,
             ),
             FieldSpec(
@@ -798,6 +835,105 @@ SCHEMA: tuple[SectionSpec, ...] = (
         ),
     ),
     SectionSpec(
+        name="registry",
+        doc=(
+            "The trainer registry: a Unix socket on which the trainer announces run_start, "
+            "episode_start (with the pids, threads, cgroup, container or sandbox of the "
+            "episode) and episode_end as newline-delimited JSON (docs/registry.md). "
+            "Registry bindings are the strongest attribution source."
+        ),
+        result=RegistryConfig,
+        fields=(
+            FieldSpec(
+                "socket",
+                Kind.STR,
+                "/run/rlguard/registry.sock",
+                'Path of the registry socket ("" disables the registry).',
+                (),
+            ),
+            FieldSpec(
+                "group",
+                Kind.STR,
+                "rlguard",
+                "Group whose members (the trainer) may write to the socket; mode 0660.",
+                (NON_EMPTY,),
+            ),
+            FieldSpec(
+                "max_line_bytes",
+                Kind.INT,
+                65536,
+                "Longest message accepted; a longer line gets an error reply and is discarded.",
+                (between(1024, 1 << 24),),
+            ),
+            FieldSpec(
+                "max_clients",
+                Kind.INT,
+                64,
+                "Most simultaneous connections; more are refused with an error reply.",
+                (between(1, 4096),),
+            ),
+            FieldSpec(
+                "retain_s",
+                Kind.FLOAT,
+                900.0,
+                "Seconds an ended episode's bindings are kept, so that late events (and "
+                "processes born in it) are still attributed to it.",
+                (between(1, 86400),),
+            ),
+        ),
+    ),
+    SectionSpec(
+        name="attribution",
+        doc=(
+            "How events are attributed beyond environment tags. Precedence: registry > "
+            "cgroup/container > kernel lineage (inherited tags) > the process's own "
+            "environment tags > heuristics."
+        ),
+        result=AttributionConfig,
+        fields=(
+            FieldSpec(
+                "container_patterns",
+                Kind.STR_LIST,
+                [
+                    r"docker-(?P<id>[0-9a-f]{64})\.scope",
+                    r"/docker/(?P<id>[0-9a-f]{64})",
+                    r"cri-containerd-(?P<id>[0-9a-f]{64})\.scope",
+                    r"crio-(?P<id>[0-9a-f]{64})\.scope",
+                    r"libpod-(?P<id>[0-9a-f]{64})\.scope",
+                    r"/kubepods[^ ]*/(?P<id>[0-9a-f]{64})",
+                ],
+                "Regular expressions over the cgroup path; the first that matches gives the "
+                "container id (named group `id`).",
+                (_regex_with("id"),),
+            ),
+            FieldSpec(
+                "sandbox_patterns",
+                Kind.STR_LIST,
+                [r"/(?P<sandbox>rl-sandbox-[A-Za-z0-9_.-]+)"],
+                "Regular expressions over the cgroup path; the first that matches names the "
+                "sandbox (named group `sandbox`).",
+                (_regex_with("sandbox"),),
+            ),
+            FieldSpec(
+                "heuristics",
+                Kind.STR_LIST,
+                list(HEURISTICS),
+                'Weakest source, used when nothing else attributes a process: "ray_title" '
+                '(a Ray worker\'s "ray::" process title names the worker) and "iflow_env" '
+                "(IFLOW_ENV=train in the environment marks a training process).",
+                (one_of(*HEURISTICS),),
+            ),
+            FieldSpec(
+                "conflict_roles",
+                Kind.STR_LIST,
+                ["episode", "run", "trajectory"],
+                "Roles whose value, set in a process's own environment and contradicting a "
+                "stronger source, raises the tag_conflict alert (RLG-ATTR-001).",
+                (one_of("episode", "worker", "run", "trajectory", "sandbox"),),
+            ),
+        ),
+    ),
+    SectionSpec(
         name="service",
         doc="Running as a systemd service.",
         result=ServiceConfig,
@@ -832,6 +968,8 @@ class Config:
     detectors: DetectorsConfig
     allowlist: AllowlistConfig
     siem: SiemConfig
+    registry: RegistryConfig
+    attribution: AttributionConfig
     service: ServiceConfig
     source: Path | None = None
 

@@ -13,7 +13,7 @@ import os
 import socket
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monitor.community_id import community_id_v1
 from monitor.dns import parse_dns_message
@@ -37,6 +37,9 @@ from monitor.events import (
 )
 from monitor.process_table import Process, ProcessTable
 from monitor.sanitize import printable_preview
+
+if TYPE_CHECKING:
+    from monitor.attribution import Attributor
 
 CATEGORY = {
     "exec": (["process"], ["start"], "rlguard.process"),
@@ -80,6 +83,8 @@ class Renderer:
 
     def __init__(self, table: ProcessTable, hostname: str | None = None) -> None:
         self.table = table
+        # set by the collector: registry, cgroup and precedence on top of the tags
+        self.attributor: Attributor | None = None
         self.clock = Clock()
         self.host = {"hostname": hostname or socket.gethostname(), "boot": {"id": table.boot_id}}
         # kernel socket addresses are pointers: publish a keyed hash, never the value
@@ -143,12 +148,21 @@ class Renderer:
         if ev.tid != ev.pid:
             proc["thread"] = {"id": ev.tid}
         doc["process"] = proc
-        rl = dict(self.table.rl_block(p, ev.tagset_id, ev.tag_origin, lineage))
+        att = self.attributor
+        if att is None:
+            rl = dict(self.table.rl_block(p, ev.tagset_id, ev.tag_origin, lineage))
+        else:
+            rl = att.rl_block(ev, p, lineage)
         rl["lineage"] = lineage_doc
         doc["rl"] = rl
         extra = getattr(self, "_" + action)(ev, doc)
         if ev.cgroup_id:
             extra.setdefault("cgroup_id", ev.cgroup_id)
+            ident = att.identity(ev.cgroup_id) if att is not None else None
+            if ident is not None:
+                extra["cgroup"] = {"id": ev.cgroup_id, "path": ident.path}
+                if ident.container_id:
+                    doc["container"] = {"id": ident.container_id}
         doc["rlguard"] = extra
         return doc
 

@@ -458,6 +458,9 @@ class DetectionEngine:
             f.extra["previous_severity"] = prev[0]
         return [f]
 
+    # findings from outside the detectors (attribution), with the same de-duplication
+    report = _finding
+
 
 def _dest(c: Conn) -> dict[str, Any]:
     return {"ip": c.daddr, "port": c.dport, "transport": c.transport}

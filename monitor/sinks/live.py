@@ -37,11 +37,9 @@ fallback stays true for the life of the socket.
 from __future__ import annotations
 
 import errno
-import grp
 import os
 import select
 import socket
-import stat
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -49,6 +47,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
+
+from monitor.unix_socket import listen_group_socket
 
 MAX_QUEUE_BYTES = 4 * 1024 * 1024
 MAX_CLIENTS = 32
@@ -129,63 +129,19 @@ class LiveSocketSink:
     # -- set-up ----------------------------------------------------------------------
 
     def _listen(self) -> socket.socket:
-        parent = os.path.dirname(self.path)
-        if not os.path.isdir(parent):
-            os.makedirs(parent, exist_ok=True)
-            os.chmod(parent, 0o755)  # umask may have narrowed it; clients must reach the socket
-        self._remove_stale()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.bind(self.path)
-            # Permissions are set before listen(): until then a connect is refused,
-            # so no one outside the group can slip in while the mode is still the umask's.
-            self._set_permissions()
-            st = os.stat(self.path)
-            self._ino = (st.st_dev, st.st_ino)
-            sock.listen(16)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-    def _remove_stale(self) -> None:
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise LiveSocketError(
-                errno.EEXIST, f"{self.path} exists and is not a socket; not replacing it"
-            )
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(self.path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            os.unlink(self.path)  # left by a monitor that did not exit cleanly
-            return
-        finally:
-            probe.close()
-        raise LiveSocketError(errno.EADDRINUSE, f"{self.path}: another monitor is serving it")
-
-    def _set_permissions(self) -> None:
-        try:
-            gid = grp.getgrnam(self.group).gr_gid
-        except KeyError:
-            self._root_only(f"group {self.group!r} does not exist")
-            return
-        try:
-            os.chown(self.path, -1, gid)
+            gs = listen_group_socket(self.path, self.group, backlog=16)
         except OSError as exc:
-            self._root_only(f"cannot give it to group {self.group!r}: {exc.strerror}")
-            return
-        os.chmod(self.path, 0o660)
-        self.mode = 0o660
-
-    def _root_only(self, why: str) -> None:
-        os.chmod(self.path, 0o600)
-        self.mode = 0o600
-        self.last_error = f"live socket {self.path}: {why}; only its owner may connect (0600)"
+            if exc.errno in (errno.EEXIST, errno.EADDRINUSE):
+                raise LiveSocketError(exc.errno, exc.strerror or str(exc)) from None
+            raise
+        self._ino = gs.ino
+        self.mode = gs.mode
+        if gs.note:
+            self.last_error = (
+                f"live socket {self.path}: {gs.note}; only its owner may connect (0600)"
+            )
+        return gs.sock
 
     # -- the sink interface ----------------------------------------------------------
 

@@ -167,10 +167,21 @@ def test_tags_inherited_in_kernel(live) -> None:
         assert doc["rl"]["origin"]["pid"] == proc.pid, suffix
         assert "own_tag_keys" not in doc["rlguard"]["exec"]
     own = live.wait_for(exec_with_arg(f"{m}-own"))
-    assert own["rl"]["episode_id"] == "ep-child"
-    assert own["rl"]["source"] == "own_env"
-    # keys the child did not set are still inherited
+    # kernel lineage outranks a process's own tags: the inherited episode stands,
+    # the contradiction is recorded and alerted (a forged tag is itself suspicious)
+    assert own["rl"]["episode_id"] == "ep-parent"
+    assert own["rl"]["source"] == "inherited"
+    assert own["rl"]["conflict"]["roles"]["episode"] == {"own_env": "ep-child", "kept": "ep-parent"}
     assert own["rl"]["trajectory_id"] == "traj-4"
+    assert own["rlguard"]["exec"]["own_tag_keys"] == ["RL_EPISODE_ID"]
+    alert = live.wait_for(
+        lambda d: (
+            d["event"]["kind"] == "alert"
+            and d["rule"]["id"] == "RLG-ATTR-001"
+            and d["process"]["entity_id"] == own["process"]["entity_id"]
+        )
+    )
+    assert alert["rlguard"]["alert"]["conflict"]["kept_source"] == "inherited"
 
 
 def test_lineage_is_listed(live) -> None:

@@ -71,10 +71,10 @@ def test_none_gives_defaults() -> None:
     assert c.tags.run == ("RL_RUN_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "RAY_JOB_ID")
     assert c.tags.trajectory == ("RL_TRAJECTORY_ID",)
     assert c.tags.sandbox == ("RL_SANDBOX_ID",)
-    assert c.tags.extra == ()
+    assert c.tags.extra == ("IFLOW_ENV",)
     assert "AWS_*" in c.tags.deny and "*TOKEN*" in c.tags.deny
     assert c.tags.denied == ()
-    assert len(c.tags.keys) == 14
+    assert len(c.tags.keys) == 15
     assert c.probes == cfg.ProbesConfig(
         ring_pages=4096,
         first_bytes=256,

@@ -1,0 +1,256 @@
+"""The registry socket: a Unix stream socket served by one thread with a selector.
+
+Never blocks the collector and never dies on what a client sends: reads and writes are
+non-blocking, lines are bounded (an oversized line gets an error reply and is discarded up to
+its newline), clients that stop reading their replies or sit half-open are disconnected, and
+the number of clients is capped.  Every error is answered on the socket and counted; a sample
+goes to the event stream as a `registry_error` record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitor.process_table import boottime_ns
+from monitor.registry.protocol import ProtocolError, parse_message, reply
+from monitor.registry.state import Registry
+from monitor.unix_socket import listen_group_socket
+
+IDLE_TIMEOUT_S = 60.0
+MAX_OUTBUF = 256 * 1024
+ERROR_RECORD_INTERVAL_S = 1.0
+
+
+@dataclass
+class _Client:
+    sock: socket.socket
+    peer: dict[str, int]
+    inbuf: bytearray = field(default_factory=bytearray)
+    outbuf: bytearray = field(default_factory=bytearray)
+    discarding: bool = False
+    last_active: float = field(default_factory=time.monotonic)
+
+
+class RegistryError(OSError):
+    """The socket cannot be served (path in use by a live server, no permission...)."""
+
+
+class RegistryServer:
+    def __init__(
+        self,
+        registry: Registry,
+        path: str,
+        group: str = "rlguard",
+        max_line_bytes: int = 65536,
+        max_clients: int = 64,
+    ) -> None:
+        self.registry = registry
+        self.path = path
+        self.group = group
+        self.max_line = max_line_bytes
+        self.max_clients = max_clients
+        self.clients: dict[int, _Client] = {}
+        self.errors = 0
+        self.refused = 0
+        self.last_error: str | None = None
+        self._last_error_record = 0.0
+        self._errors_since_record = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sel = selectors.DefaultSelector()
+        self._listener: socket.socket | None = None
+        self.mode = 0
+        self.note: str | None = None
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind the socket (mode 0660, the trainer's group) and start serving."""
+        try:
+            gs = listen_group_socket(self.path, self.group, backlog=128)
+        except OSError as exc:
+            raise RegistryError(exc.errno, f"registry socket: {exc.strerror or exc}") from None
+        lst = gs.sock
+        self.mode = gs.mode
+        self.note = gs.note
+        self._listener = lst
+        self._sel.register(lst, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._serve, name="rlguard-registry", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for c in list(self.clients.values()):
+            self._drop(c)
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._sel.unregister(self._listener)
+            self._listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+        self._sel.close()
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for key, mask in self._sel.select(timeout=0.2):
+                    if key.data is None:
+                        self._accept()
+                    else:
+                        self._service(key.data, mask)
+                self._reap_idle()
+            except Exception as exc:  # the registry must never take the monitor down
+                self._error(f"registry loop: {type(exc).__name__}: {exc}")
+                time.sleep(0.05)
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        try:
+            sock, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        sock.setblocking(False)
+        if len(self.clients) >= self.max_clients:
+            self.refused += 1
+            with contextlib.suppress(OSError):
+                sock.send(reply(False, error="too many clients"))
+            sock.close()
+            return
+        c = _Client(sock, _peer(sock))
+        self.clients[sock.fileno()] = c
+        self._sel.register(sock, selectors.EVENT_READ, c)
+
+    def _service(self, c: _Client, mask: int) -> None:
+        if mask & selectors.EVENT_READ:
+            try:
+                data = c.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError:
+                self._drop(c)
+                return
+            if data == b"":
+                self._drop(c)
+                return
+            if data:
+                c.last_active = time.monotonic()
+                self._feed(c, data)
+        if mask & selectors.EVENT_WRITE or c.outbuf:
+            self._flush(c)
+
+    def _feed(self, c: _Client, data: bytes) -> None:
+        c.inbuf += data
+        while True:
+            nl = c.inbuf.find(b"\n")
+            if nl < 0:
+                if len(c.inbuf) > self.max_line:
+                    if not c.discarding:
+                        self._answer(
+                            c, reply(False, error=f"line longer than {self.max_line} bytes")
+                        )
+                        self._error("oversized line", c)
+                    c.discarding = True
+                    c.inbuf.clear()
+                return
+            line = bytes(c.inbuf[:nl])
+            del c.inbuf[: nl + 1]
+            if c.discarding:  # the tail of an oversized line
+                c.discarding = False
+                continue
+            if len(line) > self.max_line:
+                self._answer(c, reply(False, error=f"line longer than {self.max_line} bytes"))
+                self._error("oversized line", c)
+                continue
+            if line.strip():
+                self._handle(c, line)
+
+    def _handle(self, c: _Client, line: bytes) -> None:
+        try:
+            msg = parse_message(line)
+            extra = self.registry.apply(msg, boottime_ns(), time.time_ns(), c.peer)
+        except ProtocolError as exc:
+            self._answer(c, reply(False, error=str(exc)))
+            self._error(str(exc), c)
+            return
+        self._answer(c, reply(True, **extra))
+
+    def _answer(self, c: _Client, data: bytes) -> None:
+        c.outbuf += data
+        if len(c.outbuf) > MAX_OUTBUF:  # it does not read its replies
+            self._error("client does not read replies", c)
+            self._drop(c)
+            return
+        self._flush(c)
+
+    def _flush(self, c: _Client) -> None:
+        if c.sock.fileno() < 0:
+            return
+        try:
+            while c.outbuf:
+                n = c.sock.send(c.outbuf)
+                del c.outbuf[:n]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self._drop(c)
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if c.outbuf else 0)
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.modify(c.sock, events, c)
+
+    def _reap_idle(self) -> None:
+        now = time.monotonic()
+        for c in list(self.clients.values()):
+            if now - c.last_active > IDLE_TIMEOUT_S:
+                self._drop(c)
+
+    def _drop(self, c: _Client) -> None:
+        fd = c.sock.fileno()
+        if fd >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(c.sock)
+            self.clients.pop(fd, None)
+        c.sock.close()
+
+    def _error(self, text: str, c: _Client | None = None) -> None:
+        self.errors += 1
+        self.last_error = text[:300]
+        self._errors_since_record += 1
+        now = time.monotonic()
+        if now - self._last_error_record < ERROR_RECORD_INTERVAL_S:
+            return
+        self._last_error_record = now
+        doc: dict[str, Any] = {
+            "event": {"kind": "metric", "action": "registry_error", "dataset": "rlguard.registry"},
+            "rlguard": {
+                "registry": {
+                    "error": self.last_error,
+                    "client": c.peer if c else None,
+                    "errors_since_last_record": self._errors_since_record,
+                    "errors_total": self.errors,
+                }
+            },
+        }
+        self._errors_since_record = 0
+        self.registry.pending.append((time.time_ns(), doc))
+
+
+def _peer(sock: socket.socket) -> dict[str, int]:
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", raw)
+        return {"pid": pid, "uid": uid, "gid": gid}
+    except OSError:
+        return {}

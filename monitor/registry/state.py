@@ -1,0 +1,294 @@
+"""What the trainer told us: runs, episodes and their bindings, as time intervals.
+
+The server thread applies messages; the collector thread asks "which episode was active for
+this task / this cgroup at time t".  Bindings are intervals on CLOCK_BOOTTIME (the clock of
+every kernel record), stamped when a message is received: the client waits for the reply
+before it forks, so a child's fork record is always later than the binding it inherits, and
+a record processed late is still judged by when it happened.  Readers take no lock: every
+shared container is replaced, never mutated in place, while they may be reading it.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from monitor.cgroups import CgroupIdentity, normalise_path
+from monitor.registry.protocol import Message, ProtocolError
+
+MAX_OPEN_EPISODES = 65536
+MAX_PENDING_RECORDS = 10000
+_seq = itertools.count(1)
+
+
+@dataclass(slots=True, eq=False)
+class Episode:
+    episode_id: str
+    run_id: str | None
+    trajectory_id: str | None
+    sandbox_id: str | None
+    start_ns: int
+    end_ns: int | None = None
+    status: str | None = None
+    seq: int = field(default_factory=lambda: next(_seq))
+
+    def active_at(self, ts_ns: int) -> bool:
+        return self.start_ns <= ts_ns and (self.end_ns is None or ts_ns < self.end_ns)
+
+    def rl_fields(self) -> dict[str, str | None]:
+        return {
+            "episode_id": self.episode_id,
+            "run_id": self.run_id,
+            "trajectory_id": self.trajectory_id,
+            "sandbox_id": self.sandbox_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupBinding:
+    episode: Episode
+    path: str | None = None  # relative to the cgroup2 mount; matches the subtree
+    container_id: str | None = None  # a prefix of the full id (12+ hex digits)
+    sandbox_id: str | None = None  # as named by [attribution] sandbox_patterns
+
+    def matches(self, ident: CgroupIdentity) -> bool:
+        if self.path is not None and ident.path is not None:
+            if ident.path == self.path or ident.path.startswith(self.path.rstrip("/") + "/"):
+                return True
+        if self.container_id and ident.container_id:
+            if ident.container_id.startswith(self.container_id):
+                return True
+        return bool(self.sandbox_id and ident.sandbox_id == self.sandbox_id)
+
+
+def docker_container_id(name: str, root: str = "/var/lib/docker/containers") -> str | None:
+    """Best effort: a Docker container's id from its name, read from Docker's state files."""
+    want = "/" + name.lstrip("/")
+    for cfg in glob.glob(os.path.join(root, "*", "config.v2.json"))[:10000]:
+        try:
+            with open(cfg, "rb") as fh:
+                doc = orjson.loads(fh.read(1 << 20))
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        if isinstance(doc, dict) and doc.get("Name") == want and isinstance(doc.get("ID"), str):
+            return str(doc["ID"])
+    return None
+
+
+class Registry:
+    def __init__(self, retain_ns: int = 900 * 10**9, cgroup_mount: str | None = None) -> None:
+        self.retain_ns = retain_ns
+        self.cgroup_mount = cgroup_mount
+        self.by_pid: dict[int, tuple[Episode, ...]] = {}
+        self.by_tid: dict[int, tuple[Episode, ...]] = {}
+        self.cgroup_bindings: tuple[CgroupBinding, ...] = ()
+        self.episodes: dict[str, Episode] = {}  # latest episode of each id
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.run_of_client: dict[int, str] = {}
+        self.version = 0  # bumped on every change; readers key caches on it
+        self.pending: deque[tuple[int, dict[str, Any]]] = deque()
+        self.pending_dropped = 0
+        self.lock = threading.Lock()  # writers only
+        self.messages = 0
+
+    # -- queries (collector thread, no lock) ----------------------------------------
+
+    def for_task(self, pid: int, tid: int, ts_ns: int) -> tuple[Episode, str] | None:
+        """The episode bound to this thread, else to this process, at ts_ns."""
+        for table, via in ((self.by_tid, "thread"), (self.by_pid, "process")):
+            key = tid if via == "thread" else pid
+            eps = table.get(key)
+            if eps:
+                for ep in reversed(eps):
+                    if ep.active_at(ts_ns):
+                        return ep, via
+        return None
+
+    def has_tasks(self) -> bool:
+        return bool(self.by_pid or self.by_tid)
+
+    def for_cgroup(self, ident: CgroupIdentity, ts_ns: int) -> Episode | None:
+        best: Episode | None = None
+        for b in self.cgroup_bindings:
+            if b.episode.active_at(ts_ns) and b.matches(ident):
+                if best is None or b.episode.start_ns > best.start_ns:
+                    best = b.episode
+        return best
+
+    # -- updates (server thread) ----------------------------------------------------------
+
+    def apply(
+        self, msg: Message, now_ns: int, wall_ns: int, peer: dict[str, int] | None = None
+    ) -> dict[str, Any]:
+        """Apply one message; returns the reply's extra fields or raises ProtocolError."""
+        with self.lock:
+            self.messages += 1
+            out = getattr(self, "_" + msg.op)(msg, now_ns, peer or {})
+            self.version += 1
+            self._record(msg, wall_ns, peer or {}, out)
+            return out
+
+    def _hello(self, msg: Message, now_ns: int, peer: dict[str, int]) -> dict[str, Any]:
+        return {"open_episodes": sum(1 for e in self.episodes.values() if e.end_ns is None)}
+
+    def _run_start(self, msg: Message, now_ns: int, peer: dict[str, int]) -> dict[str, Any]:
+        assert msg.run_id
+        self.runs[msg.run_id] = {"start_ns": now_ns, "end_ns": None, "meta": msg.meta}
+        if peer.get("pid"):
+            self.run_of_client[peer["pid"]] = msg.run_id
+        return {"run_id": msg.run_id}
+
+    def _run_end(self, msg: Message, now_ns: int, peer: dict[str, int]) -> dict[str, Any]:
+        assert msg.run_id
+        run = self.runs.get(msg.run_id)
+        if run is None:
+            raise ProtocolError(f"run_end: unknown run {msg.run_id!r}")
+        run["end_ns"] = now_ns
+        return {"run_id": msg.run_id}
+
+    def _episode_start(self, msg: Message, now_ns: int, peer: dict[str, int]) -> dict[str, Any]:
+        assert msg.episode_id
+        ep = self.episodes.get(msg.episode_id)
+        warnings: list[str] = []
+        if ep is None or ep.end_ns is not None:
+            if sum(1 for e in self.episodes.values() if e.end_ns is None) >= MAX_OPEN_EPISODES:
+                raise ProtocolError(f"more than {MAX_OPEN_EPISODES} open episodes")
+            run_id = msg.run_id or self.run_of_client.get(peer.get("pid", 0))
+            if run_id is None:
+                open_runs = [r for r, v in self.runs.items() if v["end_ns"] is None]
+                run_id = open_runs[0] if len(open_runs) == 1 else None
+            ep = Episode(msg.episode_id, run_id, msg.trajectory_id, msg.sandbox_id, now_ns)
+            episodes = dict(self.episodes)
+            episodes[msg.episode_id] = ep
+            self.episodes = episodes
+        # a repeated episode_start adds bindings to the open episode
+        if msg.pids:
+            self.by_pid = _bind(self.by_pid, msg.pids, ep)
+        if msg.tids:
+            self.by_tid = _bind(self.by_tid, msg.tids, ep)
+        container_id = msg.container_id
+        if msg.container_name and not container_id:
+            container_id = docker_container_id(msg.container_name)
+            if container_id is None:
+                warnings.append(f"container_name {msg.container_name!r} not found")
+        path = normalise_path(msg.cgroup, self.cgroup_mount) if msg.cgroup else None
+        if path == "/":
+            raise ProtocolError("cgroup: the root cgroup cannot be bound to an episode")
+        if path or container_id or msg.sandbox_id:
+            b = CgroupBinding(ep, path, container_id, msg.sandbox_id)
+            self.cgroup_bindings = (*self.cgroup_bindings, b)
+        out: dict[str, Any] = {"episode_id": ep.episode_id, "run_id": ep.run_id}
+        if warnings:
+            out["warnings"] = warnings
+        return out
+
+    def _episode_end(self, msg: Message, now_ns: int, peer: dict[str, int]) -> dict[str, Any]:
+        assert msg.episode_id
+        ep = self.episodes.get(msg.episode_id)
+        if ep is None:
+            raise ProtocolError(f"episode_end: unknown episode {msg.episode_id!r}")
+        if ep.end_ns is not None:
+            raise ProtocolError(f"episode_end: episode {msg.episode_id!r} already ended")
+        ep.end_ns = now_ns
+        ep.status = msg.status
+        return {"episode_id": ep.episode_id, "run_id": ep.run_id}
+
+    def _record(
+        self, msg: Message, wall_ns: int, peer: dict[str, int], out: dict[str, Any]
+    ) -> None:
+        """Queue the stream record for this message (written by the collector)."""
+        ep = self.episodes.get(msg.episode_id or "")
+        rl: dict[str, Any] = (
+            ep.rl_fields()
+            if ep is not None and msg.op.startswith("episode")
+            else {
+                "episode_id": None,
+                "run_id": msg.run_id,
+                "trajectory_id": None,
+                "sandbox_id": None,
+            }
+        )
+        rl["source"] = "registry"
+        reg: dict[str, Any] = {"client": peer}
+        bindings = {
+            k: v
+            for k, v in (
+                ("pids", list(msg.pids)),
+                ("tids", list(msg.tids)),
+                ("cgroup", msg.cgroup),
+                ("container_id", msg.container_id),
+                ("container_name", msg.container_name),
+                ("sandbox_id", msg.sandbox_id),
+            )
+            if v
+        }
+        if bindings:
+            reg["bindings"] = bindings
+        if msg.status:
+            reg["status"] = msg.status
+        if msg.meta:
+            reg["meta"] = msg.meta
+        if out.get("warnings"):
+            reg["warnings"] = out["warnings"]
+        doc = {
+            "event": {
+                "kind": "event",
+                "category": ["session"],
+                "type": ["start" if msg.op.endswith("start") else "end"],
+                "action": msg.op,
+                "dataset": "rlguard.episode",
+            },
+            "rl": rl,
+            "rlguard": {"registry": reg},
+        }
+        if msg.op == "hello":
+            return
+        if len(self.pending) >= MAX_PENDING_RECORDS:
+            self.pending_dropped += 1
+            return
+        self.pending.append((wall_ns, doc))
+
+    def expire(self, now_ns: int) -> int:
+        """Forget bindings of episodes that ended more than retain_s ago."""
+        cutoff = now_ns - self.retain_ns
+
+        def stale(ep: Episode) -> bool:
+            return ep.end_ns is not None and ep.end_ns < cutoff
+
+        with self.lock:
+            gone = [k for k, e in self.episodes.items() if stale(e)]
+            if not gone and not any(stale(b.episode) for b in self.cgroup_bindings):
+                return 0
+            self.episodes = {k: e for k, e in self.episodes.items() if not stale(e)}
+            self.by_pid = _prune(self.by_pid, stale)
+            self.by_tid = _prune(self.by_tid, stale)
+            self.cgroup_bindings = tuple(b for b in self.cgroup_bindings if not stale(b.episode))
+            self.version += 1
+            return len(gone)
+
+
+def _bind(
+    table: dict[int, tuple[Episode, ...]], keys: tuple[int, ...], ep: Episode
+) -> dict[int, tuple[Episode, ...]]:
+    new = dict(table)
+    for k in keys:
+        eps = new.get(k, ())
+        if ep not in eps:
+            new[k] = (*eps[-7:], ep)  # a task's recent history, bounded
+    return new
+
+
+def _prune(table: dict[int, tuple[Episode, ...]], stale: Any) -> dict[int, tuple[Episode, ...]]:
+    out = {}
+    for k, eps in table.items():
+        keep = tuple(e for e in eps if not stale(e))
+        if keep:
+            out[k] = keep
+    return out
