@@ -180,10 +180,48 @@ def check_ringbuf() -> Check:
     )
 
 
+def check_cgroup_paths() -> Check:
+    """cgroup id -> path, for cgroup/container identity and registry cgroup bindings."""
+    from monitor.cgroups import CgroupResolver
+
+    r = CgroupResolver()
+    try:
+        if r.mount is None:
+            return Check("cgroup paths", False, "no cgroup2 mount", "mount cgroup2", False)
+        rel = _own_cgroup()
+        if rel == "/":  # the root resolves without asking the kernel: try a child
+            subdirs = [e.name for e in os.scandir(r.mount) if e.is_dir()]
+            rel = "/" + subdirs[0] if subdirs else "/"
+        own = r.id_of(rel)
+        path = r._resolve(own) if own else None
+        ok = path is not None
+        how = "open_by_handle_at" if ok and r.walks == 0 else "directory walk"
+        return Check(
+            "cgroup paths",
+            ok,
+            f"cgroup ids resolve to paths ({how})" if ok else "cannot resolve cgroup ids",
+            "run as root (CAP_DAC_READ_SEARCH) so events can name their cgroup and container",
+            required=False,
+        )
+    finally:
+        r.close()
+
+
+def _own_cgroup() -> str:
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                return line[3:]
+    except OSError:
+        pass
+    return "/"
+
+
 def run_checks() -> list[Check]:
     checks = [check_privileges(), check_btf(), check_tracefs()]
     checks += check_tracepoints()
-    checks += [check_cgroup2(), check_bcc(), check_headers(), check_ringbuf()]
+    checks += [check_cgroup2(), check_cgroup_paths(), check_bcc(), check_headers()]
+    checks += [check_ringbuf()]
     return checks
 
 

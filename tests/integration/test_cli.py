@@ -43,6 +43,7 @@ def test_check_reports_every_line() -> None:
         "kernel headers",
         "ring buffer",
         "cgroup v2",
+        "[  ok] cgroup paths",
         "probes",
     ):
         assert needle in out, needle
