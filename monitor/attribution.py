@@ -76,6 +76,7 @@ class Attributor:
         # forged tagset id -> the conflict it came from (descendants inherit the forged tags)
         self.overrides: OrderedDict[int, Conflict] = OrderedDict()
         self.conflicts = 0
+        self._ray_cache: dict[int, tuple[int, str | None]] = {}
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -227,14 +228,28 @@ class Attributor:
     ) -> None:
         wanted = self.config.heuristics
         if "ray_title" in wanted:
-            for name in (ev.comm, p.name, *(a.name for a in lineage)):
-                if name.startswith(RAY_PREFIX):
-                    if block.get("worker_id") is None:
-                        block["worker_id"] = name[len(RAY_PREFIX) :] or None
-                    block["source"] = "heuristic"
-                    block["heuristic"] = "ray_title"
-                    return
+            title = ev.comm if ev.comm.startswith(RAY_PREFIX) else self._ray_title(p, lineage)
+            if title is not None:
+                if block.get("worker_id") is None:
+                    block["worker_id"] = title[len(RAY_PREFIX) :] or None
+                block["source"] = "heuristic"
+                block["heuristic"] = "ray_title"
+                return
         if "iflow_env" in wanted and block.get("tags", {}).get("IFLOW_ENV") == "train":
             if all(block.get(r + "_id") is None for r in ROLES):
                 block["source"] = "heuristic"
                 block["heuristic"] = "iflow_env"
+
+    def _ray_title(self, p: Process, lineage: list[Process]) -> str | None:
+        # names change only with fork/exec/exit: cache per process and table generation
+        gen = self.table.generation
+        hit = self._ray_cache.get(p.pid)
+        if hit is not None and hit[0] == gen:
+            return hit[1]
+        title = next(
+            (n for n in (p.name, *(a.name for a in lineage)) if n.startswith(RAY_PREFIX)), None
+        )
+        if len(self._ray_cache) > 65536:
+            self._ray_cache.clear()
+        self._ray_cache[p.pid] = (gen, title)
+        return title
