@@ -794,7 +794,7 @@ class EpisodeLedger:
                 continue
             if ep.source == "registry":
                 if now_ns - ep.last_seen_ns >= self._stale:
-                    self._end(ep, ep.last_seen_ns, "stale", now_ns)
+                    self._end(ep, ep.last_seen_ns, "stale", ep.last_seen_ns + self._stale)
             elif now_ns - ep.last_seen_ns >= self._idle:
                 self._end(ep, ep.last_seen_ns, "idle", ep.last_seen_ns + self._idle)
         excess = len(self.episodes) - self.config.max_episodes
@@ -902,6 +902,12 @@ class EpisodeLedger:
         out = self._out + [doc for _, doc in issued]
         self._out = []
         return out
+
+    def flush(self, now_wall_ns: int | None = None) -> bool:
+        """Write every pending row now; False when the database is not available."""
+        if self.closed:
+            return False
+        return self._flush(time.time_ns() if now_wall_ns is None else now_wall_ns, [])
 
     def close(self, now_wall_ns: int | None = None) -> None:
         """Write everything still pending and close the database (idempotent)."""
