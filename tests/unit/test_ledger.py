@@ -7,6 +7,8 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -821,3 +823,74 @@ def test_cli_lists_filters_and_fails_clearly(db: Path, tmp_path: Path) -> None:
     since = ["--since", "2030-01-01T00:00:00Z"]
     res = runner.invoke(app, ["episodes", "--config", str(cfg_file), "--json", *since])
     assert res.exit_code == 0 and res.stdout == ""
+
+
+# --- the trainer-side example ----------------------------------------------------------------
+
+
+def _example() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "examples" / "trainer_filter.py"
+    spec = importlib.util.spec_from_file_location("trainer_filter", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["trainer_filter"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_trainer_filter_example_reads_the_database_and_the_stream(db: Path, tmp_path: Path) -> None:
+    tf = _example()
+    led = EpisodeLedger(db, cfg(), now_ns=at(0))
+    run_episode(led, "bad", 1, 5, alert("bad", 2))
+    run_episode(led, "unsure", 10, 15, dropped(12))
+    run_episode(led, "good", 1, 5)
+    feed(led, reg("episode_start", "running", 6))
+    stream = tmp_path / "events.ndjson"
+    lines = led.due(at(100))
+    led.observe(alert("good", 101))  # a late finding: revision 2 says drop
+    lines += led.due(at(101))
+    stream.write_text("".join(json.dumps(d) + "\n" for d in lines) + '{"partial": ')
+    batch = [{"episode_id": e, "n": i} for i, e in enumerate(["bad", "unsure", "good", "running"])]
+    batch.append({"episode_id": None, "n": 9})
+    for source in (tf.VerdictSource.from_db(str(db)), tf.VerdictSource.from_ndjson(str(stream))):
+        kept, gone = tf.filter_trajectories(
+            batch, source, lambda t: t["episode_id"], timeout_s=0.2, missing="drop"
+        )
+        assert [t["n"] for t in kept] == [1, 9]
+        why = {t["episode_id"]: w for t, w in gone}
+        assert why == {
+            "bad": "drop: alert:RLG-MIN-001:critical",
+            "good": "drop: alert:RLG-MIN-001:critical",
+            "running": "no verdict in time",
+        }
+        kept, _ = tf.filter_trajectories(
+            batch, source, lambda t: t["episode_id"], drop_review=True, timeout_s=0.0
+        )
+        assert [t["n"] for t in kept] == [3, 9]  # running: kept by default (missing="keep")
+        assert tf.group_keep(batch[1:2], source, lambda t: t["episode_id"]) is True
+        assert tf.group_keep(batch[:2], source, lambda t: t["episode_id"]) is False
+    led.close()
+
+
+def test_trainer_filter_waits_for_a_verdict(db: Path, tmp_path: Path) -> None:
+    import threading
+
+    tf = _example()
+    stream = tmp_path / "events.ndjson"
+    stream.write_text("")
+    led = EpisodeLedger(db, cfg(), now_ns=at(0))
+    run_episode(led, "ep", 1, 5)
+
+    def later() -> None:
+        time.sleep(0.3)
+        with stream.open("a") as f:
+            f.writelines(json.dumps(d) + "\n" for d in led.due(at(100)))
+
+    thread = threading.Thread(target=later)
+    thread.start()
+    got = tf.VerdictSource.from_ndjson(str(stream)).wait(["ep"], timeout_s=10, poll_s=0.05)
+    thread.join()
+    assert got["ep"].verdict == "keep"
+    led.close()
