@@ -167,7 +167,7 @@ class Collector:
         self.engine.iocs = build_iocs(new.detectors, new.allowlist)
         restart = [
             name
-            for name in ("probes", "tags", "process_table", "service", "siem")
+            for name in ("probes", "tags", "process_table", "service", "siem", "ledger")
             if getattr(new, name) != getattr(self.config, name)
         ]
         self.config = new

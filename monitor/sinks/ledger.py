@@ -151,10 +151,10 @@ def iso(ns: int) -> str:
     return f"{stamp}.{rem // 1000:06d}Z"
 
 
-def parse_iso(text: Any) -> int | None:
-    """ISO 8601 (``Z`` or an offset; naive means UTC) -> wall-clock ns; None if unreadable."""
-    if not isinstance(text, str) or not text:
-        return None
+_SECONDS: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> ns: lines share their seconds
+
+
+def _parse_slow(text: str) -> int | None:
     try:
         dt = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
     except ValueError:
@@ -164,6 +164,28 @@ def parse_iso(text: Any) -> int | None:
     # integer arithmetic: a float timestamp loses the microseconds
     delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
     return (delta.days * 86400 + delta.seconds) * _S + delta.microseconds * 1000
+
+
+def parse_iso(text: Any) -> int | None:
+    """ISO 8601 (``Z`` or an offset; naive means UTC) -> wall-clock ns; None if unreadable.
+
+    Lines carry ``YYYY-MM-DDTHH:MM:SS.ffffffZ``; that form is parsed from a per-second
+    cache, since ``observe()`` runs for every line.
+    """
+    if not isinstance(text, str) or not text:
+        return None
+    if len(text) == 27 and text[19] == "." and text[26] == "Z" and text[20:26].isdigit():
+        head = text[:19]
+        base = _SECONDS.get(head)
+        if base is None:
+            base = _parse_slow(head + "Z")
+            if base is None:
+                return None
+            if len(_SECONDS) >= 4096:
+                _SECONDS.clear()
+            _SECONDS[head] = base
+        return base + int(text[20:26]) * 1000
+    return _parse_slow(text)
 
 
 # --- one episode -------------------------------------------------------------------------
@@ -598,9 +620,8 @@ class EpisodeLedger:
         if ev.get("kind") == "metric" or dataset in ("rlguard.sensor", "rlguard.lifecycle"):
             self._on_metric(doc, dataset, action)
             return
-        ts = parse_iso(doc.get("@timestamp")) or time.time_ns()
         if dataset == EPISODE_DATASET:
-            self._on_registry(doc, action, ts)
+            self._on_registry(doc, action, parse_iso(doc.get("@timestamp")) or time.time_ns())
             return
         rl = doc.get("rl")
         if not isinstance(rl, dict):
@@ -608,13 +629,15 @@ class EpisodeLedger:
         eid = rl.get("episode_id")
         if not isinstance(eid, str) or not eid:
             return
+        ts = parse_iso(doc.get("@timestamp")) or time.time_ns()
         ep = self._episode(eid, ts)
-        if ep.run_id is None:
-            ep.run_id = _str_or_none(rl.get("run_id"))
-        if ep.trajectory_id is None:
-            ep.trajectory_id = _str_or_none(rl.get("trajectory_id"))
-        if ep.sandbox_id is None:
-            ep.sandbox_id = _str_or_none(rl.get("sandbox_id"))
+        if ep.events < 16:  # the ids come with the first records; later ones repeat them
+            if ep.run_id is None:
+                ep.run_id = _str_or_none(rl.get("run_id"))
+            if ep.trajectory_id is None:
+                ep.trajectory_id = _str_or_none(rl.get("trajectory_id"))
+            if ep.sandbox_id is None:
+                ep.sandbox_id = _str_or_none(rl.get("sandbox_id"))
         if ts > ep.last_seen_ns:
             ep.last_seen_ns = ts
         if ts < ep.start_ns and ep.source != "registry":
