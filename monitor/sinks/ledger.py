@@ -75,6 +75,7 @@ RETRY_NS = 30 * _S  # a failed database is tried again this often
 PRUNE_INTERVAL_NS = 3600 * _S
 EVICT_AFTER_NS = 60 * _S  # an ended episode stays in memory at least this long
 MAX_GAPS = 16  # gap intervals kept per episode (more are merged into the last)
+MAX_HISTORY = 10000  # verdict lines waiting for the verdicts table while it cannot be written
 _FAR = 1 << 62
 
 _COLUMNS = (
@@ -402,6 +403,8 @@ class EpisodeLedger:
         self._dirty: set[str] = set()
         self._check: set[str] = set()  # episodes whose verdict line may be due
         self._out: list[dict[str, Any]] = []  # ledger_error lines waiting for due()
+        # verdict lines not yet in the verdicts table (bounded: the episode row keeps the last)
+        self._history: list[tuple[str, int, int, str, str, str]] = []
         self._host: dict[str, Any] | None = None
         self._last_stats: tuple[int, int] | None = None  # (ts, undecodable) of the last stats
         self._conn: sqlite3.Connection | None = None
@@ -525,7 +528,7 @@ class EpisodeLedger:
             return None
         return None if row is None else _from_row(row)
 
-    def _flush(self, now_ns: int, issued: list[tuple[Episode, dict[str, Any]]]) -> bool:
+    def _flush(self, now_ns: int) -> bool:
         if self._conn is None:
             if now_ns >= self._retry_ns and not self.closed:
                 self._open(now_ns)
@@ -546,17 +549,9 @@ class EpisodeLedger:
                         f"VALUES ({', '.join('?' * len(_COLUMNS))})",
                         rows,
                     )
-                for ep, doc in issued:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?)",
-                        (
-                            ep.episode_id,
-                            ep.revision,
-                            ep.verdict_ns,
-                            ep.verdict,
-                            json.dumps(ep.reasons),
-                            json.dumps(doc),
-                        ),
+                if self._history:
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?)", self._history
                     )
                 conn.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('last_alive_ns', ?)", (str(now_ns),)
@@ -565,6 +560,7 @@ class EpisodeLedger:
             self._fail(exc, "write", now_ns)
             return False
         self._dirty.clear()
+        self._history.clear()
         self._last_flush = self._last_alive = now_ns
         if self._error is not None:
             self._error = None
@@ -772,7 +768,7 @@ class EpisodeLedger:
             for ep in self._overlapping(ts - DROP_LOOKBACK_NS, ts):
                 ep.record_errors += 1
         elif action == "started":
-            self._last_stats = None  # a new monitor process: its counters start at 0
+            self._last_stats = (ts, 0)  # a new monitor process: its counters start at 0
         elif action == "stats":
             undecodable = detail.get("undecodable")
             if not isinstance(undecodable, int):
@@ -782,9 +778,6 @@ class EpisodeLedger:
             if last is not None and undecodable > last[1]:
                 for ep in self._overlapping(last[0], ts):
                     ep.undecodable += undecodable - last[1]
-            elif last is None and undecodable:
-                for ep in self._overlapping(ts - DROP_LOOKBACK_NS, ts):
-                    ep.undecodable += undecodable
 
     def _overlapping(self, lo: int, hi: int) -> Iterator[Episode]:
         for ep in list(self.episodes.values()):
@@ -890,7 +883,7 @@ class EpisodeLedger:
         if now >= self._next_scan:
             self._next_scan = now + SCAN_INTERVAL_NS
             self._scan(now)
-        issued: list[tuple[Episode, dict[str, Any]]] = []
+        issued: list[dict[str, Any]] = []
         for eid in list(self._check):
             ep = self.episodes.get(eid)
             if ep is None or ep.end_ns is None:
@@ -911,18 +904,23 @@ class EpisodeLedger:
             ep.revision += 1
             ep.verdict_ns = now
             ep.issued_end_ns = ep.end_ns
-            issued.append((ep, self._record(ep, now)))
+            doc = self._record(ep, now)
+            issued.append(doc)
             self._dirty.add(eid)
-        if (
+            self._history.append(
+                (eid, ep.revision, now, verdict, json.dumps(reasons), json.dumps(doc))
+            )
+        del self._history[:-MAX_HISTORY]
+        if now >= self._retry_ns and (
             issued
             or (self._dirty and now - self._last_flush >= FLUSH_INTERVAL_NS)
             or now - self._last_alive >= ALIVE_INTERVAL_NS
         ):
-            self._flush(now, issued)
+            self._flush(now)
         if now >= self._next_prune and self._conn is not None:
             self._next_prune = now + PRUNE_INTERVAL_NS
             self._prune(now)
-        out = self._out + [doc for _, doc in issued]
+        out = self._out + issued
         self._out = []
         return out
 
@@ -930,14 +928,14 @@ class EpisodeLedger:
         """Write every pending row now; False when the database is not available."""
         if self.closed:
             return False
-        return self._flush(time.time_ns() if now_wall_ns is None else now_wall_ns, [])
+        return self._flush(time.time_ns() if now_wall_ns is None else now_wall_ns)
 
     def close(self, now_wall_ns: int | None = None) -> None:
         """Write everything still pending and close the database (idempotent)."""
         if self.closed:
             return
         now = time.time_ns() if now_wall_ns is None else now_wall_ns
-        self._flush(now, [])
+        self._flush(now)
         self.closed = True
         self._close_conn()
 

@@ -646,6 +646,8 @@ def test_full_disk_is_reported_and_recovered(db: Path) -> None:
     out = led.due(at(5 + GRACE + 31))  # retried after RETRY_NS
     assert [d["event"]["action"] for d in out] == ["ledger_recovered"]
     assert len(read_episodes(str(db))) == 300
+    n = sqlite3.connect(db).execute("SELECT count(*) FROM verdicts").fetchone()[0]
+    assert n == 300  # the verdict history written while the disk was full is not lost
     led.close()
 
 
