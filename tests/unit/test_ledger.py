@@ -896,3 +896,74 @@ def test_trainer_filter_waits_for_a_verdict(db: Path, tmp_path: Path) -> None:
     thread.join()
     assert got["ep"].verdict == "keep"
     led.close()
+
+
+# --- wired into the collector ------------------------------------------------------------------
+
+
+class FakeSensor:
+    """Only what Collector.step() and close() call: no kernel."""
+
+    load_seconds = 0.0
+
+    def drain(self) -> list[bytes]:
+        return []
+
+    def counters(self) -> Any:
+        from monitor.probes import Counters
+
+        return Counters(sent={}, drops={}, misses={})
+
+    def close(self) -> None:
+        pass
+
+
+def test_collector_keeps_a_ledger_and_writes_its_verdicts(tmp_path: Path) -> None:
+    from monitor.collector import Collector
+    from monitor.config import parse_config
+
+    config = parse_config(
+        f'[service]\nstate_dir = "{tmp_path / "state"}"\n[ledger]\nverdict_grace_s = 0.0\n'
+    )
+    inner = Inner()
+    c = Collector(config, inner, sensor=FakeSensor(), heartbeat=False, ledger=True)  # type: ignore[arg-type]
+    assert isinstance(c.sink, LedgerTap) and c.ledger is not None
+    assert c.ledger.path == str(tmp_path / "state" / "episodes.db")
+    now = time.time_ns()
+    for doc in (reg("episode_start", "ep", 0), alert("ep", 1), reg("episode_end", "ep", 2)):
+        doc["@timestamp"] = iso(now - 5 * S)
+        c.sink.write(doc)
+    c.step()
+    (line,) = [d for d in inner.docs if d["event"].get("dataset") == "rlguard.verdict"]
+    assert v(line)["verdict"] == "drop"
+    assert c.sink.lines_written == 3  # counters are the inner sink's
+    c.close()
+    assert c.ledger.closed
+    assert [e["verdict"] for e in read_episodes(str(tmp_path / "state" / "episodes.db"))] == [
+        "drop"
+    ]
+
+
+def test_collector_ledger_is_opt_in_beside_the_service_and_can_be_disabled(tmp_path: Path) -> None:
+    from monitor.collector import Collector
+    from monitor.config import parse_config
+
+    config = parse_config(f'[service]\nstate_dir = "{tmp_path}"\n')
+    c = Collector(config, Inner(), sensor=FakeSensor(), heartbeat=False)  # type: ignore[arg-type]
+    assert c.ledger is None and isinstance(c.sink, Inner)  # the demo and LiveMonitor
+    off = parse_config(f'[service]\nstate_dir = "{tmp_path}"\n[ledger]\nenabled = false\n')
+    c = Collector(off, Inner(), sensor=FakeSensor(), heartbeat=False, ledger=True)  # type: ignore[arg-type]
+    assert c.ledger is None
+    assert not (tmp_path / "episodes.db").exists()
+
+
+def test_ledger_config_is_validated() -> None:
+    from monitor.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=r"ledger\.review_on: critical listed in both"):
+        parse_config('[ledger]\nreview_on = ["critical"]\n')
+    with pytest.raises(ConfigError, match=r"ledger\.enabled: expected a boolean, got an integer"):
+        parse_config("[ledger]\nenabled = 1\n")
+    with pytest.raises(ConfigError, match=r"ledger\.drop_on\[0\]: must be one of"):
+        parse_config('[ledger]\ndrop_on = ["severe"]\n')
+    assert parse_config("[ledger]\nenabled = false\n").ledger.enabled is False
