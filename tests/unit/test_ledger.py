@@ -967,3 +967,19 @@ def test_ledger_config_is_validated() -> None:
     with pytest.raises(ConfigError, match=r"ledger\.drop_on\[0\]: must be one of"):
         parse_config('[ledger]\ndrop_on = ["severe"]\n')
     assert parse_config("[ledger]\nenabled = false\n").ledger.enabled is False
+
+
+def test_tail_viewer_summarises_verdict_and_ledger_lines() -> None:
+    from monitor.tui.model import build_row
+
+    row = build_row(
+        1,
+        {
+            "event": {"kind": "event", "action": "episode_verdict", "dataset": "rlguard.verdict"},
+            "rl": {"episode_id": "ep"},
+            "rlguard": {"verdict": {"verdict": "drop", "revision": 2, "reasons": ["a", "b"]}},
+        },
+    )
+    assert row.summary == "verdict drop (revision 2): a, b" and row.episode == "ep"
+    err = {"event": {"kind": "metric", "action": "ledger_error"}, "rlguard": {"message": "x\x1b"}}
+    assert build_row(2, err).summary == "x\\x1b"
