@@ -304,7 +304,7 @@ def rules(
 @app.command()
 def episodes(
     db: str | None = typer.Option(
-        None, "--db", help="ledger database (default: [ledger] path, else STATE_DIR/episodes.db)"
+        None, "--db", help="ledger database (default: ledger.path, else STATE_DIR/episodes.db)"
     ),
     flagged: bool = typer.Option(False, "--flagged", help="only episodes with a critical alert"),
     run_id: str | None = typer.Option(None, "--run", help="only episodes of this run id"),
