@@ -477,7 +477,7 @@ class EpisodeLedger:
                         f"schema version {got[0]} is newer than this rlguard's {SCHEMA_VERSION}"
                     )
             self._load_unfinished(conn, now_ns)
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, ValueError) as exc:  # ValueError: a NUL in the path
             self._fail(exc, "open", now_ns)
             return
         if self._error is not None:
@@ -876,10 +876,22 @@ class EpisodeLedger:
         return doc
 
     def due(self, now_wall_ns: int | None = None) -> list[dict[str, Any]]:
-        """Verdict lines (and ledger_error lines) to write now; also writes pending rows."""
+        """Verdict lines (and ledger_error lines) to write now; also writes pending rows.
+
+        Never raises: the collector calls it from its loop.
+        """
         now = time.time_ns() if now_wall_ns is None else now_wall_ns
         if self.closed:
             return []
+        try:
+            return self._due(now)
+        except Exception as exc:  # a bug here must not stop the monitor
+            self.observe_errors += 1
+            self._fail(exc, "internal error", now)
+            out, self._out = self._out, []
+            return out
+
+    def _due(self, now: int) -> list[dict[str, Any]]:
         if now >= self._next_scan:
             self._next_scan = now + SCAN_INTERVAL_NS
             self._scan(now)
@@ -935,7 +947,10 @@ class EpisodeLedger:
         if self.closed:
             return
         now = time.time_ns() if now_wall_ns is None else now_wall_ns
-        self._flush(now)
+        try:
+            self._flush(now)
+        except Exception:  # closing must always finish
+            self.observe_errors += 1
         self.closed = True
         self._close_conn()
 

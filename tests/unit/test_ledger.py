@@ -983,3 +983,19 @@ def test_tail_viewer_summarises_verdict_and_ledger_lines() -> None:
     assert row.summary == "verdict drop (revision 2): a, b" and row.episode == "ep"
     err = {"event": {"kind": "metric", "action": "ledger_error"}, "rlguard": {"message": "x\x1b"}}
     assert build_row(2, err).summary == "x\\x1b"
+
+
+def test_nothing_the_ledger_does_raises_into_the_collector(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    led = EpisodeLedger(str(db) + "\x00nul", cfg(), now_ns=at(0))  # a NUL from the config
+    assert "episode ledger" in errors(led.due(at(1)))[0]["rlguard"]["message"]
+    led = EpisodeLedger(db, cfg(), now_ns=at(0))
+
+    def broken(now: int) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(led, "_scan", broken)
+    (err,) = errors(led.due(at(2)))
+    assert "internal error: bug" in err["rlguard"]["message"]
+    led.close()
