@@ -107,6 +107,36 @@ def test_tagged_process_gets_a_kept_episode_that_survives_a_restart(tmp_path: Pa
         assert verdict["end_reason"] == "idle" and verdict["source"] == "tags"
         assert verdict["counts"]["connects"] >= 1 and verdict["counts"]["execs"] >= 1
         assert verdict["counts"]["external_destinations"] == 0  # loopback is internal
+        # birth episode: a background process started in episode 1 connects while
+        # episode 2 runs; its connect counts for episode 1
+        first, second = f"{episode}-b1", f"{episode}-b2"
+        connect = (
+            "import socket, sys, time; time.sleep(float(sys.argv[2])); "
+            "socket.create_connection(('127.0.0.1', int(sys.argv[1]))).close()"
+        )
+        background = subprocess.Popen(
+            [sys.executable, "-c", connect, str(port), "1.0"],
+            env={"PATH": "/usr/bin:/bin", "RL_EPISODE_ID": first, "RL_RUN_ID": run},
+        )
+        time.sleep(0.3)
+        for _ in range(2):
+            subprocess.run(
+                [sys.executable, "-c", connect, str(port), "0"],
+                env={"PATH": "/usr/bin:/bin", "RL_EPISODE_ID": second, "RL_RUN_ID": run},
+                timeout=30,
+                check=True,
+            )
+        assert background.wait(timeout=30) == 0
+        got = {}
+        for eid in (first, second):
+            got[eid] = wait_line(
+                out,
+                lambda d, eid=eid: (
+                    d["event"].get("dataset") == "rlguard.verdict" and d["rl"]["episode_id"] == eid
+                ),
+            )["rlguard"]["verdict"]
+        assert got[first]["counts"]["connects"] == 1
+        assert got[second]["counts"]["connects"] == 2
         # read-only while the monitor writes
         listed = {e["episode_id"]: e for e in episodes_json(cfg)}
         assert listed[episode]["verdict"] == "keep"
