@@ -999,3 +999,55 @@ def test_nothing_the_ledger_does_raises_into_the_collector(
     (err,) = errors(led.due(at(2)))
     assert "internal error: bug" in err["rlguard"]["message"]
     led.close()
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> list[tuple[str, str, int, str]]:
+    """Records (kind, episode, second, severity) for up to 4 episodes, in any order."""
+    items = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["exec", "connect", "alert"]),
+                st.sampled_from(["e1", "e2", "e3", "e4"]),
+                st.integers(0, 50),
+                st.sampled_from(SEVERITIES_ALL),
+            ),
+            max_size=40,
+        )
+    )
+    return items
+
+
+SEVERITIES_ALL = ["low", "medium", "high", "critical"]
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(items=streams(), order=st.randoms(use_true_random=False))
+def test_counts_and_flags_follow_the_records_episode_whatever_the_windows(
+    tmp_path_factory: pytest.TempPathFactory, items: list[tuple[str, str, int, str]], order: Any
+) -> None:
+    db = tmp_path_factory.mktemp("prop") / "e.db"
+    led = EpisodeLedger(db, cfg(), now_ns=at(0))
+    # registry windows one after another: e1 [0,10], e2 [10,20]... records land anywhere
+    docs: list[dict] = []
+    for i, eid in enumerate(["e1", "e2", "e3", "e4"]):
+        docs += [reg("episode_start", eid, 10 * i), reg("episode_end", eid, 10 * i + 10)]
+    for kind, eid, sec, sev in items:
+        docs.append(alert(eid, sec, f"R-{sev}", sev) if kind == "alert" else rec(kind, eid, sec))
+    order.shuffle(docs)
+    feed(led, *docs)
+    led.due(at(1000))
+    led.due(at(2000))
+    got = {e["episode_id"]: e for e in read_episodes(str(db))}
+    for eid in ("e1", "e2", "e3", "e4"):
+        mine = [x for x in items if x[1] == eid]
+        assert got[eid]["counts"]["execs"] == sum(1 for x in mine if x[0] == "exec")
+        assert got[eid]["counts"]["connects"] == sum(1 for x in mine if x[0] == "connect")
+        critical = any(x[0] == "alert" and x[3] == "critical" for x in mine)
+        assert got[eid]["flagged"] is critical
+        assert (got[eid]["verdict"] == "drop") is critical
+        if not any(x[0] == "alert" and x[3] != "low" for x in mine):
+            assert got[eid]["verdict"] == "keep"
+    flagged = {e["episode_id"] for e in read_episodes(str(db), flagged=True)}
+    assert flagged == {x[1] for x in items if x[0] == "alert" and x[3] == "critical"}
+    led.close()
