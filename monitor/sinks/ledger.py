@@ -78,57 +78,48 @@ MAX_GAPS = 16  # gap intervals kept per episode (more are merged into the last)
 MAX_HISTORY = 10000  # verdict lines waiting for the verdicts table while it cannot be written
 _FAR = 1 << 62
 
-_COLUMNS = (
-    "episode_id",
-    "run_id",
-    "trajectory_id",
-    "sandbox_id",
-    "source",
-    "start_ns",
-    "last_seen_ns",
-    "end_ns",
-    "end_reason",
-    "status",
-    "start_seen",
-    "events",
-    "execs",
-    "connects",
-    "dns",
-    "destinations",
-    "destinations_overflow",
-    "dropped",
-    "gaps",
-    "undecodable",
-    "record_errors",
-    "alerts",
-    "critical_alerts",
-    "verdict",
-    "reasons",
-    "revision",
-    "verdict_ns",
-    "current_verdict",
-    "current_reasons",
-    "updated_ns",
+# The episodes table, one (column, SQL type) per field: the DDL, the INSERT and the
+# row builder all come from this list.
+_EPISODE_TABLE: tuple[tuple[str, str], ...] = (
+    ("episode_id", "TEXT PRIMARY KEY"),
+    ("run_id", "TEXT"),
+    ("trajectory_id", "TEXT"),
+    ("sandbox_id", "TEXT"),
+    ("source", "TEXT NOT NULL"),  # registry | tags
+    ("start_ns", "INTEGER NOT NULL"),  # wall-clock ns, as every time here
+    ("last_seen_ns", "INTEGER NOT NULL"),
+    ("end_ns", "INTEGER"),  # NULL while open
+    ("end_reason", "TEXT"),
+    ("status", "TEXT"),
+    ("start_seen", "INTEGER NOT NULL"),
+    ("events", "INTEGER NOT NULL"),
+    ("execs", "INTEGER NOT NULL"),
+    ("connects", "INTEGER NOT NULL"),
+    ("dns", "INTEGER NOT NULL"),
+    ("destinations", "TEXT NOT NULL"),  # JSON list of external addresses
+    ("destinations_overflow", "INTEGER NOT NULL"),
+    ("dropped", "INTEGER NOT NULL"),
+    ("gaps", "TEXT NOT NULL"),  # JSON list of [start_ns, end_ns]
+    ("undecodable", "INTEGER NOT NULL"),
+    ("record_errors", "INTEGER NOT NULL"),
+    ("alerts", "TEXT NOT NULL"),  # JSON {rule_id: {severity, count, first}}
+    ("critical_alerts", "INTEGER NOT NULL"),
+    ("verdict", "TEXT"),  # the last verdict line written; NULL before the first
+    ("reasons", "TEXT"),
+    ("revision", "INTEGER NOT NULL"),
+    ("verdict_ns", "INTEGER"),
+    ("current_verdict", "TEXT NOT NULL"),  # what the verdict would be now
+    ("current_reasons", "TEXT NOT NULL"),
+    ("updated_ns", "INTEGER NOT NULL"),
 )
+_COLUMNS = tuple(name for name, _ in _EPISODE_TABLE)
 
 _DDL = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS episodes (
-        episode_id TEXT PRIMARY KEY,
-        run_id TEXT, trajectory_id TEXT, sandbox_id TEXT,
-        source TEXT NOT NULL,
-        start_ns INTEGER NOT NULL, last_seen_ns INTEGER NOT NULL,
-        end_ns INTEGER, end_reason TEXT, status TEXT, start_seen INTEGER NOT NULL,
-        events INTEGER NOT NULL, execs INTEGER NOT NULL, connects INTEGER NOT NULL,
-        dns INTEGER NOT NULL, destinations TEXT NOT NULL,
-        destinations_overflow INTEGER NOT NULL,
-        dropped INTEGER NOT NULL, gaps TEXT NOT NULL,
-        undecodable INTEGER NOT NULL, record_errors INTEGER NOT NULL,
-        alerts TEXT NOT NULL, critical_alerts INTEGER NOT NULL,
-        verdict TEXT, reasons TEXT, revision INTEGER NOT NULL, verdict_ns INTEGER,
-        current_verdict TEXT NOT NULL, current_reasons TEXT NOT NULL,
-        updated_ns INTEGER NOT NULL)""",
+    "CREATE TABLE IF NOT EXISTS episodes ("
+    + ", ".join(f"{name} {sql}" for name, sql in _EPISODE_TABLE)
+    + ")",
     "CREATE INDEX IF NOT EXISTS episodes_end ON episodes (end_ns)",
     "CREATE INDEX IF NOT EXISTS episodes_run ON episodes (run_id)",
     """CREATE TABLE IF NOT EXISTS verdicts (
@@ -299,38 +290,18 @@ class Episode:
 
 
 def _to_row(ep: Episode, current: tuple[str, list[str]], now_ns: int) -> tuple[Any, ...]:
-    return (
-        ep.episode_id,
-        ep.run_id,
-        ep.trajectory_id,
-        ep.sandbox_id,
-        ep.source,
-        ep.start_ns,
-        ep.last_seen_ns,
-        ep.end_ns,
-        ep.end_reason,
-        ep.status,
-        int(ep.start_seen),
-        ep.events,
-        ep.execs,
-        ep.connects,
-        ep.dns,
-        json.dumps(sorted(ep.destinations)),
-        ep.destinations_overflow,
-        ep.dropped,
-        json.dumps(ep.gaps),
-        ep.undecodable,
-        ep.record_errors,
-        json.dumps(ep.alerts),
-        ep.critical_alerts,
-        ep.verdict,
-        None if ep.reasons is None else json.dumps(ep.reasons),
-        ep.revision,
-        ep.verdict_ns,
-        current[0],
-        json.dumps(current[1]),
-        now_ns,
-    )
+    row = {
+        **{name: getattr(ep, name) for name in _COLUMNS if hasattr(ep, name)},
+        "start_seen": int(ep.start_seen),
+        "destinations": json.dumps(sorted(ep.destinations)),
+        "gaps": json.dumps(ep.gaps),
+        "alerts": json.dumps(ep.alerts),
+        "reasons": None if ep.reasons is None else json.dumps(ep.reasons),
+        "current_verdict": current[0],
+        "current_reasons": json.dumps(current[1]),
+        "updated_ns": now_ns,
+    }
+    return tuple(row[name] for name in _COLUMNS)
 
 
 def _from_row(row: sqlite3.Row) -> Episode:
