@@ -302,6 +302,50 @@ def rules(
 
 
 @app.command()
+def episodes(
+    db: str | None = typer.Option(
+        None, "--db", help="ledger database (default: ledger.path, else STATE_DIR/episodes.db)"
+    ),
+    flagged: bool = typer.Option(False, "--flagged", help="only episodes with a critical alert"),
+    run_id: str | None = typer.Option(None, "--run", help="only episodes of this run id"),
+    since: str | None = typer.Option(
+        None, "--since", help="only episodes active since: 2h, 30m, 7d or an ISO 8601 time"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per episode"),
+    config: Path | None = ConfigOpt,
+) -> None:
+    """List RL episodes from the ledger: counts, alerts, coverage and keep/review/drop."""
+    from monitor.sinks.ledger import (
+        LedgerError,
+        format_table,
+        json_line,
+        ledger_path,
+        parse_since,
+        read_episodes,
+    )
+
+    path = db if db is not None else ledger_path(_load(config))
+    try:
+        since_ns = parse_since(since) if since is not None else None
+    except ValueError as exc:
+        typer.echo(f"rlguard episodes: --since: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        found = read_episodes(path, flagged=flagged, run=run_id, since_ns=since_ns)
+    except LedgerError as exc:
+        typer.echo(f"rlguard episodes: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        for episode in found:
+            typer.echo(json_line(episode))
+        return
+    if not found:
+        typer.echo("no episodes", err=True)
+        return
+    typer.echo(format_table(found))
+
+
+@app.command()
 def demo(
     output: str | None = typer.Option(
         None, "--output", "-o", help="also write every event as NDJSON to this file"

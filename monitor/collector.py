@@ -40,6 +40,7 @@ from monitor.process_table import Process, ProcessTable, Tagset, boottime_ns
 from monitor.registry.server import RegistryServer
 from monitor.registry.state import Registry
 from monitor.service import Heartbeat, Watchdog, gap_record, sd_notify
+from monitor.sinks.ledger import EpisodeLedger, LedgerTap, ledger_for
 
 DROP_CHECK_INTERVAL_S = 1.0
 Observer = Callable[[Event, Process, dict[str, Any]], None]
@@ -54,9 +55,17 @@ class Collector:
         sink: Any,
         sensor: Sensor | None = None,
         heartbeat: bool = True,
+        ledger: bool | None = None,
     ) -> None:
         self.config = config
         self.sink = sink
+        # the episode ledger sees every line written; like the heartbeat, the demo and
+        # tests leave the service's database alone unless they ask for a ledger
+        self.ledger: EpisodeLedger | None = (
+            ledger_for(config) if (heartbeat if ledger is None else ledger) else None
+        )
+        if self.ledger is not None:
+            self.sink = LedgerTap(sink, self.ledger)
         self.sensor = sensor or Sensor(config.probes, list(config.tags.keys))
         pt = config.process_table
         self.table = ProcessTable(
@@ -198,7 +207,7 @@ class Collector:
         self.engine.iocs = build_iocs(new.detectors, new.allowlist)
         restart = [
             name
-            for name in ("probes", "tags", "process_table", "service", "siem")
+            for name in ("probes", "tags", "process_table", "service", "siem", "ledger")
             if getattr(new, name) != getattr(self.config, name)
         ]
         self.config = new
@@ -218,6 +227,8 @@ class Collector:
         self.sink.flush()
         if self.heartbeat is not None:
             self.heartbeat.beat(self.table.boot_id, clean=True)
+        if self.ledger is not None:
+            self.ledger.close()
         if self.registry_server is not None:
             self.registry_server.stop()
             self.registry_server = None
@@ -283,6 +294,9 @@ class Collector:
             self.sink.write(stats)
             if self.heartbeat is not None:
                 self.heartbeat.beat(self.table.boot_id)
+        if self.ledger is not None:
+            for doc in self.ledger.due():  # verdict lines, ledger_error lines
+                self.sink.write(doc)
         self.watchdog.tick()
         self.sink.flush()
         return len(raws)

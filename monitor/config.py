@@ -43,6 +43,7 @@ __all__ = [
     "ConfigError",
     "FieldSpec",
     "Kind",
+    "LedgerConfig",
     "OutputConfig",
     "ProbesConfig",
     "ProcessTableConfig",
@@ -104,6 +105,7 @@ class Kind(Enum):
     """The TOML type a field accepts; the value is the phrase used in messages and docs."""
 
     STR = "a string"
+    BOOL = "a boolean"
     INT = "an integer"
     FLOAT = "a number"
     STR_LIST = "an array of strings"
@@ -231,6 +233,7 @@ def one_of(*choices: str) -> Check:
 
 
 NON_EMPTY = Check("non-empty", lambda v: len(v) > 0)
+SEVERITY = one_of("low", "medium", "high", "critical")
 
 
 def _regex_with(group: str) -> Check:
@@ -402,6 +405,22 @@ class AllowlistConfig:
     process_paths: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class LedgerConfig:
+    """``[ledger]``: the per-episode ledger and its keep/review/drop verdicts."""
+
+    enabled: bool
+    path: str
+    verdict_grace_s: float
+    idle_end_s: float
+    stale_end_s: float
+    drop_on: tuple[str, ...]
+    review_on: tuple[str, ...]
+    max_destinations: int
+    max_episodes: int
+    retention_days: float
+
+
 # --- finishers (cross-field rules) --------------------------------------------------------
 
 
@@ -448,6 +467,14 @@ def _finish_probes(values: dict[str, Any], given: frozenset[str]) -> dict[str, A
             f"max_args * arg_size = {n} * {size} = {total}: must be a power of two no larger "
             f"than {ARGS_BUF_MAX} (the kernel's argv buffer, used as a mask)",
         )
+    return values
+
+
+def _finish_ledger(values: dict[str, Any], given: frozenset[str]) -> dict[str, Any]:
+    both = sorted(set(values["drop_on"]) & set(values["review_on"]))
+    if both:
+        blame = "review_on" if "review_on" in given else "drop_on"
+        raise _Invalid(blame, f"{', '.join(both)} listed in both drop_on and review_on")
     return values
 
 
@@ -954,6 +981,88 @@ SCHEMA: tuple[SectionSpec, ...] = (
             ),
         ),
     ),
+    SectionSpec(
+        name="ledger",
+        doc=(
+            "The episode ledger: an SQLite database with, per RL episode, its window, counts, "
+            "alerts, coverage and a keep/review/drop verdict, also written to the stream as an "
+            "`rlguard.verdict` line (docs/ledger.md). `rlguard episodes` reads it."
+        ),
+        result=LedgerConfig,
+        fields=(
+            FieldSpec("enabled", Kind.BOOL, True, "Keep the ledger while `rlguard run` runs.", ()),
+            FieldSpec(
+                "path",
+                Kind.STR,
+                "",
+                'SQLite file of the ledger; "" means episodes.db in [service] state_dir.',
+                (),
+            ),
+            FieldSpec(
+                "verdict_grace_s",
+                Kind.FLOAT,
+                10.0,
+                "Seconds after an episode's end before its verdict line is written, so that "
+                "late alerts and drop reports still count.",
+                (between(0, 3600),),
+            ),
+            FieldSpec(
+                "idle_end_s",
+                Kind.FLOAT,
+                300.0,
+                "An episode known only from environment tags (no registry) ends when none of "
+                "its processes has done anything for this long.",
+                (between(0.01, 86400),),
+            ),
+            FieldSpec(
+                "stale_end_s",
+                Kind.FLOAT,
+                21600.0,
+                "A registry episode whose end was never announced is closed after this long "
+                "without a record (verdict at least review: end_not_seen).",
+                (between(1, 30 * 86400),),
+            ),
+            FieldSpec(
+                "drop_on",
+                Kind.STR_LIST,
+                ["critical"],
+                "Alert severities that make an episode's verdict drop.",
+                (SEVERITY,),
+            ),
+            FieldSpec(
+                "review_on",
+                Kind.STR_LIST,
+                ["high", "medium"],
+                "Alert severities that make an episode's verdict review (coverage problems "
+                "always do).",
+                (SEVERITY,),
+            ),
+            FieldSpec(
+                "max_destinations",
+                Kind.INT,
+                256,
+                "Distinct external destinations remembered per episode; more are counted as "
+                "overflow.",
+                (between(1, 100000),),
+            ),
+            FieldSpec(
+                "max_episodes",
+                Kind.INT,
+                10000,
+                "Episodes held in memory; past it finished ones are left to the database and "
+                "the longest-idle tag-only episodes are ended early.",
+                (between(10, 10_000_000),),
+            ),
+            FieldSpec(
+                "retention_days",
+                Kind.FLOAT,
+                30.0,
+                "Episodes that ended longer ago than this are deleted (0 keeps them forever).",
+                (between(0, 36500),),
+            ),
+        ),
+        finish=_finish_ledger,
+    ),
 )
 
 
@@ -971,6 +1080,7 @@ class Config:
     registry: RegistryConfig
     attribution: AttributionConfig
     service: ServiceConfig
+    ledger: LedgerConfig
     source: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -1086,6 +1196,8 @@ def _convert(f: FieldSpec, value: Any) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif f.kind is Kind.FLOAT:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif f.kind is Kind.BOOL:
+        ok = isinstance(value, bool)
     else:
         ok = isinstance(value, str)
     if not ok:

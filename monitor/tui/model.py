@@ -152,6 +152,13 @@ def _summary(kind: str, action: str, doc: dict[str, Any]) -> str:
         q = _d(_d(doc.get("dns")).get("question"))
         dns_type = _d(doc.get("dns")).get("type") or "dns"
         return f"{clean(dns_type)} {clean(q.get('name'))} {clean(q.get('type'))}"
+    if action == "episode_verdict":
+        v = _d(rg.get("verdict"))
+        reasons = v.get("reasons")
+        why = ", ".join(clean(r, 80) for r in reasons[:8]) if isinstance(reasons, list) else ""
+        return f"verdict {clean(v.get('verdict'), 16)} (revision {clean(v.get('revision'))})" + (
+            f": {why}" if why else ""
+        )
     return clean(ev.get("reason") or "")
 
 
@@ -180,6 +187,8 @@ def _metric_summary(action: str, rg: dict[str, Any]) -> str:
         return "monitor stopped"
     if action == "record_error":
         return f"record error: {clean(rg.get('error'))}"
+    if action in ("ledger_error", "ledger_recovered"):
+        return clean(rg.get("message"), 300)
     return ""
 
 
