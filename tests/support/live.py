@@ -63,9 +63,9 @@ class MemorySink:
 
 
 class LiveMonitor:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, ledger: bool = False) -> None:
         self.sink = MemorySink()
-        self.collector = Collector(config, self.sink, heartbeat=False)
+        self.collector = Collector(config, self.sink, heartbeat=False, ledger=ledger)
         self._thread: threading.Thread | None = None
 
     def start(self) -> LiveMonitor:
