@@ -52,7 +52,7 @@ class Collector:
     ) -> None:
         self.config = config
         self.sink = sink
-        self.sensor = sensor or Sensor(config.probes, list(config.tags.keys))
+        self.sensor = sensor or Sensor(config.probes, list(config.tags.keys), config.gpu.devices)
         pt = config.process_table
         self.table = ProcessTable(
             config.tags,
