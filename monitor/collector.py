@@ -32,7 +32,8 @@ from monitor.events import (
     TcpStateEvent,
     tag_values,
 )
-from monitor.probes import MAX_TAGS, TAG_VALUE_LEN, Counters, Sensor
+from monitor.gpu import DocumentTap, GpuMonitor, ScanResult
+from monitor.probes import MAX_TAGS, TAG_VALUE_LEN, Counters, Sensor, find_cgroup2
 from monitor.process_table import Process, ProcessTable, Tagset, boottime_ns
 from monitor.service import Heartbeat, Watchdog, gap_record, sd_notify
 
@@ -63,6 +64,17 @@ class Collector:
         self.table.tagset_fallback = self._kernel_tagset
         self.renderer = Renderer(self.table)
         self.engine = DetectionEngine(build_iocs(config.detectors, config.allowlist))
+        # GPU holder table (monitor/gpu.py); it sees every written document for episode_end
+        self.gpu = GpuMonitor(
+            config.gpu,
+            self.table,
+            self.engine,
+            self._base,
+            self.renderer.clock.iso,
+            self.sensor,
+            find_cgroup2(),
+        )
+        self.sink = DocumentTap(sink, self.gpu.on_document)
         self.alerts_written = 0
         self.decoder: RecordDecoder | None = None
         self.received: Counter[str] = Counter()
@@ -97,6 +109,8 @@ class Collector:
             self.sensor.seed_tagset(tid, self.table.tagset_values_by_index(tid))
         for s in seeds:
             self.sensor.seed_process(s.pid, s.ppid, s.tagset_id, s.tag_origin)
+        for gev in self.gpu.start():  # holdings from before start-up
+            self.handle(gev)
         self.armed_seconds = time.monotonic() - self.started_mono
         self._last_metrics = time.monotonic()
         self.sink.write(
@@ -173,6 +187,7 @@ class Collector:
     def close(self) -> None:
         sd_notify("STOPPING=1")
         self.step()
+        self.gpu.close()
         self.sink.write(self._metrics())
         self.sink.write(self._lifecycle("stopped", {}))
         self.sink.flush()
@@ -210,6 +225,7 @@ class Collector:
 
     def step(self) -> int:
         """Drain, process and flush once; returns the number of records."""
+        gpu_scan = self.gpu.scan_now()  # /proc scan first, then drain, then reconcile
         raws = self.sensor.drain()
         decode = self.decoder.decode if self.decoder else None
         for raw in raws:
@@ -222,6 +238,7 @@ class Collector:
             except Exception as exc:  # one bad record must never stop the monitor
                 self.undecodable += 1
                 self._report_error(exc, raw)
+        self._gpu_step(gpu_scan)
         now = time.monotonic()
         if now - self._last_drop_check >= DROP_CHECK_INTERVAL_S:
             self._last_drop_check = now
@@ -267,9 +284,11 @@ class Collector:
             p = self._send_subject(ev)
         else:
             p = table.process_for(ev)
+        self.gpu.before_render(ev)
         doc = self.renderer.render(ev, p)
         self.sink.write(doc)
         findings = self.engine.observe(ev, p, doc, parent)
+        findings += self.gpu.escalate(findings) + self.gpu.observe(ev, p, doc)
         if findings:
             now = self.renderer.clock.now_iso()
             for f in findings:
@@ -279,6 +298,20 @@ class Collector:
         for observer in self.observers:
             observer(ev, p, doc)
         return doc
+
+    def _gpu_step(self, scan: ScanResult | None) -> None:
+        """Reconcile the GPU holder table with a scan; episode-end checks; holder metrics."""
+        events = self.gpu.reconcile(scan) if scan is not None else []
+        for ev in events:
+            self.handle(ev)
+        docs, findings = self.gpu.tick()
+        for doc in docs:
+            self.sink.write(doc)
+        if findings:
+            now = self.renderer.clock.now_iso()
+            for f in findings:
+                self.sink.write(render_alert(f, now))
+                self.alerts_written += 1
 
     def _send_subject(self, ev: SendEvent) -> Process:
         """The sender when it inherited the socket from the connector; else the connector.
@@ -376,6 +409,7 @@ class Collector:
             },
             "process_table": {"size": len(self.table), "tagsets": len(self.table.tagsets)},
             "alerts": dict(self.engine.alerts_by_rule),
+            "gpu": self.gpu.stats(),
             "uptime_s": round(time.monotonic() - self.started_mono, 3),
             "boottime_ns": boottime_ns(),
         }

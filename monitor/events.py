@@ -206,6 +206,8 @@ class GpuCloseEvent(Event):
     action: ClassVar[str] = "gpu_close"
     fd: int = -1
     last_fd: int = -1
+    via: str = "close"  # "close", "close_range" (the probe) or "scan" (/proc)
+    path: str = ""  # filled from the holder table, not by the kernel
 
     @property
     def is_range(self) -> bool:
@@ -480,7 +482,8 @@ class RecordDecoder:
         )
 
     def _gpu_close(self, f: dict[str, Any], raw: bytes, lay: Layout) -> GpuCloseEvent:
-        return GpuCloseEvent(**self._hdr(f), fd=f["fd"], last_fd=f["last_fd"])
+        via = "close_range" if f["flags"] & GPU_CLOSE_RANGE else "close"
+        return GpuCloseEvent(**self._hdr(f), fd=f["fd"], last_fd=f["last_fd"], via=via)
 
     def _tagset(self, f: dict[str, Any], raw: bytes, lay: Layout) -> TagsetEvent:
         values = tag_values(

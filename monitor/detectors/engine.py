@@ -418,6 +418,20 @@ class DetectionEngine:
 
     # -- findings ------------------------------------------------------------------
 
+    def report(
+        self,
+        rule_id: str,
+        subject: str,
+        signals: list[Signal],
+        ev: Event,
+        p: Process,
+        doc: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+    ) -> list[Finding]:
+        """A finding from a detector outside the engine (monitor/gpu.py), with the
+        same de-duplication: one per (rule, subject), again only when more severe."""
+        return self._finding(rule_id, subject, signals, ev, p, doc, extra)
+
     def _finding(
         self,
         rule_id: str,
