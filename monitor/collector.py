@@ -238,7 +238,10 @@ class Collector:
             except Exception as exc:  # one bad record must never stop the monitor
                 self.undecodable += 1
                 self._report_error(exc, raw)
-        self._gpu_step(gpu_scan)
+        try:
+            self._gpu_step(gpu_scan)
+        except Exception as exc:  # the GPU table must never stop the monitor
+            self._report_error(exc, b"gpu")
         now = time.monotonic()
         if now - self._last_drop_check >= DROP_CHECK_INTERVAL_S:
             self._last_drop_check = now

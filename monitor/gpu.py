@@ -25,7 +25,7 @@ import glob
 import os
 import stat
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -454,7 +454,8 @@ class GpuMonitor:
         self._last_scan = time.monotonic()
         self.last_scan: ScanResult | None = None
         self.scans = 0
-        self._pending_ends: list[tuple[float, str, int]] = []  # (due, episode, ts_ns)
+        # (due, episode, ts_ns); appended by on_document, maybe from another thread
+        self._pending_ends: deque[tuple[float, str, int]] = deque()
         # mining/tunnel alerts per entity: (rule id, category, severity, finding)
         self._alerts: OrderedDict[str, list[tuple[str, str, str, Finding]]] = OrderedDict()
         self.nvml_gpus: list[dict[str, Any]] = []
@@ -819,11 +820,10 @@ class GpuMonitor:
             return [], []
         now = time.monotonic()
         findings: list[Finding] = []
-        if self._pending_ends:
-            due = [e for e in self._pending_ends if e[0] <= now]
-            self._pending_ends = [e for e in self._pending_ends if e[0] > now]
-            for _, ep, ts in due:
-                findings += self.episode_ended(ep, ts)
+        ends = self._pending_ends
+        while ends and ends[0][0] <= now:  # the grace is constant: due in order
+            _, ep, ts = ends.popleft()
+            findings += self.episode_ended(ep, ts)
         docs: list[dict[str, Any]] = []
         periodic = now - self._last_metric >= self.cfg.metrics_interval_s
         on_change = self._changed and now - self._last_change_metric >= CHANGE_METRIC_MIN_S
