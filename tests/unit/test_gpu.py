@@ -418,3 +418,14 @@ def test_own_process_is_never_a_holder() -> None:
     w = World()
     w.exec(os.getpid(), "/usr/bin/python3", episode="ep-1")
     assert w.open(os.getpid(), 4) == [] and len(w.gpu.holders) == 0
+
+
+def test_prometheus_gauges_from_the_stats_line() -> None:
+    from monitor.metrics_http import render
+
+    w = World()
+    w.exec(100, "/usr/bin/python3")
+    w.open(100, 4)
+    text = render({"gpu": w.gpu.stats()})
+    assert "rlguard_gpu_holders 1" in text and "rlguard_gpu_holdings 1" in text
+    assert "rlguard_gpu_devices_held 1" in text and "# TYPE rlguard_gpu_scans_total counter" in text
