@@ -175,6 +175,8 @@ class Collector:
             for name in ("probes", "tags", "process_table", "service", "siem")
             if getattr(new, name) != getattr(self.config, name)
         ]
+        if self.gpu.reconfigure(new.gpu):  # allowlists and intervals apply now
+            restart.append("gpu.devices")
         self.config = new
         self._note(
             "config_reloaded",

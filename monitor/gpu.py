@@ -21,6 +21,7 @@ themselves are pure functions in :mod:`monitor.detectors.gpu`.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import stat
@@ -476,6 +477,13 @@ class GpuMonitor:
     def close(self) -> None:
         self.nvml.close()
 
+    def reconfigure(self, cfg: GpuConfig) -> bool:
+        """Apply a reloaded [gpu] section; True when the devices changed (needs a restart)."""
+        devices_changed = cfg.devices != self.cfg.devices
+        self.cfg = dataclasses.replace(cfg, devices=self.cfg.devices)
+        self.allow = rules.GpuAllowlist.from_config(self.cfg)
+        return devices_changed
+
     # -- attribution helpers -----------------------------------------------------------
 
     def _subject(self, p: Process, cgroup_id: int = 0) -> rules.Subject:
@@ -759,6 +767,13 @@ class GpuMonitor:
                 continue  # not looked at: no verdict
             again = fd_device(h.pid, h.fd)
             if again is not None and again[0] in self.rdevs:
+                continue
+            if h.pid not in self.table.procs:
+                # long gone (its exit was missed): drop it without a line, which would
+                # need a stub process table entry
+                self.holders.remove(h.pid, h.fd)
+                self._kernel_forget(h.pid, [h.fd], whole=not self.holders.of(h.pid))
+                self._changed = True
                 continue
             out.append(self._synthetic_close(h))
         return out

@@ -186,11 +186,15 @@ def check_nvml() -> Check:
     from monitor.gpu import nvml_status
 
     present, detail = nvml_status("auto")
+    if not present:
+        detail = (
+            f"absent ({detail}); GPU holders are still tracked, "
+            "without per-process GPU memory and utilisation"
+        )
     return Check(
         "NVML",
         present,
-        detail if present else f"absent ({detail}); GPU holders are still tracked, "
-        "without per-process GPU memory and utilisation",
+        detail,
         "pip install 'rlguard[gpu]' (nvidia-ml-py) on a host with the NVIDIA driver",
         required=False,
         note=True,

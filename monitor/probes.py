@@ -228,6 +228,9 @@ class Sensor:
             raw = pattern.rstrip("*").encode()
             leaf.len = len(raw)
             leaf.prefix = int(prefix)
+            head = raw[:8]
+            leaf.head = int.from_bytes(head.ljust(8, b"\0"), "little")
+            leaf.head_mask = int.from_bytes(b"\xff" * len(head) + b"\0" * (8 - len(head)), "little")
             ctypes.memmove(ctypes.addressof(leaf) + type(leaf).s.offset, raw, len(raw))
             table[table.Key(idx)] = leaf
 

@@ -865,7 +865,27 @@ static __always_inline int gpu_match(const char *path) {
     return -1;
 }
 
+/* Cheap filter: can the path start like any pattern?  One fixed 8-byte read
+ * and a compare per pattern, instead of a string copy, for every open(). */
+static __always_inline int gpu_head_may_match(const char *filename) {
+    u64 head = 0;
+    if (bpf_probe_read_user(&head, sizeof(head), filename) < 0)
+        return 1;       /* a short string at the end of a mapping: take the slow path */
+    int i;
+    for (i = 0; i < RLG_GPU_MAX_PATTERNS; i++) {
+        u32 k = i;
+        struct rlg_gpu_pattern *p = gpu_patterns.lookup(&k);
+        if (!p || p->len == 0)
+            break;
+        if ((head & p->head_mask) == p->head)
+            return 1;
+    }
+    return 0;
+}
+
 static __always_inline int gpu_open_enter(const char *filename, u32 open_flags, u32 via) {
+    if (!gpu_head_may_match(filename))
+        return 0;
     u32 zero = 0;
     struct rlg_gpu_open_event *e = gpu_scratch.lookup(&zero);
     if (!e)

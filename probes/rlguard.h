@@ -207,8 +207,12 @@ struct rlg_gpu_close_event {
     int last_fd;                /* last fd (close_range), else == fd */
 };
 
-/* One configured device pattern: an exact path, or a prefix (glob ending in '*'). */
+/* One configured device pattern: an exact path, or a prefix (glob ending in '*').
+ * head/head_mask: its first (up to) 8 bytes as a little-endian word and the mask
+ * of the bytes that count, so that most opens are ruled out by one 8-byte read. */
 struct rlg_gpu_pattern {
+    unsigned long long head;
+    unsigned long long head_mask;
     unsigned int len;           /* bytes compared; 0 = unused slot (end of list) */
     unsigned int prefix;        /* 1: the path only has to start with s */
     char s[RLG_GPU_PATTERN_LEN];

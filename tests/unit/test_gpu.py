@@ -429,3 +429,25 @@ def test_prometheus_gauges_from_the_stats_line() -> None:
     text = render({"gpu": w.gpu.stats()})
     assert "rlguard_gpu_holders 1" in text and "rlguard_gpu_holdings 1" in text
     assert "rlguard_gpu_devices_held 1" in text and "# TYPE rlguard_gpu_scans_total counter" in text
+
+
+def test_reconfigure_applies_allowlists_devices_need_a_restart() -> None:
+    w = World()
+    w.exec(200, "/usr/bin/python3", episode="ep-1")
+    new = dataclasses.replace(w.gpu.cfg, allow_executables=("/usr/bin/python3",))
+    assert w.gpu.reconfigure(new) is False
+    assert w.open(200, 4) == []  # allowed now
+    assert w.gpu.reconfigure(dataclasses.replace(new, devices=("/dev/kfd",))) is True
+    assert w.gpu.cfg.devices == (DEV,)  # the kernel still watches the old list
+
+
+def test_reconcile_drops_holdings_of_vanished_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import monitor.gpu as gpu_mod
+
+    w = World()
+    w.exec(100, "/usr/bin/python3")
+    w.open(100, 4)
+    del w.table.procs[100]  # expired from the process table, exit record lost
+    monkeypatch.setattr(gpu_mod, "fd_device", lambda pid, fd: None)
+    assert w.gpu.reconcile(ScanResult(started_ns=10**15)) == []
+    assert len(w.gpu.holders) == 0 and (100, 4) not in w.sensor.fds
