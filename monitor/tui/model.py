@@ -449,8 +449,8 @@ class EventStore:
 
     def _gpu_holders(self, g: dict[str, Any], when: str) -> None:
         """A gpu_holders record is a snapshot: it replaces what each episode holds."""
-        for ep in self.episodes.values():
-            ep.gpu = []
+        for summary in self.episodes.values():
+            summary.gpu = []
         devices = g.get("devices")
         for dev in devices[:64] if isinstance(devices, list) else []:
             dev = _d(dev)
