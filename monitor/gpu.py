@@ -576,6 +576,8 @@ class GpuMonitor:
         )
         self.holders.add(h)
         self._changed = True
+        if ev.via.startswith("scan") and self.sensor is not None:
+            self.sensor.gpu_fd_add(ev.pid, [ev.fd])  # so that its close() is seen
         out: list[Finding] = []
         s = self._subject(p, ev.cgroup_id)
         parent_p = self.table.procs.get(p.ppid)
@@ -840,6 +842,8 @@ class GpuMonitor:
             _, ep, ts = ends.popleft()
             findings += self.episode_ended(ep, ts)
         docs: list[dict[str, Any]] = []
+        if not self.rdevs and not self.holders.by_pid:
+            return docs, findings  # no GPU device on this host: no empty tables every 10 s
         periodic = now - self._last_metric >= self.cfg.metrics_interval_s
         on_change = self._changed and now - self._last_change_metric >= CHANGE_METRIC_MIN_S
         if periodic or on_change:

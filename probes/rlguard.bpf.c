@@ -908,10 +908,16 @@ static __always_inline int gpu_open_enter(const char *filename, u32 open_flags, 
 }
 
 static __always_inline int gpu_open_exit(long ret) {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 pt = bpf_get_current_pid_tgid();
+    u32 tid = (u32)pt;
     struct rlg_gpu_open_event *e = pending_gpu_open.lookup(&tid);
     if (!e)
         return 0;
+    if (e->hdr.pid != (u32)(pt >> 32)) {
+        /* left by a task that died inside open(); its tid was reused */
+        pending_gpu_open.delete(&tid);
+        return 0;
+    }
     if (ret >= 0) {
         e->fd = (int)ret;
         e->ret = 0;

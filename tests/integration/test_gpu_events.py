@@ -402,7 +402,9 @@ def test_reconcile_scan_finds_what_the_probe_missed(mon: LiveMonitor, lab: Lab, 
     # a close of a scan-found fd is seen by the probe too (the kernel's fd set was updated)
     mark = mon.mark()
     h.cmd("close", fd)
-    mon.wait_for(released(h.pid), timeout=WAIT_S + 3 * RECONCILE_S, start=mark)
+    closed = mon.wait_for(is_("gpu_close", h.pid), timeout=WAIT_S, start=mark)
+    assert closed["rlguard"]["gpu"]["via"] == "close" or lost_events(mon), closed["rlguard"]
+    mon.wait_for(released(h.pid), timeout=WAIT_S, start=mark)
     h.cmd("exit")
 
 

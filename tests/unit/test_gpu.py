@@ -389,6 +389,7 @@ def test_reconcile_adds_missed_and_ends_stale_holdings(monkeypatch: pytest.Monke
     assert [(e.pid, e.fd, e.via) for e in closes] == [(101, 9, "scan")]
     found = w.gpu.observe(opens[0], w.table.procs[100], None)
     assert w.gpu.holders.get(100, 3).device == DEV  # by device number
+    assert (100, 3) in w.sensor.fds  # the kernel now reports its close()
     names = {s.name for s in found[0].signals}
     assert {"gpu.open_not_seen", "gpu.other_node"} <= names
     assert found[0].rule.severity(found[0].signals) == "high"
