@@ -583,7 +583,7 @@ class GpuMonitor:
         parent_p = self.table.procs.get(p.ppid)
         parent = self._subject(parent_p) if parent_p is not None else None
         sigs = rules.open_signals(s, parent, ev.path, device, ev.via, self.allow)
-        if sigs:
+        if sigs and not self.engine.iocs.is_allowed_process(p.executable):  # [allowlist]
             out += self.engine.report(
                 "RLG-GPU-001",
                 f"{p.entity_id}/{device}",

@@ -452,3 +452,10 @@ def test_reconcile_drops_holdings_of_vanished_processes(monkeypatch: pytest.Monk
     monkeypatch.setattr(gpu_mod, "fd_device", lambda pid, fd: None)
     assert w.gpu.reconcile(ScanResult(started_ns=10**15)) == []
     assert len(w.gpu.holders) == 0 and (100, 4) not in w.sensor.fds
+
+
+def test_allowlist_process_paths_silences_gpu_alerts_too() -> None:
+    w = World()
+    w.engine.iocs = dataclasses.replace(w.engine.iocs, allow_process_paths=("/opt/eval/*",))
+    w.exec(200, "/opt/eval/run", episode="ep-1")
+    assert w.open(200, 4) == [] and w.gpu.holders.of(200)
