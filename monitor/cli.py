@@ -196,7 +196,7 @@ def check(
 
         from monitor.probes import Sensor, SensorError
 
-        sensor = Sensor(cfg.probes, list(cfg.tags.keys))
+        sensor = Sensor(cfg.probes, list(cfg.tags.keys), cfg.gpu.devices)
         t0 = time.monotonic()
         try:
             sensor.load()

@@ -35,12 +35,14 @@ from monitor.events import (
     TcpStateEvent,
     tag_values,
 )
-from monitor.probes import MAX_TAGS, TAG_VALUE_LEN, Counters, Sensor
+from monitor.gpu import GpuMonitor, ScanResult
+from monitor.probes import MAX_TAGS, TAG_VALUE_LEN, Counters, Sensor, find_cgroup2
 from monitor.process_table import Process, ProcessTable, Tagset, boottime_ns
 from monitor.registry.server import RegistryServer
 from monitor.registry.state import Registry
 from monitor.service import Heartbeat, Watchdog, gap_record, sd_notify
-from monitor.sinks.ledger import EpisodeLedger, LedgerTap, ledger_for
+from monitor.sinks.ledger import EpisodeLedger, ledger_for
+from monitor.sinks.tap import TapSink
 
 DROP_CHECK_INTERVAL_S = 1.0
 Observer = Callable[[Event, Process, dict[str, Any]], None]
@@ -64,9 +66,7 @@ class Collector:
         self.ledger: EpisodeLedger | None = (
             ledger_for(config) if (heartbeat if ledger is None else ledger) else None
         )
-        if self.ledger is not None:
-            self.sink = LedgerTap(sink, self.ledger)
-        self.sensor = sensor or Sensor(config.probes, list(config.tags.keys))
+        self.sensor = sensor or Sensor(config.probes, list(config.tags.keys), config.gpu.devices)
         pt = config.process_table
         self.table = ProcessTable(
             config.tags,
@@ -85,6 +85,21 @@ class Collector:
             self.registry = Registry(int(config.registry.retain_s * 1e9), self.cgroups.mount)
         self.attributor = Attributor(self.table, att, self.registry, self.cgroups)
         self.renderer.attributor = self.attributor
+        # GPU holder table (monitor/gpu.py); it sees every written document for episode_end
+        self.gpu = GpuMonitor(
+            config.gpu,
+            self.table,
+            self.engine,
+            self._base,
+            self.renderer.clock.iso,
+            self.sensor,
+            find_cgroup2(),
+        )
+        # the ledger and the GPU table see every line written (registry, alerts, drops)
+        taps = [self.gpu.on_document]
+        if self.ledger is not None:
+            taps.insert(0, self.ledger.observe)
+        self.sink = TapSink(sink, *taps)
         self.alerts_written = 0
         self.decoder: RecordDecoder | None = None
         self.received: Counter[str] = Counter()
@@ -119,6 +134,8 @@ class Collector:
             self.sensor.seed_tagset(tid, self.table.tagset_values_by_index(tid))
         for s in seeds:
             self.sensor.seed_process(s.pid, s.ppid, s.tagset_id, s.tag_origin)
+        for gev in self.gpu.start():  # holdings from before start-up
+            self.handle(gev)
         self.armed_seconds = time.monotonic() - self.started_mono
         self._last_metrics = time.monotonic()
         self.sink.write(
@@ -210,6 +227,8 @@ class Collector:
             for name in ("probes", "tags", "process_table", "service", "siem", "ledger")
             if getattr(new, name) != getattr(self.config, name)
         ]
+        if self.gpu.reconfigure(new.gpu):  # allowlists and intervals apply now
+            restart.append("gpu.devices")
         self.config = new
         self._note(
             "config_reloaded",
@@ -222,6 +241,7 @@ class Collector:
     def close(self) -> None:
         sd_notify("STOPPING=1")
         self.step()
+        self.gpu.close()
         self.sink.write(self._metrics())
         self.sink.write(self._lifecycle("stopped", {}))
         self.sink.flush()
@@ -267,6 +287,7 @@ class Collector:
         """Drain, process and flush once; returns the number of records."""
         # registry records first: an episode_start precedes the events it binds
         self._registry_records()
+        gpu_scan = self.gpu.scan_now()  # /proc scan first, then drain, then reconcile
         raws = self.sensor.drain()
         decode = self.decoder.decode if self.decoder else None
         for raw in raws:
@@ -279,6 +300,10 @@ class Collector:
             except Exception as exc:  # one bad record must never stop the monitor
                 self.undecodable += 1
                 self._report_error(exc, raw)
+        try:
+            self._gpu_step(gpu_scan)
+        except Exception as exc:  # the GPU table must never stop the monitor
+            self._report_error(exc, b"gpu")
         now = time.monotonic()
         if now - self._last_drop_check >= DROP_CHECK_INTERVAL_S:
             self._last_drop_check = now
@@ -334,11 +359,13 @@ class Collector:
             p = self._send_subject(ev)
         else:
             p = table.process_for(ev)
+        self.gpu.before_render(ev)
         doc = self.renderer.render(ev, p)
         self.sink.write(doc)
         findings = self.engine.observe(ev, p, doc, parent)
         if conflict is not None:
             findings = findings + self._conflict_findings(ev, p, doc, conflict)
+        findings += self.gpu.escalate(findings) + self.gpu.observe(ev, p, doc)
         if findings:
             now = self.renderer.clock.now_iso()
             for f in findings:
@@ -364,6 +391,20 @@ class Collector:
         return self.engine.report(
             "RLG-ATTR-001", p.entity_id, signals, ev, p, doc, {"conflict": c.as_dict()}
         )
+
+    def _gpu_step(self, scan: ScanResult | None) -> None:
+        """Reconcile the GPU holder table with a scan; episode-end checks; holder metrics."""
+        events = self.gpu.reconcile(scan) if scan is not None else []
+        for ev in events:
+            self.handle(ev)
+        docs, findings = self.gpu.tick()
+        for doc in docs:
+            self.sink.write(doc)
+        if findings:
+            now = self.renderer.clock.now_iso()
+            for f in findings:
+                self.sink.write(render_alert(f, now))
+                self.alerts_written += 1
 
     def _send_subject(self, ev: SendEvent) -> Process:
         """The sender when it inherited the socket from the connector; else the connector.
@@ -462,6 +503,7 @@ class Collector:
             "process_table": {"size": len(self.table), "tagsets": len(self.table.tagsets)},
             "alerts": dict(self.engine.alerts_by_rule),
             "registry": self._registry_stats(),
+            "gpu": self.gpu.stats(),
             "uptime_s": round(time.monotonic() - self.started_mono, 3),
             "boottime_ns": boottime_ns(),
         }

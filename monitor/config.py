@@ -42,6 +42,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "FieldSpec",
+    "GpuConfig",
     "Kind",
     "LedgerConfig",
     "OutputConfig",
@@ -421,6 +422,22 @@ class LedgerConfig:
     retention_days: float
 
 
+@dataclass(frozen=True)
+class GpuConfig:
+    """``[gpu]``: GPU device holdings, their reconcile scan and the trainer allowlist."""
+
+    devices: tuple[str, ...]
+    reconcile_interval_s: float
+    metrics_interval_s: float
+    episode_end_grace_s: float
+    allow_executables: tuple[str, ...]
+    allow_helpers: tuple[str, ...]
+    allow_cgroups: tuple[str, ...]
+    allow_workers: tuple[str, ...]
+    nvml: str
+    max_scan_fds: int
+
+
 # --- finishers (cross-field rules) --------------------------------------------------------
 
 
@@ -475,6 +492,26 @@ def _finish_ledger(values: dict[str, Any], given: frozenset[str]) -> dict[str, A
     if both:
         blame = "review_on" if "review_on" in given else "drop_on"
         raise _Invalid(blame, f"{', '.join(both)} listed in both drop_on and review_on")
+    return values
+
+
+GPU_MAX_PATTERNS = 16  # RLG_GPU_MAX_PATTERNS: slots of the kernel's gpu_patterns map
+GPU_PATTERN_LEN = 64  # RLG_GPU_PATTERN_LEN: bytes per pattern, NUL included
+_GPU_PATTERN_RE = re.compile(r"/[^*?\[\]\s]*\*?")
+GPU_PATTERN = Check(
+    f"an absolute path of at most {GPU_PATTERN_LEN - 1} characters, optionally ending in * "
+    "(a prefix); no other glob characters or spaces",
+    lambda v: len(v) < GPU_PATTERN_LEN and _GPU_PATTERN_RE.fullmatch(v) is not None,
+)
+
+
+def _finish_gpu(values: dict[str, Any], given: frozenset[str]) -> dict[str, Any]:
+    if len(values["devices"]) > GPU_MAX_PATTERNS:
+        raise _Invalid(
+            "devices",
+            f"{len(values['devices'])} patterns, more than the kernel's {GPU_MAX_PATTERNS} "
+            "(RLG_GPU_MAX_PATTERNS)",
+        )
     return values
 
 
@@ -1063,6 +1100,99 @@ SCHEMA: tuple[SectionSpec, ...] = (
         ),
         finish=_finish_ledger,
     ),
+    SectionSpec(
+        name="gpu",
+        doc=(
+            "GPU device holdings: who opens the GPU device nodes, who holds them, in which "
+            "episode, and which of those processes are expected (the trainer allowlist). "
+            "Globs are fnmatch patterns."
+        ),
+        result=GpuConfig,
+        fields=(
+            FieldSpec(
+                "devices",
+                Kind.STR_LIST,
+                ["/dev/nvidia*", "/dev/dri/renderD*", "/dev/kfd"],
+                "Device paths watched at open(): an exact path, or a prefix ending in *. "
+                "The reconcile scan also counts any character device with the same device "
+                f"number as a node these match. At most {GPU_MAX_PATTERNS}; an empty list turns "
+                "GPU monitoring off.",
+                (GPU_PATTERN,),
+            ),
+            FieldSpec(
+                "reconcile_interval_s",
+                Kind.FLOAT,
+                10.0,
+                "Seconds between scans of /proc/PID/fd for fds on the watched devices (catches "
+                "relative and linked opens, other nodes of the same device, inherited fds and "
+                "holdings from before start-up); 0 turns the scan off.",
+                (between(0, 86400),),
+            ),
+            FieldSpec(
+                "metrics_interval_s",
+                Kind.FLOAT,
+                10.0,
+                "Seconds between gpu_holders metric events (one also follows a change, at "
+                "most once a second).",
+                (between(0.5, 3600),),
+            ),
+            FieldSpec(
+                "episode_end_grace_s",
+                Kind.FLOAT,
+                5.0,
+                "After an episode_end record, how long its processes may still hold a GPU "
+                "before RLG-GPU-003.",
+                (between(0, 3600),),
+            ),
+            FieldSpec(
+                "allow_executables",
+                Kind.STR_LIST,
+                [],
+                "Trainer executables (globs on process.executable, the path given to exec) "
+                "that may open GPUs inside an episode without an alert.",
+                (NON_EMPTY,),
+            ),
+            FieldSpec(
+                "allow_helpers",
+                Kind.STR_LIST,
+                ["*/nvidia-smi"],
+                "Helper executables (globs) that are quiet when an allowed process started "
+                "them (nvidia-smi run by the trainer).",
+                (NON_EMPTY,),
+            ),
+            FieldSpec(
+                "allow_cgroups",
+                Kind.STR_LIST,
+                [],
+                'cgroup v2 paths (globs, e.g. "/system.slice/trainer.service") whose processes '
+                "may open GPUs.",
+                (NON_EMPTY,),
+            ),
+            FieldSpec(
+                "allow_workers",
+                Kind.STR_LIST,
+                [],
+                "Worker tag values (globs on rl.worker_id) whose processes may open GPUs.",
+                (NON_EMPTY,),
+            ),
+            FieldSpec(
+                "nvml",
+                Kind.STR,
+                "auto",
+                "Per-process GPU memory and utilisation from NVML (the optional nvidia-ml-py): "
+                '"auto" uses it when it loads, "off" never does.',
+                (one_of("auto", "off"),),
+            ),
+            FieldSpec(
+                "max_scan_fds",
+                Kind.INT,
+                200_000,
+                "Upper bound on fds one reconcile scan looks at (it stops there and says so).",
+                (between(1000, 10_000_000),),
+            ),
+        ),
+        finish=_finish_gpu,
+    ),
 )
 
 
@@ -1081,6 +1211,7 @@ class Config:
     attribution: AttributionConfig
     service: ServiceConfig
     ledger: LedgerConfig
+    gpu: GpuConfig
     source: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from monitor.events import (
     EXEC_ARGV_UNREADABLE,
     EXEC_ENV_SCAN_TRUNCATED,
     EXEC_TAG_TRUNCATED,
+    O_CLOEXEC,
     SEND_OWNER_DIFFERS,
     SOCK_TYPES,
     TCP_STATES,
@@ -31,6 +32,8 @@ from monitor.events import (
     ExecEvent,
     ExitEvent,
     ForkEvent,
+    GpuCloseEvent,
+    GpuOpenEvent,
     SendEvent,
     TcpStateEvent,
     errno_name,
@@ -50,6 +53,8 @@ CATEGORY = {
     "send": (["network"], ["connection", "protocol"], "rlguard.network"),
     "dns": (["network"], ["protocol"], "rlguard.dns"),
     "dup": (["process"], ["change"], "rlguard.process"),
+    "gpu_open": (["file"], ["access"], "rlguard.gpu"),
+    "gpu_close": (["file"], ["end"], "rlguard.gpu"),
 }
 
 
@@ -202,6 +207,31 @@ class Renderer:
         if ev.exit_signal:
             detail["exit"]["signal"] = ev.exit_signal
         return detail
+
+    def _gpu_open(self, ev: GpuOpenEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        doc["file"] = {"path": ev.path}
+        if ev.fd >= 0:
+            doc["event"]["outcome"] = "success"
+        else:
+            doc["event"]["outcome"] = "failure"
+        gpu: dict[str, Any] = {
+            "fd": ev.fd if ev.fd >= 0 else None,
+            "result": errno_name(ev.ret),
+            "via": ev.via,
+            "open_flags": ev.open_flags,
+            "cloexec": bool(ev.open_flags & O_CLOEXEC),
+        }
+        if ev.rdev is not None:
+            gpu["rdev"] = f"{os.major(ev.rdev)}:{os.minor(ev.rdev)}"
+        return {"gpu": gpu}
+
+    def _gpu_close(self, ev: GpuCloseEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        if ev.path:
+            doc["file"] = {"path": ev.path}
+        gpu: dict[str, Any] = {"fd": ev.fd, "via": ev.via}
+        if ev.last_fd != ev.fd:
+            gpu["last_fd"] = ev.last_fd
+        return {"gpu": gpu}
 
     def _dup(self, ev: Any, doc: dict[str, Any]) -> dict[str, Any]:
         return {"dup": {"oldfd": ev.oldfd, "newfd": ev.newfd}}

@@ -28,6 +28,8 @@ EVENT_TYPES: dict[int, str] = {
     7: "dns",
     8: "tagset",
     9: "dup",
+    10: "gpu_open",
+    11: "gpu_close",
 }
 
 # flag bits, mirrored from probes/rlguard.h (the header is the source of truth;
@@ -42,6 +44,11 @@ CONNECT_SOCKINFO = 2
 CONNECT_KERNEL = 4
 SEND_OWNER_DIFFERS = 1
 TCP_OWNER_KNOWN = 1
+GPU_VIA_OPENAT = 1
+GPU_VIA_OPENAT2 = 2
+GPU_VIA_OPEN = 4
+GPU_CLOSE_RANGE = 1
+O_CLOEXEC = 0o2000000  # asm-generic fcntl.h (x86-64, arm64)
 
 TCP_STATES = {
     1: "ESTABLISHED",
@@ -175,6 +182,36 @@ class DupEvent(Event):
     action: ClassVar[str] = "dup"
     oldfd: int = -1
     newfd: int = -1
+
+
+@dataclass(slots=True)
+class GpuOpenEvent(Event):
+    """An open of a configured GPU device path (or a holding found by the /proc scan)."""
+
+    action: ClassVar[str] = "gpu_open"
+    fd: int = -1
+    ret: int = 0
+    open_flags: int = 0
+    pattern: int = 0
+    path: str = ""
+    # "openat", "openat2", "open" (the probe), "scan" (/proc), "fork" (inherited)
+    via: str = "openat"
+    rdev: int | None = None  # device number, when known (scan)
+
+
+@dataclass(slots=True)
+class GpuCloseEvent(Event):
+    """close() of a GPU fd, or close_range() over fds of a process that holds one."""
+
+    action: ClassVar[str] = "gpu_close"
+    fd: int = -1
+    last_fd: int = -1
+    via: str = "close"  # "close", "close_range" (the probe) or "scan" (/proc)
+    path: str = ""  # filled from the holder table, not by the kernel
+
+    @property
+    def is_range(self) -> bool:
+        return bool(self.flags & GPU_CLOSE_RANGE)
 
 
 @dataclass(slots=True)
@@ -334,6 +371,8 @@ class RecordDecoder:
             7: self._dns,
             8: self._tagset,
             9: self._dup,
+            10: self._gpu_open,
+            11: self._gpu_close,
         }
 
     def decode(self, raw: bytes) -> Event | None:
@@ -429,6 +468,22 @@ class RecordDecoder:
 
     def _dup(self, f: dict[str, Any], raw: bytes, lay: Layout) -> DupEvent:
         return DupEvent(**self._hdr(f), oldfd=f["oldfd"], newfd=f["newfd"])
+
+    def _gpu_open(self, f: dict[str, Any], raw: bytes, lay: Layout) -> GpuOpenEvent:
+        via = f["flags"]
+        return GpuOpenEvent(
+            **self._hdr(f),
+            fd=f["fd"],
+            ret=f["ret"],
+            open_flags=f["open_flags"],
+            pattern=f["pattern"],
+            path=safe_text(_cstr(f["path"]), PATH_LIMIT),
+            via="openat2" if via & GPU_VIA_OPENAT2 else "open" if via & GPU_VIA_OPEN else "openat",
+        )
+
+    def _gpu_close(self, f: dict[str, Any], raw: bytes, lay: Layout) -> GpuCloseEvent:
+        via = "close_range" if f["flags"] & GPU_CLOSE_RANGE else "close"
+        return GpuCloseEvent(**self._hdr(f), fd=f["fd"], last_fd=f["last_fd"], via=via)
 
     def _tagset(self, f: dict[str, Any], raw: bytes, lay: Layout) -> TagsetEvent:
         values = tag_values(

@@ -179,6 +179,13 @@ _FAMILIES: tuple[tuple[str, str, str, str | None, tuple[str, ...]], ...] = (
      "Records the kernel queued that the collector has not processed yet (ring usage).", None,
      ("ring_backlog_events",)),
     ("uptime_seconds", "gauge", "Seconds since the monitor started.", None, ("uptime_s",)),
+    ("gpu_holders", "gauge", "Processes holding a GPU device node.", None, ("gpu", "holders")),
+    ("gpu_holdings", "gauge", "File descriptors on GPU device nodes.", None,
+     ("gpu", "holdings")),
+    ("gpu_devices_held", "gauge", "GPU device nodes with at least one holder.", None,
+     ("gpu", "devices")),
+    ("gpu_scans_total", "counter", "Reconcile scans of /proc/PID/fd for GPU fds.", None,
+     ("gpu", "scans")),
 )  # fmt: skip
 
 # name, type, help, key in each sink's row, always shown (else only if some sink has it)

@@ -26,9 +26,10 @@ class Check:
     detail: str
     fix: str = ""
     required: bool = True
+    note: bool = False  # informational: absent is fine (optional extras)
 
     def line(self) -> str:
-        tag = "ok" if self.ok else ("FAIL" if self.required else "warn")
+        tag = "ok" if self.ok else ("FAIL" if self.required else "note" if self.note else "warn")
         text = f"[{tag:>4}] {self.name}: {self.detail}"
         if not self.ok and self.fix:
             text += f"\n       fix: {self.fix}"
@@ -217,11 +218,32 @@ def _own_cgroup() -> str:
     return "/"
 
 
+def check_nvml() -> Check:
+    """NVML (nvidia-ml-py) for per-process GPU memory; absent is a note, not a failure."""
+    from monitor.gpu import nvml_status
+
+    present, detail = nvml_status("auto")
+    if not present:
+        detail = (
+            f"absent ({detail}); GPU holders are still tracked, "
+            "without per-process GPU memory and utilisation"
+        )
+    return Check(
+        "NVML",
+        present,
+        detail,
+        "pip install 'rlguard[gpu]' (nvidia-ml-py) on a host with the NVIDIA driver",
+        required=False,
+        note=True,
+    )
+
+
 def run_checks() -> list[Check]:
     checks = [check_privileges(), check_btf(), check_tracefs()]
     checks += check_tracepoints()
     checks += [check_cgroup2(), check_cgroup_paths(), check_bcc(), check_headers()]
     checks += [check_ringbuf()]
+    checks.append(check_nvml())
     return checks
 
 

@@ -40,9 +40,23 @@ TRACEPOINTS = (
     "syscalls/sys_exit_connect",
     "sock/inet_sock_set_state",
     "syscalls/sys_enter_dup3",
+    "syscalls/sys_enter_openat",
+    "syscalls/sys_exit_openat",
+    "syscalls/sys_enter_close",
 )
-# used when the kernel has them (dup2 does not exist on arm64)
-OPTIONAL_TRACEPOINTS = ("syscalls/sys_enter_dup2",)
+# used when the kernel has them (dup2 and open do not exist on arm64; openat2 is
+# Linux 5.6+, close_range 5.9+)
+OPTIONAL_TRACEPOINTS = (
+    "syscalls/sys_enter_dup2",
+    "syscalls/sys_enter_open",
+    "syscalls/sys_enter_openat2",
+    "syscalls/sys_enter_close_range",
+)
+GPU_OPTIONAL = {
+    "RLG_HAVE_OPEN": ("sys_enter_open", "sys_exit_open"),
+    "RLG_HAVE_OPENAT2": ("sys_enter_openat2", "sys_exit_openat2"),
+    "RLG_HAVE_CLOSE_RANGE": ("sys_enter_close_range",),
+}
 
 # cgroup programs: (function, bcc program type name, attach type)
 CGROUP_PROGRAMS = (
@@ -99,13 +113,16 @@ def has_group_dead(tracefs: str) -> bool:
 class Sensor:
     """The loaded kernel programs and their ring buffer."""
 
-    def __init__(self, probes: ProbesConfig, tag_keys: list[str]) -> None:
+    def __init__(
+        self, probes: ProbesConfig, tag_keys: list[str], gpu_devices: tuple[str, ...] = ()
+    ) -> None:
         if len(tag_keys) > MAX_TAGS:
             raise SensorError(
                 f"{len(tag_keys)} tag keys configured; the kernel side holds {MAX_TAGS}"
             )
         self.probes = probes
         self.tag_keys = list(tag_keys)
+        self.gpu_devices = tuple(gpu_devices)
         self.bpf: Any = None
         self._links: list[int] = []
         self._cgroup_fd: int | None = None
@@ -132,6 +149,11 @@ class Sensor:
             flags.append("-DRLG_HAVE_GROUP_DEAD")
         if Path(tracefs, "events/syscalls/sys_enter_dup2").is_dir():
             flags.append("-DRLG_HAVE_DUP2")
+        if not self.gpu_devices:
+            flags.append("-DRLG_NO_GPU")  # no open/close programs at all
+        for define, tps in GPU_OPTIONAL.items():
+            if all(Path(tracefs, "events/syscalls", tp).is_dir() for tp in tps):
+                flags.append(f"-D{define}")
         return flags
 
     def load(self) -> None:
@@ -156,6 +178,7 @@ class Sensor:
         except Exception as exc:  # bcc raises bare Exception
             raise SensorError(f"compiling/loading {src} failed: {exc}") from exc
         self._set_tag_keys()
+        self._set_gpu_patterns()
         try:
             self._cgroup_fd = os.open(cgroup2, os.O_RDONLY | os.O_DIRECTORY)
             for name, ptype, attach in CGROUP_PROGRAMS:
@@ -194,6 +217,51 @@ class Sensor:
         table = self.bpf[b"tag_keys"]
         for idx, key in enumerate(self.tag_keys):
             table[table.Key(fnv1a_64(key))] = table.Leaf(idx)
+
+    def _set_gpu_patterns(self) -> None:
+        if not self.gpu_devices:
+            return
+        table = self.bpf[b"gpu_patterns"]
+        for idx, pattern in enumerate(self.gpu_devices):
+            leaf = table.Leaf()
+            prefix = pattern.endswith("*")
+            raw = pattern.rstrip("*").encode()
+            leaf.len = len(raw)
+            leaf.prefix = int(prefix)
+            head = raw[:8]
+            leaf.head = int.from_bytes(head.ljust(8, b"\0"), "little")
+            leaf.head_mask = int.from_bytes(b"\xff" * len(head) + b"\0" * (8 - len(head)), "little")
+            ctypes.memmove(ctypes.addressof(leaf) + type(leaf).s.offset, raw, len(raw))
+            table[table.Key(idx)] = leaf
+
+    # -- GPU fd bookkeeping (user space keeps the kernel's fd set in step) -------
+
+    def gpu_fd_add(self, pid: int, fds: list[int]) -> None:
+        """Mark fds of pid as GPU holdings (a fork copied them) so close() is seen."""
+        if self.bpf is None or not self.gpu_devices or not fds:
+            return
+        table = self.bpf[b"gpu_fds"]
+        for fd in fds:
+            table[table.Key((pid << 32) | (fd & 0xFFFFFFFF))] = table.Leaf(1)
+        procs = self.bpf[b"gpu_procs"]
+        procs[procs.Key(pid)] = procs.Leaf(1)
+
+    def gpu_fd_remove(self, pid: int, fds: list[int], whole_process: bool = False) -> None:
+        """Forget fds of pid (ended by exec, exit or close_range)."""
+        if self.bpf is None or not self.gpu_devices:
+            return
+        table = self.bpf[b"gpu_fds"]
+        for fd in fds:
+            try:
+                del table[table.Key((pid << 32) | (fd & 0xFFFFFFFF))]
+            except KeyError:
+                pass
+        if whole_process:
+            procs = self.bpf[b"gpu_procs"]
+            try:
+                del procs[procs.Key(pid)]
+            except KeyError:
+                pass
 
     def layouts(self) -> dict[str, type]:
         """ctypes classes of every record, as bcc derived them from rlguard.h."""

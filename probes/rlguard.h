@@ -40,6 +40,15 @@
 #ifndef RLG_DNS_BYTES
 #define RLG_DNS_BYTES 512        /* UDP DNS payload kept, power of two */
 #endif
+#ifndef RLG_GPU_PATH_LEN
+#define RLG_GPU_PATH_LEN 128     /* bytes of an opened path read and matched, power of two */
+#endif
+#ifndef RLG_GPU_PATTERN_LEN
+#define RLG_GPU_PATTERN_LEN 64   /* longest configured device pattern + NUL */
+#endif
+#ifndef RLG_GPU_MAX_PATTERNS
+#define RLG_GPU_MAX_PATTERNS 16  /* configured device patterns */
+#endif
 
 enum rlg_event_type {
     RLG_EV_EXEC = 1,
@@ -51,7 +60,9 @@ enum rlg_event_type {
     RLG_EV_DNS = 7,
     RLG_EV_TAGSET = 8,
     RLG_EV_DUP = 9,
-    RLG_EV_TYPE_MAX = 10,
+    RLG_EV_GPU_OPEN = 10,
+    RLG_EV_GPU_CLOSE = 11,
+    RLG_EV_TYPE_MAX = 12,
 };
 
 /* exec flags */
@@ -71,6 +82,13 @@ enum rlg_event_type {
 
 /* tcp_state flags */
 #define RLG_TCP_OWNER_KNOWN 1
+
+/* gpu_open flags: which syscall */
+#define RLG_GPU_VIA_OPENAT 1
+#define RLG_GPU_VIA_OPENAT2 2
+#define RLG_GPU_VIA_OPEN 4
+/* gpu_close flags */
+#define RLG_GPU_CLOSE_RANGE 1    /* close_range(fd, last_fd): user space ends every fd in it */
 
 /* Common header: every record starts with it. */
 struct rlg_header {
@@ -169,6 +187,35 @@ struct rlg_dup_event {
     struct rlg_header hdr;
     int oldfd;
     int newfd;
+};
+
+/* An open of a configured GPU device path (matched at sys_enter, emitted at
+ * sys_exit with the result); path is the string the process passed. */
+struct rlg_gpu_open_event {
+    struct rlg_header hdr;
+    int fd;                     /* the new fd; -1 when the open failed */
+    int ret;                    /* 0 or -errno */
+    unsigned int open_flags;    /* O_* flags as passed (O_CLOEXEC: ends at exec) */
+    unsigned int pattern;       /* index of the configured pattern that matched */
+    char path[RLG_GPU_PATH_LEN];
+};
+
+/* close() of an fd that a gpu_open returned (or close_range over such fds) */
+struct rlg_gpu_close_event {
+    struct rlg_header hdr;
+    int fd;                     /* first fd */
+    int last_fd;                /* last fd (close_range), else == fd */
+};
+
+/* One configured device pattern: an exact path, or a prefix (glob ending in '*').
+ * head/head_mask: its first (up to) 8 bytes as a little-endian word and the mask
+ * of the bytes that count, so that most opens are ruled out by one 8-byte read. */
+struct rlg_gpu_pattern {
+    unsigned long long head;
+    unsigned long long head_mask;
+    unsigned int len;           /* bytes compared; 0 = unused slot (end of list) */
+    unsigned int prefix;        /* 1: the path only has to start with s */
+    char s[RLG_GPU_PATTERN_LEN];
 };
 
 /* Tag values of one process, keyed by tagset id; sent once when created. */

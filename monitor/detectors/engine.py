@@ -458,7 +458,8 @@ class DetectionEngine:
             f.extra["previous_severity"] = prev[0]
         return [f]
 
-    # findings from outside the detectors (attribution), with the same de-duplication
+    # findings from outside the engine (attribution, monitor/gpu.py), same de-duplication:
+    # one per (rule, subject), again only when more severe
     report = _finding
 
 

@@ -49,7 +49,6 @@ __all__ = [
     "SCHEMA_VERSION",
     "EpisodeLedger",
     "LedgerError",
-    "LedgerTap",
     "episode_row",
     "format_table",
     "ledger_for",
@@ -933,37 +932,6 @@ class EpisodeLedger:
     @property
     def last_error(self) -> str | None:
         return self._error
-
-
-class LedgerTap:
-    """A sink wrapper: every line goes to ``inner`` as before and is shown to the ledger."""
-
-    def __init__(self, inner: Any, ledger: EpisodeLedger) -> None:
-        self.inner = inner
-        self.ledger = ledger
-
-    def write(self, doc: dict[str, Any]) -> None:
-        try:
-            self.inner.write(doc)
-        finally:
-            self.ledger.observe(doc)
-
-    def flush(self) -> Any:
-        return self.inner.flush()
-
-    def reopen(self) -> None:
-        if hasattr(self.inner, "reopen"):
-            self.inner.reopen()
-
-    def close(self) -> None:
-        try:
-            self.inner.close()
-        finally:
-            self.ledger.close()
-
-    def __getattr__(self, name: str) -> Any:
-        # counters (lines_written, pending, last_error, stats...) are the inner sink's
-        return getattr(self.inner, name)
 
 
 def ledger_path(cfg: Config) -> str:

@@ -20,6 +20,7 @@ from monitor.tui.safe import clean
 SCROLLBACK = 50_000  # rows kept for scroll-back and re-filtering
 MAX_EPISODES = 10_000  # episodes summarised; the least recently active go first
 MAX_WORKERS_SHOWN = 8
+MAX_GPU_SHOWN = 8
 
 SEVERITY_RANK = {"": 0, "low": 1, "medium": 2, "high": 3, "critical": 4}
 
@@ -185,6 +186,11 @@ def _metric_summary(action: str, rg: dict[str, Any]) -> str:
         )
     if action == "stopped":
         return "monitor stopped"
+    if action == "gpu_holders":
+        g = _d(rg.get("gpu"))
+        devices = g.get("devices")
+        n_dev = sum(1 for d in devices if _d(d).get("holders")) if isinstance(devices, list) else 0
+        return f"GPU holders: {clean(g.get('holders'))} processes on {n_dev} devices"
     if action == "record_error":
         return f"record error: {clean(rg.get('error'))}"
     if action in ("ledger_error", "ledger_recovered"):
@@ -376,6 +382,8 @@ class EpisodeSummary:
     last_seen: str = ""
     last_summary: str = ""
     workers: list[str] = field(default_factory=list)
+    # from the latest gpu_holders record: "nvidia0 python(4242) 1.5 GiB", one per holding
+    gpu: list[str] = field(default_factory=list)
 
 
 # --- the store ---------------------------------------------------------------------------
@@ -425,6 +433,8 @@ class EventStore:
         elif row.kind == "metric":
             c.metrics += 1
             c.on_metric(row.action, _d(doc.get("rlguard")))
+            if row.action == "gpu_holders":
+                self._gpu_holders(_d(_d(doc.get("rlguard")).get("gpu")), row.time)
         else:
             c.events += 1
         if row.episode:
@@ -445,6 +455,34 @@ class EventStore:
         if not flt.active:
             return list(self.rows)
         return [r for r in self.rows if flt.matches(r)]
+
+    def _gpu_holders(self, g: dict[str, Any], when: str) -> None:
+        """A gpu_holders record is a snapshot: it replaces what each episode holds."""
+        for summary in self.episodes.values():
+            summary.gpu = []
+        devices = g.get("devices")
+        for dev in devices[:64] if isinstance(devices, list) else []:
+            dev = _d(dev)
+            name = clean(dev.get("device"), 80).rsplit("/", 1)[-1]
+            holders = dev.get("holders")
+            for h in holders[:256] if isinstance(holders, list) else []:
+                h = _d(h)
+                episode = clean(h.get("episode_id"), 80)
+                if not episode:
+                    continue
+                ep = self.episodes.get(episode)
+                if ep is None:
+                    ep = self.episodes[episode] = EpisodeSummary(episode, first_seen=when)
+                    ep.last_seen = when
+                    if len(self.episodes) > self.max_episodes:
+                        self.episodes.popitem(last=False)
+                if len(ep.gpu) >= MAX_GPU_SHOWN:
+                    continue
+                text = f"{name} {clean(h.get('name'), 32)}({clean(h.get('pid'), 12)})"
+                mem = _int(_d(h.get("nvml")).get("memory_bytes"))
+                if mem is not None:
+                    text += f" {mem / 2**30:.1f} GiB"
+                ep.gpu.append(text)
 
     def _episode(self, row: Row) -> None:
         ep = self.episodes.get(row.episode)

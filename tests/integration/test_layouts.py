@@ -6,7 +6,7 @@ import pytest
 
 from monitor.config import load_config
 from monitor.probes import Sensor
-from tests.unit.test_decode import Connect, Exec, Hdr, Send
+from tests.unit.test_decode import Connect, Exec, GpuClose, GpuOpen, Hdr, Send
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +29,8 @@ def test_mirrors_match_bcc() -> None:
         assert fields(lay["exec"]) == fields(Exec)
         assert fields(lay["connect"]) == fields(Connect)
         assert fields(lay["send"]) == fields(Send)
+        assert fields(lay["gpu_open"]) == fields(GpuOpen)
+        assert fields(lay["gpu_close"]) == fields(GpuClose)
         assert fields(lay["exec"]._fields_[0][1]) == fields(Hdr)
     finally:
         s.close()

@@ -296,3 +296,33 @@ def test_socket_is_for_the_group_only(mon) -> None:
         env=CLEAN_ENV,
     )
     assert res.returncode != 0 and "PermissionError" in res.stderr
+
+
+def test_container_id_from_the_cgroup_path_binds_by_container(mon) -> None:
+    """A Docker-style scope (docker-<64 hex>.scope): container.id on events, bound by id."""
+    live, path = mon
+    mount = cgroup2_mount()
+    if mount is None:
+        pytest.skip("no cgroup2 hierarchy mounted")
+    cid = uuid.uuid4().hex + uuid.uuid4().hex
+    parent = Path(mount) / f"rlg-test-{cid[:8]}"
+    scope = parent / f"docker-{cid}.scope"
+    scope.mkdir(parents=True)
+    m = uuid.uuid4().hex[:8]
+    try:
+        send({"op": "episode_start", "episode_id": f"ep-ct-{m}", "container_id": cid[:12]}, path)
+        joiner = ["/bin/sh", "-c", f'echo $$ > {scope}/cgroup.procs && exec "$@"', "sh"]
+        cmd = ["env", "-i", *joiner, *connector(closed_port(), m)]
+        subprocess.run(cmd, check=True, timeout=30, cwd="/")
+        doc = live.wait_for(connect_of(m))
+        assert doc["container"] == {"id": cid}
+        assert doc["rl"]["episode_id"] == f"ep-ct-{m}" and doc["rl"]["source"] == "cgroup"
+        send({"op": "episode_end", "episode_id": f"ep-ct-{m}"}, path)
+    finally:
+        for d in (scope, parent):
+            for _ in range(50):
+                try:
+                    d.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)

@@ -14,8 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.events import (
+    EVENT_TYPES,
     ConnectEvent,
     ExecEvent,
+    GpuCloseEvent,
+    GpuOpenEvent,
     RecordDecoder,
     SendEvent,
     layout_from_ctypes,
@@ -85,9 +88,24 @@ class Send(ct.Structure):
     ]
 
 
+class GpuOpen(ct.Structure):
+    _fields_ = [
+        ("hdr", Hdr),
+        ("fd", ct.c_int),
+        ("ret", ct.c_int),
+        ("open_flags", ct.c_uint),
+        ("pattern", ct.c_uint),
+        ("path", ct.c_char * 128),
+    ]
+
+
+class GpuClose(ct.Structure):
+    _fields_ = [("hdr", Hdr), ("fd", ct.c_int), ("last_fd", ct.c_int)]
+
+
 def decoder() -> RecordDecoder:
     layouts = {name: Hdr for name in ("fork", "exit", "tcp_state", "dns", "tagset", "dup")}
-    layouts.update(exec=Exec, connect=Connect, send=Send)
+    layouts.update(exec=Exec, connect=Connect, send=Send, gpu_open=GpuOpen, gpu_close=GpuClose)
     return RecordDecoder(layouts, tag_value_len=64, max_tags=24)
 
 
@@ -150,5 +168,24 @@ def test_send_payload_is_bounded_by_record() -> None:
 @given(st.binary(max_size=600))
 def test_garbage_never_raises(raw: bytes) -> None:
     ev = decoder().decode(raw)
-    if len(raw) < 4 or int.from_bytes(raw[:4], "little") not in range(1, 10):
+    if len(raw) < 4 or int.from_bytes(raw[:4], "little") not in EVENT_TYPES:
         assert ev is None
+
+
+def test_gpu_open_and_close() -> None:
+    e = GpuOpen()
+    e.hdr = hdr(10)
+    e.hdr.flags = 2  # RLG_GPU_VIA_OPENAT2
+    e.fd, e.ret, e.open_flags, e.pattern = 7, 0, 0o2000002, 1
+    e.path = b"/dev/nvidia0\x1b[2J"
+    ev = decoder().decode(bytes(e))
+    assert isinstance(ev, GpuOpenEvent)
+    assert (ev.fd, ev.via, ev.pattern, ev.open_flags) == (7, "openat2", 1, 0o2000002)
+    assert ev.path == "/dev/nvidia0\\x1b[2J"  # sanitised at the edge
+    c = GpuClose()
+    c.hdr = hdr(11)
+    c.hdr.flags = 1  # RLG_GPU_CLOSE_RANGE
+    c.fd, c.last_fd = 3, 2147483647
+    cev = decoder().decode(bytes(c))
+    assert isinstance(cev, GpuCloseEvent)
+    assert cev.is_range and cev.via == "close_range" and (cev.fd, cev.last_fd) == (3, 2147483647)

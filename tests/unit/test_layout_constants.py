@@ -33,6 +33,10 @@ def c_value(name: str) -> int:
         ("CONNECT_KERNEL", "RLG_CONNECT_KERNEL"),
         ("SEND_OWNER_DIFFERS", "RLG_SEND_OWNER_DIFFERS"),
         ("TCP_OWNER_KNOWN", "RLG_TCP_OWNER_KNOWN"),
+        ("GPU_VIA_OPENAT", "RLG_GPU_VIA_OPENAT"),
+        ("GPU_VIA_OPENAT2", "RLG_GPU_VIA_OPENAT2"),
+        ("GPU_VIA_OPEN", "RLG_GPU_VIA_OPEN"),
+        ("GPU_CLOSE_RANGE", "RLG_GPU_CLOSE_RANGE"),
     ],
 )
 def test_flag_values(py: str, c: str) -> None:

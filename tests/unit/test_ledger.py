@@ -25,7 +25,6 @@ from monitor.sinks.ledger import (
     SCHEMA_VERSION,
     EpisodeLedger,
     LedgerError,
-    LedgerTap,
     format_table,
     iso,
     json_line,
@@ -33,6 +32,7 @@ from monitor.sinks.ledger import (
     parse_since,
     read_episodes,
 )
+from monitor.sinks.tap import TapSink
 
 pytestmark = pytest.mark.unit
 
@@ -742,7 +742,7 @@ class Inner:
 def test_tap_forwards_everything_and_feeds_the_ledger(db: Path) -> None:
     inner = Inner()
     led = EpisodeLedger(db, cfg(), now_ns=at(0))
-    tap = LedgerTap(inner, led)
+    tap = TapSink(inner, led.observe)
     tap.write(reg("episode_start", "ep", 1))
     tap.write(connect("ep", 2))
     tap.write(reg("episode_end", "ep", 3))
@@ -755,7 +755,6 @@ def test_tap_forwards_everything_and_feeds_the_ledger(db: Path) -> None:
     assert episode(led, "ep")["counts"]["events"] == 1
     tap.close()
     assert inner.calls == ["flush", "reopen", "close"]
-    assert led.closed
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -927,7 +926,7 @@ def test_collector_keeps_a_ledger_and_writes_its_verdicts(tmp_path: Path) -> Non
     )
     inner = Inner()
     c = Collector(config, inner, sensor=FakeSensor(), heartbeat=False, ledger=True)  # type: ignore[arg-type]
-    assert isinstance(c.sink, LedgerTap) and c.ledger is not None
+    assert isinstance(c.sink, TapSink) and c.ledger is not None
     assert c.ledger.path == str(tmp_path / "state" / "episodes.db")
     now = time.time_ns()
     for doc in (reg("episode_start", "ep", 0), alert("ep", 1), reg("episode_end", "ep", 2)):
@@ -950,7 +949,7 @@ def test_collector_ledger_is_opt_in_beside_the_service_and_can_be_disabled(tmp_p
 
     config = parse_config(f'[service]\nstate_dir = "{tmp_path}"\n')
     c = Collector(config, Inner(), sensor=FakeSensor(), heartbeat=False)  # type: ignore[arg-type]
-    assert c.ledger is None and isinstance(c.sink, Inner)  # the demo and LiveMonitor
+    assert c.ledger is None and c.sink.observers == (c.gpu.on_document,)  # demo, LiveMonitor
     off = parse_config(f'[service]\nstate_dir = "{tmp_path}"\n[ledger]\nenabled = false\n')
     c = Collector(off, Inner(), sensor=FakeSensor(), heartbeat=False, ledger=True)  # type: ignore[arg-type]
     assert c.ledger is None
