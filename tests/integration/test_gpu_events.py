@@ -26,9 +26,10 @@ from typing import Any
 
 import pytest
 
+from monitor.collector import Collector
 from monitor.config import config_from_dict
 from monitor.lab.servers import SERVER
-from tests.support.live import LiveMonitor
+from tests.support.live import LiveMonitor, MemorySink
 
 pytestmark = pytest.mark.integration
 
@@ -93,6 +94,7 @@ class Lab:
         self.smi.write_text(SMI.format(python=os.path.realpath(sys.executable)))
         self.smi.chmod(0o755)
         self.procs: list[subprocess.Popen[str]] = []
+        self.watched: set[int] = set()  # pids whose exec/exit lines the monitor keeps
 
     def config(self) -> Any:
         return config_from_dict(
@@ -120,6 +122,7 @@ class Lab:
             text=True,
         )
         self.procs.append(p)
+        self.watched.add(p.pid)
         return Holder(p)
 
     def cleanup(self) -> None:
@@ -156,6 +159,24 @@ def lab() -> Iterator[Lab]:
         lab.cleanup()
 
 
+class KeepSink(MemorySink):
+    """Keeps only what these tests read: the monitor sees every process on the
+    host, and a storm from other work would otherwise pile up gigabytes here."""
+
+    def __init__(self, watched: set[int]) -> None:
+        super().__init__()
+        self.watched = watched
+
+    def write(self, doc: dict[str, Any]) -> None:
+        ev = doc.get("event", {})
+        if (
+            ev.get("kind") != "event"
+            or ev.get("dataset") == "rlguard.gpu"
+            or doc.get("process", {}).get("pid") in self.watched
+        ):
+            super().write(doc)
+
+
 class Monitor(LiveMonitor):
     """A monitor whose waits turn into a skip when the kernel dropped records.
 
@@ -164,6 +185,12 @@ class Monitor(LiveMonitor):
     be recovered by the scan. That is counted and reported (events_dropped), so
     the test says so instead of failing.
     """
+
+    def __init__(self, config: Any) -> None:
+        self.watched: set[int] = set()
+        self.sink = KeepSink(self.watched)
+        self.collector = Collector(config, self.sink, heartbeat=False)
+        self._thread = None
 
     def wait_for(self, pred, timeout: float = WAIT_S, start: int = 0):  # type: ignore[no-untyped-def]
         try:
@@ -177,6 +204,7 @@ class Monitor(LiveMonitor):
 @pytest.fixture(scope="module")
 def mon(lab: Lab) -> Iterator[LiveMonitor]:
     m = Monitor(lab.config()).start()
+    lab.watched = m.watched
     try:
         yield m
     finally:
