@@ -21,6 +21,7 @@ from monitor.detectors.iocs import build_iocs
 from monitor.ecs import Renderer
 from monitor.events import (
     SEND_OWNER_DIFFERS,
+    ConnectEvent,
     DupEvent,
     Event,
     ExecEvent,
@@ -32,6 +33,7 @@ from monitor.events import (
     TcpStateEvent,
     tag_values,
 )
+from monitor.folds import ConnectFolds
 from monitor.probes import MAX_TAGS, TAG_VALUE_LEN, Counters, Sensor
 from monitor.process_table import Process, ProcessTable, Tagset, boottime_ns
 from monitor.service import Heartbeat, Watchdog, gap_record, sd_notify
@@ -66,6 +68,7 @@ class Collector:
         self.alerts_written = 0
         self.decoder: RecordDecoder | None = None
         self.received: Counter[str] = Counter()
+        self.folds = ConnectFolds()
         self.undecodable = 0
         self.errors = 0
         self.observers: list[Observer] = []
@@ -173,6 +176,7 @@ class Collector:
     def close(self) -> None:
         sd_notify("STOPPING=1")
         self.step()
+        self._flush_folds(final=True)
         self.sink.write(self._metrics())
         self.sink.write(self._lifecycle("stopped", {}))
         self.sink.flush()
@@ -226,6 +230,7 @@ class Collector:
         if now - self._last_drop_check >= DROP_CHECK_INTERVAL_S:
             self._last_drop_check = now
             self._check_drops()
+            self._flush_folds()
             self.table.expire()
         if now - self._last_metrics >= self.config.output.metrics_interval_s:
             self._last_metrics = now
@@ -268,6 +273,8 @@ class Collector:
         else:
             p = table.process_for(ev)
         doc = self.renderer.render(ev, p)
+        if isinstance(ev, ConnectEvent):
+            doc["rlguard"]["connect"]["count"] = self.folds.on_record(ev)
         self.sink.write(doc)
         findings = self.engine.observe(ev, p, doc, parent)
         if findings:
@@ -279,6 +286,17 @@ class Collector:
         for observer in self.observers:
             observer(ev, p, doc)
         return doc
+
+    def _flush_folds(self, final: bool = False) -> None:
+        """Summary lines for the connects idle kernel folds still hold."""
+        if not hasattr(self.sensor, "folds"):
+            return
+        for ev, n in self.folds.flush(self.sensor, boottime_ns(), final):
+            p = self.table.process_for(ev)
+            ev.tag_origin = p.tag_origin or ev.tag_origin
+            doc = self.renderer.render(ev, p)
+            doc["rlguard"]["connect"].update(count=n, summary=True)
+            self.sink.write(doc)
 
     def _send_subject(self, ev: SendEvent) -> Process:
         """The sender when it inherited the socket from the connector; else the connector.
@@ -360,6 +378,13 @@ class Collector:
                 "sent": counters.sent,
                 "drops": counters.drops,
                 "misses": counters.misses,
+                # records not sent on purpose (duplicates, teardown, folded connects)
+                "quiet": counters.quiet,
+            },
+            # connects the connect lines stand for (folded ones included)
+            "connects": {
+                "represented": self.folds.represented,
+                "summary_lines": self.folds.summaries,
             },
             "drops_total": sum(counters.drops.values()),
             # queued by the kernel but not yet processed here: how full the ring is

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,12 @@ CGROUP_PROGRAMS = (
     ("rlg_egress", "CGROUP_SKB", bpf_link.BPF_CGROUP_INET_EGRESS),
 )
 
-MISS_NAMES = ("proc_state_full", "tagset_full", "exec_without_stack")
+MISS_NAMES = ("proc_state_full", "tagset_full", "exec_without_stack", "connect_fold_full")
+# enum rlg_quiet: records the kernel chose not to send, by reason
+QUIET_NAMES = ("tcp_state_duplicate", "tcp_state_minor", "connect_folded")
+# extra compiler flags for the probes, for benchmarks only: -DRLG_NO_TCP_FILTER
+# and -DRLG_NO_CONNECT_FOLD build the "before" variants that bench/run.py compares
+EXTRA_CFLAGS_ENV = "RLGUARD_BPF_CFLAGS"
 
 TAG_VALUE_LEN = 64
 
@@ -65,6 +70,17 @@ class Counters:
     sent: dict[str, int]
     drops: dict[str, int]
     misses: dict[str, int]
+    quiet: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One entry of the kernel's connect_folds map."""
+
+    key: Any
+    id: int
+    count: int
+    last_seen_ns: int
 
 
 def find_tracefs() -> str | None:
@@ -132,6 +148,7 @@ class Sensor:
             flags.append("-DRLG_HAVE_GROUP_DEAD")
         if Path(tracefs, "events/syscalls/sys_enter_dup2").is_dir():
             flags.append("-DRLG_HAVE_DUP2")
+        flags += os.environ.get(EXTRA_CFLAGS_ENV, "").split()
         return flags
 
     def load(self) -> None:
@@ -274,4 +291,28 @@ class Sensor:
             sent=read("sent", types, 1),
             drops=read("drops", types, 1),
             misses=read("misses", MISS_NAMES, 0),
+            quiet=read("quiet", QUIET_NAMES, 0),
         )
+
+    # -- connect folds -----------------------------------------------------------
+
+    def folds(self) -> list[Fold]:
+        """Every live connect fold (a snapshot; the kernel keeps counting)."""
+        return [
+            Fold(k, int(v.id), int(v.count), int(v.last_seen_ns))
+            for k, v in self.bpf[b"connect_folds"].items()
+        ]
+
+    def retire_fold(self, key: Any) -> int | None:
+        """Remove an idle fold; returns its final count (None if already gone).
+
+        lookup-and-delete is one map operation, so a count read here is final
+        unless a connect with this very key races the removal itself.
+        """
+        from bcc.libbcc import lib
+
+        table = self.bpf[b"connect_folds"]
+        leaf = table.Leaf()
+        if lib.bpf_lookup_and_delete(table.map_fd, ctypes.byref(key), ctypes.byref(leaf)) < 0:
+            return None
+        return int(leaf.count)

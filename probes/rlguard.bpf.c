@@ -22,8 +22,11 @@
 #define RLG_SOCK_STREAM 1
 #define RLG_IPPROTO_TCP 6
 #define RLG_IPPROTO_UDP 17
+#define RLG_TCP_ESTABLISHED 1
 #define RLG_TCP_SYN_SENT 2
 #define RLG_TCP_CLOSE 7
+#define RLG_TCP_LISTEN 10
+#define RLG_EINPROGRESS 115
 #define RLG_CLONE_THREAD 0x00010000ULL
 #define RLG_ETH_P_IP 0x0800
 #define RLG_ETH_P_IPV6 0x86DD
@@ -36,13 +39,15 @@ enum rlg_miss {
     RLG_MISS_PROC_STATE_FULL = 0,   /* fork could not record the child */
     RLG_MISS_TAGSET_FULL = 1,
     RLG_MISS_EXEC_NO_STACK = 2,     /* exec whose new user stack could not be found */
-    RLG_MISS_MAX = 3,
+    RLG_MISS_FOLD_FULL = 3,         /* connect_folds full: the connect was sent unfolded */
+    RLG_MISS_MAX = 4,
 };
 
 BPF_RINGBUF_OUTPUT(events, RLG_RING_PAGES);
 BPF_PERCPU_ARRAY(sent, u64, RLG_EV_TYPE_MAX);
 BPF_PERCPU_ARRAY(drops, u64, RLG_EV_TYPE_MAX);
 BPF_PERCPU_ARRAY(misses, u64, RLG_MISS_MAX);
+BPF_PERCPU_ARRAY(quiet, u64, RLG_QUIET_MAX);
 
 /* Layout carriers: never written, they only give bcc the C types so that
  * user space decodes records with the layouts defined in rlguard.h. */
@@ -89,6 +94,28 @@ BPF_TABLE("lru_hash", u32, struct rlg_exit_info, exit_info, 16384);
 
 BPF_TABLE("lru_hash", u32, struct rlg_connect_event, pending_connect, 4096);
 
+/* Connect folding (like Tetragon's aggregated events): the first connect of a
+ * key is always sent in full; identical ones within RLG_CONNECT_FOLD_NS of the
+ * last record sent for that key are only counted here, and the next record of
+ * the key carries the running count.  User space reports the tail of an idle
+ * fold (fold_count not yet seen) and retires idle keys.  A full map means no
+ * folding (every connect sent), never a lost count. */
+BPF_HASH(connect_folds, struct rlg_connect_key, struct rlg_connect_fold, RLG_CONNECT_FOLDS);
+BPF_PERCPU_ARRAY(fold_seq, u64, 1);
+/* tgid -> boot ns of its last exec (part of the fold key) */
+BPF_TABLE("lru_hash", u32, u64, exec_gen, 65536);
+
+/* the connecting thread's socket while connect() runs, and the SYN_SENT ->
+ * ESTABLISHED / CLOSE record seen inside the syscall, held until the result
+ * is known: a blocking connect's result already says it */
+struct rlg_held_state {
+    u64 sk;
+    u32 has_event;
+    u32 pad;
+    struct rlg_tcp_state_event ev;
+};
+BPF_TABLE("lru_hash", u32, struct rlg_held_state, in_connect, 4096);
+
 /* socket cookie of a new outbound TCP connection whose first payload is still to come */
 struct rlg_fresh {
     u32 owner_pid;
@@ -115,6 +142,12 @@ static __always_inline void bump_drop(u32 type) {
 
 static __always_inline void bump_miss(u32 idx) {
     u64 *v = misses.lookup(&idx);
+    if (v)
+        (*v)++;
+}
+
+static __always_inline void bump_quiet(u32 idx) {
+    u64 *v = quiet.lookup(&idx);
     if (v)
         (*v)++;
 }
@@ -334,6 +367,9 @@ static __always_inline void make_tagset(struct rlg_pending_exec *p, u32 tgid, u6
 TRACEPOINT_PROBE(sched, sched_process_exec) {
     u32 zero = 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    /* a new program image: its connects never fold into the old image's */
+    u64 gen = bpf_ktime_get_boot_ns();
+    exec_gen.update(&tgid, &gen);
     struct rlg_pending_exec *p = exec_scratch.lookup(&zero);
     if (!p)
         return 0;
@@ -506,6 +542,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
         exit_info.delete(&tgid);
     }
     sent_signal.delete(&tgid);
+    exec_gen.delete(&tgid);
     emit(&e, sizeof(e), RLG_EV_EXIT);
     proc_state.delete(&tgid);
     return 0;
@@ -562,14 +599,88 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
     return 0;
 }
 
+/* 1: send e (fold_id/fold_count filled when it belongs to a fold); 0: folded */
+static __always_inline int fold_connect(struct rlg_connect_event *e) {
+#ifdef RLG_NO_CONNECT_FOLD
+    return 1;
+#else
+    struct rlg_connect_key k = {};
+    k.tgid = e->hdr.pid;
+    k.ret = e->ret;
+    k.fd = e->fd;
+    k.uid = e->hdr.uid;
+    u64 *gen = exec_gen.lookup(&k.tgid);
+    k.exec_gen = gen ? *gen : 0;
+    k.tagset_id = e->hdr.tagset_id;
+    k.cgroup_id = e->hdr.cgroup_id;
+    k.family = e->family;
+    k.dport = e->dport;
+    k.sock_type = e->sock_type;
+    __builtin_memcpy(k.daddr, e->daddr, 16);
+    __builtin_memcpy(k.comm, e->hdr.comm, RLG_TASK_COMM_LEN);
+    u64 now = bpf_ktime_get_boot_ns();
+    struct rlg_connect_fold *f = connect_folds.lookup(&k);
+    if (!f) {
+        u32 zero = 0;
+        u64 *seq = fold_seq.lookup(&zero);
+        if (!seq)
+            return 1;
+        *seq += 1;
+        struct rlg_connect_fold nf = {};
+        /* unique without atomics: the cpu in the top bits, a per-cpu sequence below */
+        nf.id = ((u64)(bpf_get_smp_processor_id() + 1) << 48) | *seq;
+        nf.count = 1;
+        nf.last_emit_ns = now;
+        nf.last_seen_ns = now;
+        if (connect_folds.insert(&k, &nf) == 0) {
+            e->fold_id = nf.id;
+            e->fold_count = 1;
+            return 1;
+        }
+        f = connect_folds.lookup(&k);   /* another cpu inserted it first */
+        if (!f) {
+            bump_miss(RLG_MISS_FOLD_FULL);
+            return 1;
+        }
+    }
+    /* last_seen first: user space flushes a fold only once it looks idle */
+    f->last_seen_ns = now;
+    __sync_fetch_and_add(&f->count, 1);
+    if (now - f->last_emit_ns < RLG_CONNECT_FOLD_NS) {
+        bump_quiet(RLG_QUIET_CONNECT_FOLDED);
+        return 0;
+    }
+    f->last_emit_ns = now;
+    e->fold_id = f->id;
+    e->fold_count = f->count;   /* read after our increment: includes this connect */
+    return 1;
+#endif
+}
+
 TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct rlg_connect_event *e = pending_connect.lookup(&tid);
     if (!e)
         return 0;
-    e->ret = (int)args->ret;
-    emit(e, sizeof(*e), RLG_EV_CONNECT);
+    int ret = (int)args->ret;
+    e->ret = ret;
+    if (fold_connect(e))
+        emit(e, sizeof(*e), RLG_EV_CONNECT);
     pending_connect.delete(&tid);
+    struct rlg_held_state *h = in_connect.lookup(&tid);
+    if (h) {
+        if (h->has_event) {
+            int ns = h->ev.newstate;
+            /* blocking connect: 0 already says ESTABLISHED, an error says CLOSE;
+             * EINPROGRESS (non-blocking) says neither, so the state is sent */
+            if ((ret == 0 && ns == RLG_TCP_ESTABLISHED) ||
+                (ret < 0 && ret != -RLG_EINPROGRESS && ns == RLG_TCP_CLOSE))
+                bump_quiet(RLG_QUIET_TCP_DUP);
+            else
+                emit(&h->ev, sizeof(h->ev), RLG_EV_TCP_STATE);
+        }
+        in_connect.delete(&tid);
+    }
     return 0;
 }
 
@@ -637,43 +748,89 @@ int rlg_connect6(struct bpf_sock_addr *ctx) {
 
 /* ----------------------------------------------------------- tcp state */
 
+/* Which transitions leave the kernel (docs/coverage.md): SYN_SENT (only
+ * when no connect() syscall reports it: io_uring, kernel paths), ESTABLISHED
+ * (active and accepted), LISTEN, and CLOSE of a socket that listened or
+ * that a local task connected.  Teardown steps (FIN_WAIT1/2, CLOSING,
+ * LAST_ACK, CLOSE_WAIT, TIME_WAIT), the passive SYN_RECV and the close of an
+ * accepted socket say nothing the detectors or the records need. */
+static __always_inline int tcp_state_wanted(int oldstate, int newstate, int owned) {
+#ifdef RLG_NO_TCP_FILTER
+    return 1;
+#else
+    if (newstate == RLG_TCP_ESTABLISHED || newstate == RLG_TCP_LISTEN)
+        return 1;
+    if (newstate == RLG_TCP_CLOSE)
+        return owned || oldstate == RLG_TCP_LISTEN;
+    return 0;
+#endif
+}
+
 TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     if (args->protocol != RLG_IPPROTO_TCP)
         return 0;
-    struct rlg_tcp_state_event e = {};
+    struct rlg_held_state hd = {};
+    struct rlg_tcp_state_event *e = &hd.ev;
     u64 sk = (u64)args->skaddr;
-    if (args->newstate == RLG_TCP_SYN_SENT) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    int oldstate = args->oldstate;
+    int newstate = args->newstate;
+    int hold = 0;
+    if (newstate == RLG_TCP_SYN_SENT) {
         /* connect() runs in the connecting task: remember it as the owner */
-        fill_header(&e.hdr, RLG_EV_TCP_STATE);
-        e.hdr.flags = RLG_TCP_OWNER_KNOWN;
-        sock_owner.update(&sk, &e.hdr);
+        fill_header(&e->hdr, RLG_EV_TCP_STATE);
+        e->hdr.flags = RLG_TCP_OWNER_KNOWN;
+        sock_owner.update(&sk, &e->hdr);
+#ifndef RLG_NO_TCP_FILTER
+        if (pending_connect.lookup(&tid))
+            hold = 1;   /* the connect record says it; remember the socket */
+#endif
     } else {
         /* later transitions often run in softirq: the current task is
          * unrelated, so use the recorded owner or none */
         struct rlg_header *o = sock_owner.lookup(&sk);
+        int owned = o != NULL;
         if (o) {
-            e.hdr = *o;
-            e.hdr.flags = RLG_TCP_OWNER_KNOWN;
+            e->hdr = *o;
+            e->hdr.flags = RLG_TCP_OWNER_KNOWN;
         }
-        e.hdr.type = RLG_EV_TCP_STATE;
-        e.hdr.ts_ns = bpf_ktime_get_boot_ns();
-        if (args->newstate == RLG_TCP_CLOSE)
+        if (newstate == RLG_TCP_CLOSE)
             sock_owner.delete(&sk);
+        if (!tcp_state_wanted(oldstate, newstate, owned)) {
+            bump_quiet(RLG_QUIET_TCP_MINOR);
+            return 0;
+        }
+        e->hdr.type = RLG_EV_TCP_STATE;
+        e->hdr.ts_ns = bpf_ktime_get_boot_ns();
+        if (oldstate == RLG_TCP_SYN_SENT) {
+            /* the outcome of a connect() still running in this thread? */
+            struct rlg_held_state *h = in_connect.lookup(&tid);
+            if (h && h->sk == sk)
+                hold = 2;
+        }
     }
-    e.skaddr = sk;
-    e.oldstate = args->oldstate;
-    e.newstate = args->newstate;
-    e.family = args->family;
-    e.sport = args->sport;
-    e.dport = args->dport;
+    e->skaddr = sk;
+    e->oldstate = oldstate;
+    e->newstate = newstate;
+    e->family = args->family;
+    e->sport = args->sport;
+    e->dport = args->dport;
     if (args->family == RLG_AF_INET) {
-        __builtin_memcpy(e.saddr, args->saddr, 4);
-        __builtin_memcpy(e.daddr, args->daddr, 4);
+        __builtin_memcpy(e->saddr, args->saddr, 4);
+        __builtin_memcpy(e->daddr, args->daddr, 4);
     } else {
-        __builtin_memcpy(e.saddr, args->saddr_v6, 16);
-        __builtin_memcpy(e.daddr, args->daddr_v6, 16);
+        __builtin_memcpy(e->saddr, args->saddr_v6, 16);
+        __builtin_memcpy(e->daddr, args->daddr_v6, 16);
     }
-    emit(&e, sizeof(e), RLG_EV_TCP_STATE);
+    if (hold) {
+        if (hold == 1)
+            bump_quiet(RLG_QUIET_TCP_DUP);
+        hd.sk = sk;
+        hd.has_event = hold == 2;
+        in_connect.update(&tid, &hd);
+        return 0;
+    }
+    emit(e, sizeof(*e), RLG_EV_TCP_STATE);
     return 0;
 }
 
