@@ -285,6 +285,8 @@ class Collector:
             self.sink.flush()  # alerts leave at once, not at the end of the batch
         for observer in self.observers:
             observer(ev, p, doc)
+        if isinstance(ev, ExitEvent):
+            p.render_cache = None  # rarely needed again: no kilobytes per exited process
         return doc
 
     def _flush_folds(self, final: bool = False) -> None:

@@ -92,7 +92,20 @@ struct rlg_exit_info {
 };
 BPF_TABLE("lru_hash", u32, struct rlg_exit_info, exit_info, 16384);
 
-BPF_TABLE("lru_hash", u32, struct rlg_connect_event, pending_connect, 4096);
+/* a connect() in progress, per thread: the record being built, the socket
+ * it made (seen at SYN_SENT) and the SYN_SENT -> ESTABLISHED / CLOSE record
+ * seen inside the syscall, held until the result is known (a blocking
+ * connect's result already says it).  One entry per thread, written in
+ * place and kept (inactive) after the call: no map update per connect. */
+struct rlg_pending_connect {
+    struct rlg_connect_event ev;
+    u64 sk;
+    u32 has_held;
+    u32 active;     /* between sys_enter and sys_exit; the entry stays for the next call */
+    struct rlg_tcp_state_event held;
+};
+BPF_TABLE("lru_hash", u32, struct rlg_pending_connect, pending_connect, 4096);
+BPF_PERCPU_ARRAY(connect_scratch, struct rlg_pending_connect, 1);
 
 /* Connect folding (like Tetragon's aggregated events): the first connect of a
  * key is always sent in full; identical ones within RLG_CONNECT_FOLD_NS of the
@@ -104,17 +117,6 @@ BPF_HASH(connect_folds, struct rlg_connect_key, struct rlg_connect_fold, RLG_CON
 BPF_PERCPU_ARRAY(fold_seq, u64, 1);
 /* tgid -> boot ns of its last exec (part of the fold key) */
 BPF_TABLE("lru_hash", u32, u64, exec_gen, 65536);
-
-/* the connecting thread's socket while connect() runs, and the SYN_SENT ->
- * ESTABLISHED / CLOSE record seen inside the syscall, held until the result
- * is known: a blocking connect's result already says it */
-struct rlg_held_state {
-    u64 sk;
-    u32 has_event;
-    u32 pad;
-    struct rlg_tcp_state_event ev;
-};
-BPF_TABLE("lru_hash", u32, struct rlg_held_state, in_connect, 4096);
 
 /* socket cookie of a new outbound TCP connection whose first payload is still to come */
 struct rlg_fresh {
@@ -581,21 +583,41 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
     bpf_probe_read_user(&family, sizeof(family), sa);
     if (family != RLG_AF_INET && family != RLG_AF_INET6)
         return 0;
-    struct rlg_connect_event e = {};
-    fill_header(&e.hdr, RLG_EV_CONNECT);
-    e.hdr.flags = RLG_CONNECT_SYSCALL;
-    e.fd = (int)args->fd;
-    e.ret = 1;
-    e.family = family;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct rlg_pending_connect *pc = pending_connect.lookup(&tid);
+    if (!pc) {
+        u32 zero = 0;
+        struct rlg_pending_connect *z = connect_scratch.lookup(&zero);
+        if (!z)
+            return 0;
+        z->active = 0;
+        pending_connect.update(&tid, z);
+        pc = pending_connect.lookup(&tid);
+        if (!pc)
+            return 0;
+    }
+    struct rlg_connect_event *e = &pc->ev;
+    fill_header(&e->hdr, RLG_EV_CONNECT);
+    e->hdr.flags = RLG_CONNECT_SYSCALL;
+    e->fd = (int)args->fd;
+    e->ret = 1;
+    e->cookie = 0;
+    e->family = family;
+    e->sock_type = 0;
+    e->protocol = 0;
+    e->fold_id = 0;
+    e->fold_count = 0;
+    __builtin_memset(e->daddr, 0, 16);
     u16 port = 0;
     bpf_probe_read_user(&port, sizeof(port), sa + 2);   /* sin_port / sin6_port */
-    e.dport = bpf_ntohs(port);
+    e->dport = bpf_ntohs(port);
     if (family == RLG_AF_INET)
-        bpf_probe_read_user(e.daddr, 4, sa + 4);
+        bpf_probe_read_user(e->daddr, 4, sa + 4);
     else
-        bpf_probe_read_user(e.daddr, 16, sa + 8);
-    u32 tid = e.hdr.tid;
-    pending_connect.update(&tid, &e);
+        bpf_probe_read_user(e->daddr, 16, sa + 8);
+    pc->sk = 0;
+    pc->has_held = 0;
+    pc->active = 1;
     return 0;
 }
 
@@ -659,27 +681,26 @@ static __always_inline int fold_connect(struct rlg_connect_event *e) {
 
 TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct rlg_connect_event *e = pending_connect.lookup(&tid);
-    if (!e)
+    struct rlg_pending_connect *pc = pending_connect.lookup(&tid);
+    if (!pc || !pc->active)
         return 0;
+    pc->active = 0;
+    struct rlg_connect_event *e = &pc->ev;
     int ret = (int)args->ret;
     e->ret = ret;
     if (fold_connect(e))
         emit(e, sizeof(*e), RLG_EV_CONNECT);
-    pending_connect.delete(&tid);
-    struct rlg_held_state *h = in_connect.lookup(&tid);
-    if (h) {
-        if (h->has_event) {
-            int ns = h->ev.newstate;
-            /* blocking connect: 0 already says ESTABLISHED, an error says CLOSE;
-             * EINPROGRESS (non-blocking) says neither, so the state is sent */
-            if ((ret == 0 && ns == RLG_TCP_ESTABLISHED) ||
-                (ret < 0 && ret != -RLG_EINPROGRESS && ns == RLG_TCP_CLOSE))
-                bump_quiet(RLG_QUIET_TCP_DUP);
-            else
-                emit(&h->ev, sizeof(h->ev), RLG_EV_TCP_STATE);
-        }
-        in_connect.delete(&tid);
+    if (ret < 0 && ret != -RLG_EINPROGRESS && e->cookie)
+        fresh_tcp.delete(&e->cookie);   /* failed: no first payload will come */
+    if (pc->has_held) {
+        int ns = pc->held.newstate;
+        /* blocking connect: 0 already says ESTABLISHED, an error says CLOSE;
+         * EINPROGRESS (non-blocking) says neither, so the state is sent */
+        if ((ret == 0 && ns == RLG_TCP_ESTABLISHED) ||
+            (ret < 0 && ret != -RLG_EINPROGRESS && ns == RLG_TCP_CLOSE))
+            bump_quiet(RLG_QUIET_TCP_DUP);
+        else
+            emit(&pc->held, sizeof(pc->held), RLG_EV_TCP_STATE);
     }
     return 0;
 }
@@ -706,7 +727,8 @@ static __always_inline void on_sock_connect(struct bpf_sock_addr *ctx, u16 famil
         __builtin_memcpy(daddr + 8, &a2, 4);
         __builtin_memcpy(daddr + 12, &a3, 4);
     }
-    struct rlg_connect_event *p = pending_connect.lookup(&tid);
+    struct rlg_pending_connect *pc = pending_connect.lookup(&tid);
+    struct rlg_connect_event *p = pc && pc->active ? &pc->ev : NULL;
     if (p) {
         p->cookie = cookie;
         p->sock_type = type;
@@ -769,21 +791,33 @@ static __always_inline int tcp_state_wanted(int oldstate, int newstate, int owne
 TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     if (args->protocol != RLG_IPPROTO_TCP)
         return 0;
-    struct rlg_held_state hd = {};
-    struct rlg_tcp_state_event *e = &hd.ev;
+    struct rlg_tcp_state_event e = {};
     u64 sk = (u64)args->skaddr;
     u32 tid = (u32)bpf_get_current_pid_tgid();
     int oldstate = args->oldstate;
     int newstate = args->newstate;
-    int hold = 0;
+    struct rlg_pending_connect *pc = NULL;
     if (newstate == RLG_TCP_SYN_SENT) {
         /* connect() runs in the connecting task: remember it as the owner */
-        fill_header(&e->hdr, RLG_EV_TCP_STATE);
-        e->hdr.flags = RLG_TCP_OWNER_KNOWN;
-        sock_owner.update(&sk, &e->hdr);
+        pc = pending_connect.lookup(&tid);
+        if (pc && !pc->active)
+            pc = NULL;
+        if (pc) {
+            e.hdr = pc->ev.hdr;     /* the same task, already described */
+            e.hdr.type = RLG_EV_TCP_STATE;
+            e.hdr.ts_ns = bpf_ktime_get_boot_ns();
+        } else {
+            fill_header(&e.hdr, RLG_EV_TCP_STATE);
+        }
+        e.hdr.flags = RLG_TCP_OWNER_KNOWN;
+        sock_owner.update(&sk, &e.hdr);
 #ifndef RLG_NO_TCP_FILTER
-        if (pending_connect.lookup(&tid))
-            hold = 1;   /* the connect record says it; remember the socket */
+        if (pc) {
+            /* the connect record says it; remember the socket */
+            pc->sk = sk;
+            bump_quiet(RLG_QUIET_TCP_DUP);
+            return 0;
+        }
 #endif
     } else {
         /* later transitions often run in softirq: the current task is
@@ -791,8 +825,8 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         struct rlg_header *o = sock_owner.lookup(&sk);
         int owned = o != NULL;
         if (o) {
-            e->hdr = *o;
-            e->hdr.flags = RLG_TCP_OWNER_KNOWN;
+            e.hdr = *o;
+            e.hdr.flags = RLG_TCP_OWNER_KNOWN;
         }
         if (newstate == RLG_TCP_CLOSE)
             sock_owner.delete(&sk);
@@ -800,37 +834,41 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
             bump_quiet(RLG_QUIET_TCP_MINOR);
             return 0;
         }
-        e->hdr.type = RLG_EV_TCP_STATE;
-        e->hdr.ts_ns = bpf_ktime_get_boot_ns();
+        e.hdr.type = RLG_EV_TCP_STATE;
+        e.hdr.ts_ns = bpf_ktime_get_boot_ns();
+#ifndef RLG_NO_TCP_FILTER
         if (oldstate == RLG_TCP_SYN_SENT) {
             /* the outcome of a connect() still running in this thread? */
-            struct rlg_held_state *h = in_connect.lookup(&tid);
-            if (h && h->sk == sk)
-                hold = 2;
+            pc = pending_connect.lookup(&tid);
+            if (pc && (!pc->active || pc->sk != sk))
+                pc = NULL;
         }
+#endif
     }
-    e->skaddr = sk;
-    e->oldstate = oldstate;
-    e->newstate = newstate;
-    e->family = args->family;
-    e->sport = args->sport;
-    e->dport = args->dport;
+    struct rlg_tcp_state_event *out = &e;
+    if (pc) {
+        out = &pc->held;    /* held until the connect's result is known */
+        out->hdr = e.hdr;
+        pc->has_held = 1;
+    }
+    out->skaddr = sk;
+    out->oldstate = oldstate;
+    out->newstate = newstate;
+    out->family = args->family;
+    out->sport = args->sport;
+    out->dport = args->dport;
+    out->pad = 0;
     if (args->family == RLG_AF_INET) {
-        __builtin_memcpy(e->saddr, args->saddr, 4);
-        __builtin_memcpy(e->daddr, args->daddr, 4);
+        __builtin_memset(out->saddr, 0, 16);
+        __builtin_memset(out->daddr, 0, 16);
+        __builtin_memcpy(out->saddr, args->saddr, 4);
+        __builtin_memcpy(out->daddr, args->daddr, 4);
     } else {
-        __builtin_memcpy(e->saddr, args->saddr_v6, 16);
-        __builtin_memcpy(e->daddr, args->daddr_v6, 16);
+        __builtin_memcpy(out->saddr, args->saddr_v6, 16);
+        __builtin_memcpy(out->daddr, args->daddr_v6, 16);
     }
-    if (hold) {
-        if (hold == 1)
-            bump_quiet(RLG_QUIET_TCP_DUP);
-        hd.sk = sk;
-        hd.has_event = hold == 2;
-        in_connect.update(&tid, &hd);
-        return 0;
-    }
-    emit(e, sizeof(*e), RLG_EV_TCP_STATE);
+    if (!pc)
+        emit(&e, sizeof(e), RLG_EV_TCP_STATE);
     return 0;
 }
 
