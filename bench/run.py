@@ -86,11 +86,14 @@ def bpftrace_prog(probe: str) -> str:
     return 'BEGIN { printf("armed\\n"); } ' + probe + ' { printf("%d\\n", pid); }'
 
 
+# the defaults, whatever /etc/rlguard/rlguard.toml this host has: comparable runs
+BENCH_CONFIG = OUT / "rlguard.bench.toml"
 LIVE: list[subprocess.Popen[bytes]] = []  # stopped in main()'s finally, Ctrl-C included
 
 
 def build() -> dict[str, Path]:
     OUT.mkdir(parents=True, exist_ok=True)
+    BENCH_CONFIG.write_text("# bench: built-in defaults\n")
     srcs = {
         "connect_flood": (REPO / "tests" / "helpers" / "connect_flood.c", ()),
         "conn_storm": (REPO / "bench" / "conn_storm.c", ("-pthread",)),
@@ -232,7 +235,8 @@ def monitored(
         if cflags:
             env["RLGUARD_BPF_CFLAGS"] = cflags
         mon = spawn(
-            [sys.executable, "-m", "monitor.cli", "run", "--output", str(out)],
+            [sys.executable, "-m", "monitor.cli", "run", "--config", str(BENCH_CONFIG)]
+            + ["--output", str(out)],
             cwd=REPO,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -452,6 +456,8 @@ def main() -> int:
                         r["ratio"] = r["ops_s"] / bare
                     row[kind] = r
                 raw[wl.name].append(row)
+                # every finished storm is kept, should a later one fail or be interrupted
+                (OUT / "partial.json").write_text(json.dumps({**res, "raw": raw}, indent=2))
                 print(
                     f"round {rnd + 1}/{args.rounds} {wl.name}: "
                     + ", ".join(
