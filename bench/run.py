@@ -225,6 +225,13 @@ def count_records(out: Path, wl: Workload) -> dict[str, Any]:
     return {"lines": lines, "represented": represented, "stats": stats}
 
 
+def _total(v: Any) -> int:
+    """A counter that is a number, or per sink a dict of numbers (None: 0)."""
+    if isinstance(v, dict):
+        return sum(x or 0 for x in v.values())
+    return int(v or 0)
+
+
 def monitored(
     kind: str, wl: Workload, cmd: list[str], n: int, out: Path, cflags: str | None
 ) -> dict[str, Any]:
@@ -293,6 +300,8 @@ def monitored(
         dropped=stats["drops_total"],
         dropped_type=kern["drops"].get(wl.action, 0),
         quiet=sum(kern.get("quiet", {}).values()),
+        # lines the output could not hold (a loss too, after the kernel's)
+        lines_lost=_total(stats["output"]["lines_lost"]),
         folded=kern.get("quiet", {}).get("connect_folded", 0),
     )
     return res
@@ -345,6 +354,7 @@ def table(res: dict[str, Any], kinds: list[str]) -> str:
         "records sent",
         "not sent",
         "dropped",
+        "lines lost",
         "drain s",
     )
     rows = [hdr]
@@ -373,6 +383,7 @@ def table(res: dict[str, Any], kinds: list[str]) -> str:
                     med(r, "records_sent", ",.0f"),
                     med(r, "quiet", ",.0f"),
                     med(r, "dropped", ",.0f"),
+                    med(r, "lines_lost", ",.0f"),
                     med(r, "drain_s", ".1f"),
                 )
             )

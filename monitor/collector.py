@@ -39,6 +39,7 @@ from monitor.process_table import Process, ProcessTable, Tagset, boottime_ns
 from monitor.service import Heartbeat, Watchdog, gap_record, sd_notify
 
 DROP_CHECK_INTERVAL_S = 1.0
+FLUSH_EVERY = 4096  # records per sink flush within one drain
 Observer = Callable[[Event, Process, dict[str, Any]], None]
 
 _NOBODY = Process(pid=0, entity_id="", ppid=0, parent_entity_id=None, start_ns=0, name="")
@@ -216,7 +217,7 @@ class Collector:
         """Drain, process and flush once; returns the number of records."""
         raws = self.sensor.drain()
         decode = self.decoder.decode if self.decoder else None
-        for raw in raws:
+        for i, raw in enumerate(raws, 1):
             try:
                 ev = decode(raw) if decode else None
                 if ev is None:
@@ -226,6 +227,9 @@ class Collector:
             except Exception as exc:  # one bad record must never stop the monitor
                 self.undecodable += 1
                 self._report_error(exc, raw)
+            if i % FLUSH_EVERY == 0:
+                # a full ring renders to more than the sink may hold pending (64 MiB)
+                self.sink.flush()
         now = time.monotonic()
         if now - self._last_drop_check >= DROP_CHECK_INTERVAL_S:
             self._last_drop_check = now
