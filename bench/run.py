@@ -7,7 +7,14 @@ events expected / received / dropped, start-up (launch to armed), CPU% of the
 monitor over the storm, RSS before/after.  Medians with min-max over rounds.
 Alert latency comes from bench/alert_latency.py.  Writes bench/out/results.json.
 
+Workloads: refused connects, connects to a listening server, connects with a
+first payload, fork+exec, and (rlguard only) 10^6 short-lived processes for
+memory.  Connects are counted as the connects the lines stand for
+(`rlguard.connect.count`: the kernel folds identical ones), not as lines.
+
 usage: sudo .venv/bin/python bench/run.py [--quick] [--rounds 3] [-n N] [--exec-n N]
+       [--payload-n N] [--churn-n N] [--only WORKLOAD] [--variant NAME=CFLAGS]
+       [--no-bpftrace] [--no-alert]
 """
 
 from __future__ import annotations
