@@ -68,8 +68,10 @@ def main() -> int:
     repo = Path(__file__).resolve().parent.parent
     tmp = Path(tempfile.mkdtemp(prefix="rlg-bench-"))
     out = tmp / "events.ndjson"
+    cfg = tmp / "rlguard.toml"  # the defaults, whatever /etc/rlguard has
+    cfg.write_text("# bench: built-in defaults\n")
     mon = subprocess.Popen(
-        [sys.executable, "-m", "monitor.cli", "run", "--output", str(out)],
+        [sys.executable, "-m", "monitor.cli", "run", "--config", str(cfg), "--output", str(out)],
         cwd=repo,
         stderr=subprocess.PIPE,
         text=True,

@@ -7,7 +7,14 @@ events expected / received / dropped, start-up (launch to armed), CPU% of the
 monitor over the storm, RSS before/after.  Medians with min-max over rounds.
 Alert latency comes from bench/alert_latency.py.  Writes bench/out/results.json.
 
+Workloads: refused connects, connects to a listening server, connects with a
+first payload, fork+exec, and (rlguard only) 10^6 short-lived processes for
+memory.  Connects are counted as the connects the lines stand for
+(`rlguard.connect.count`: the kernel folds identical ones), not as lines.
+
 usage: sudo .venv/bin/python bench/run.py [--quick] [--rounds 3] [-n N] [--exec-n N]
+       [--payload-n N] [--churn-n N] [--only WORKLOAD] [--variant NAME=CFLAGS]
+       [--no-bpftrace] [--no-alert]
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,28 +39,78 @@ OUT = REPO / "bench" / "out"
 CLOSED_PORT = 9  # discard: nothing listens on loopback, each connect is refused at once
 TICK = os.sysconf("SC_CLK_TCK")
 LOST = re.compile(rb"^Lost (\d+) events", re.M)
+CONNECT = "tracepoint:syscalls:sys_enter_connect"
+EXEC = "tracepoint:sched:sched_process_exec"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One storm: the helper and its arguments, what it should produce, its peers."""
+
+    name: str
+    helper: str  # a binary from build()
+    args: tuple[str, ...]
+    action: str  # the rlguard record type counted as "received"
+    unit: str  # what ops/s counts
+    bpftrace_probe: str | None  # the peer's one-liner probe; None: no bpftrace run
+    bare: bool = True
+
+
+def workloads(n: dict[str, int]) -> list[Workload]:
+    return [
+        Workload(
+            "connect closed",
+            "connect_flood",
+            (str(CLOSED_PORT), str(n["connect"])),
+            "connect",
+            "connects",
+            CONNECT,
+        ),
+        Workload(
+            "connect listen",
+            "conn_storm",
+            ("listen", str(n["connect"])),
+            "connect",
+            "connects",
+            CONNECT,
+        ),
+        Workload(
+            "payload",
+            "conn_storm",
+            ("payload", str(n["payload"])),
+            "send",
+            "connections",
+            CONNECT,
+        ),
+        Workload("exec", "exec_storm", (str(n["exec"]),), "exec", "execs", EXEC),
+        Workload("churn", "churn", (str(n["churn"]),), "fork", "processes", None, bare=False),
+    ]
+
+
 # the peer: bpftrace printing one line per event; BEGIN (fired once every probe is
 # attached) marks it armed
-BPFTRACE = {
-    what: 'BEGIN { printf("armed\\n"); } ' + probe + ' { printf("%d\\n", pid); }'
-    for what, probe in {
-        "connect": "tracepoint:syscalls:sys_enter_connect",
-        "exec": "tracepoint:sched:sched_process_exec",
-    }.items()
-}
+def bpftrace_prog(probe: str) -> str:
+    return 'BEGIN { printf("armed\\n"); } ' + probe + ' { printf("%d\\n", pid); }'
+
+
+# the defaults, whatever /etc/rlguard/rlguard.toml this host has: comparable runs
+BENCH_CONFIG = OUT / "rlguard.bench.toml"
 LIVE: list[subprocess.Popen[bytes]] = []  # stopped in main()'s finally, Ctrl-C included
 
 
 def build() -> dict[str, Path]:
     OUT.mkdir(parents=True, exist_ok=True)
+    BENCH_CONFIG.write_text("# bench: built-in defaults\n")
     srcs = {
-        "connect": REPO / "tests" / "helpers" / "connect_flood.c",
-        "exec": REPO / "bench" / "exec_storm.c",
+        "connect_flood": (REPO / "tests" / "helpers" / "connect_flood.c", ()),
+        "conn_storm": (REPO / "bench" / "conn_storm.c", ("-pthread",)),
+        "exec_storm": (REPO / "bench" / "exec_storm.c", ()),
+        "churn": (REPO / "bench" / "churn.c", ()),
     }
     bins = {}
-    for name, src in srcs.items():
-        exe = OUT / src.stem
-        subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True)
+    for name, (src, extra) in srcs.items():
+        exe = OUT / name
+        subprocess.run(["gcc", "-O2", *extra, "-o", str(exe), str(src)], check=True)
         bins[name] = exe
     return bins
 
@@ -144,20 +202,68 @@ def armed(p: subprocess.Popen[bytes], w: Watcher, t0: float, what: str) -> float
     return time.monotonic() - t0
 
 
-def monitored(kind: str, what: str, cmd: list[str], n: int, out: Path) -> dict[str, Any]:
+def count_records(out: Path, wl: Workload) -> dict[str, Any]:
+    """What the NDJSON says about the storm: lines, represented events, last stats."""
+    import orjson
+
+    helper = wl.helper[:15].encode()  # the comm the kernel reports
+    tag = b'"action":"' + wl.action.encode() + b'"'
+    lines = represented = 0
+    stats: dict[str, Any] = {}
+    with open(out, "rb") as fh:
+        for line in fh:
+            if b'"action":"stats"' in line:
+                stats = orjson.loads(line)["rlguard"]
+                continue
+            if tag not in line or helper not in line:
+                continue
+            doc = orjson.loads(line)
+            if wl.action == "exec":
+                if doc["process"]["executable"] != "/bin/true":
+                    continue
+            elif wl.action == "fork":
+                if doc["process"]["parent"]["name"] != wl.helper[:15]:
+                    continue
+            elif doc.get("process", {}).get("name") != wl.helper[:15]:
+                continue
+            lines += 1
+            # a folded connect line stands for `count` connects (monitor/folds.py)
+            represented += doc.get("rlguard", {}).get("connect", {}).get("count", 1)
+    return {"lines": lines, "represented": represented, "stats": stats}
+
+
+def _total(v: Any) -> int:
+    """A counter that is a number, or per sink a dict of numbers (None: 0)."""
+    if isinstance(v, dict):
+        return sum(x or 0 for x in v.values())
+    return int(v or 0)
+
+
+def monitored(
+    kind: str, wl: Workload, cmd: list[str], n: int, out: Path, cflags: str | None
+) -> dict[str, Any]:
     t0 = time.monotonic()
-    if kind == "rlguard":
+    if kind != "bpftrace":
+        # this checkout's monitor package, whatever the venv's entry point points at
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        if cflags:
+            env["RLGUARD_BPF_CFLAGS"] = cflags
         mon = spawn(
-            [str(REPO / ".venv/bin/rlguard"), "run", "--output", str(out)],
+            [sys.executable, "-m", "monitor.cli", "run", "--config", str(BENCH_CONFIG)]
+            + ["--output", str(out)],
             cwd=REPO,
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
         assert mon.stderr is not None
         w = Watcher(mon.stderr, b"armed")
     else:
+        assert wl.bpftrace_probe is not None
         mon = spawn(
-            ["bpftrace", "-e", BPFTRACE[what]], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            ["bpftrace", "-e", bpftrace_prog(wl.bpftrace_probe)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         )
         assert mon.stdout is not None
         w = Watcher(mon.stdout, b"armed")
@@ -167,7 +273,7 @@ def monitored(kind: str, what: str, cmd: list[str], n: int, out: Path) -> dict[s
         rss0, c0 = rss_mib(mon.pid), cpu_s(mon.pid)
         elapsed = storm(cmd)
         c1 = cpu_s(mon.pid)
-        drain = wait_idle(mon.pid, 120 if kind == "rlguard" else 30)
+        drain = wait_idle(mon.pid, 300 if kind != "bpftrace" else 30)
         res: dict[str, Any] = {
             "ops_s": n / elapsed,
             "startup_s": startup,
@@ -178,25 +284,32 @@ def monitored(kind: str, what: str, cmd: list[str], n: int, out: Path) -> dict[s
             "rss_after_mib": rss_mib(mon.pid),
             "expected": n,
         }
+        if wl.name == "churn" and kind != "bpftrace":
+            # exited processes leave the table after exit_grace_s (5 s) + one expiry tick
+            time.sleep(7)
+            res["rss_settled_mib"] = rss_mib(mon.pid)
+            res["rss_settled_pct"] = 100 * (res["rss_settled_mib"] - rss0) / rss0
     finally:
         stop(mon, signal.SIGINT if kind == "bpftrace" else signal.SIGTERM)
         w.thread.join(timeout=10)
     if kind == "bpftrace":
         # every printf line, all pids (the host's own traffic is a small excess)
-        res.update(received=w.events, dropped=w.lost, kernel_sent=None)
+        res.update(received=w.events, dropped=w.lost)
         return res
-    stats = {}
-    with open(out, "rb") as fh:
-        for line in fh:
-            if b'"action":"stats"' in line:
-                stats = json.loads(line)["rlguard"]
+    got = count_records(out, wl)
     out.unlink()
+    stats = got["stats"]
     kern = stats["kernel"]
     res.update(
-        kernel_sent=kern["sent"].get(what),
-        received=stats["events"].get(what, 0),
-        dropped=kern["drops"].get(what, 0),
-        dropped_all_types=stats["drops_total"],
+        received=got["represented"],
+        lines=got["lines"],
+        records_sent=sum(kern["sent"].values()),
+        dropped=stats["drops_total"],
+        dropped_type=kern["drops"].get(wl.action, 0),
+        quiet=sum(kern.get("quiet", {}).values()),
+        # lines the output could not hold (a loss too, after the kernel's)
+        lines_lost=_total(stats["output"]["lines_lost"]),
+        folded=kern.get("quiet", {}).get("connect_folded", 0),
     )
     return res
 
@@ -227,50 +340,63 @@ def alert_latency(n: int) -> dict[str, Any]:
     return res
 
 
-def table(res: dict[str, Any]) -> str:
+def table(res: dict[str, Any], kinds: list[str]) -> str:
     def span(s: dict[str, float], fmt: str) -> str:
         return f"{s['median']:{fmt}} [{s['min']:{fmt}}-{s['max']:{fmt}}]"
+
+    def med(r: dict[str, Any], key: str, fmt: str) -> str:
+        return f"{r[key]['median']:{fmt}}" if key in r else ""
 
     hdr = (
         "workload",
         "tool",
         "ops/s med [min-max]",
-        "x bare",
+        "x bare med [min-max]",
         "start s",
         "cpu%",
-        "rss MiB",
+        "rss MiB before->after(->settled)",
         "expected",
         "received",
+        "lines",
+        "records sent",
+        "not sent",
         "dropped",
+        "lines lost",
         "drain s",
     )
     rows = [hdr]
-    for what in ("connect", "exec"):
-        for kind, r in res[what].items():
-            if kind == "rounds":
+    for what, per in res["workloads"].items():
+        for kind in ["bare", *kinds]:
+            r = per.get(kind)
+            if not r:
                 continue
+            rss = ""
+            if "rss_before_mib" in r:
+                rss = f"{r['rss_before_mib']['median']:.0f}->{r['rss_after_mib']['median']:.0f}"
+                if "rss_settled_mib" in r:
+                    rss += f"->{r['rss_settled_mib']['median']:.0f}"
             rows.append(
                 (
                     what,
                     kind,
                     span(r["ops_s"], ",.0f"),
-                    span(r["ratio"], ".2f") if "ratio" in r else "1",
-                    f"{r['startup_s']['median']:.2f}" if "startup_s" in r else "",
-                    f"{r['cpu_storm_pct']['median']:.0f}" if "cpu_storm_pct" in r else "",
-                    (
-                        f"{r['rss_before_mib']['median']:.0f}->{r['rss_after_mib']['median']:.0f}"
-                        if "rss_before_mib" in r
-                        else ""
-                    ),
-                    f"{r['expected']['median']:,.0f}" if "expected" in r else "",
-                    f"{r['received']['median']:,.0f}" if "received" in r else "",
-                    f"{r['dropped']['median']:,.0f}" if "dropped" in r else "",
-                    f"{r['drain_s']['median']:.1f}" if "drain_s" in r else "",
+                    span(r["ratio"], ".2f") if "ratio" in r else ("1" if kind == "bare" else ""),
+                    med(r, "startup_s", ".2f"),
+                    med(r, "cpu_storm_pct", ".0f"),
+                    rss,
+                    med(r, "expected", ",.0f"),
+                    med(r, "received", ",.0f"),
+                    med(r, "lines", ",.0f"),
+                    med(r, "records_sent", ",.0f"),
+                    med(r, "quiet", ",.0f"),
+                    med(r, "dropped", ",.0f"),
+                    med(r, "lines_lost", ",.0f"),
+                    med(r, "drain_s", ".1f"),
                 )
             )
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(hdr))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    al = res["alert_latency"]
+    al = res.get("alert_latency") or {}
     lines.append(
         f"alert latency (n={al.get('clients')}, seen {al.get('alerts_seen')}): "
         f"p50 {al.get('p50_ms')} ms, p99 {al.get('p99_ms')} ms, max {al.get('max_ms')} ms"
@@ -280,64 +406,103 @@ def table(res: dict[str, Any]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="10^5 connects, 10^4 execs")
+    ap.add_argument(
+        "--quick", action="store_true", help="10^5 connects, 10^4 payloads/execs, 10^5 processes"
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("-n", type=int, help="connects per storm (default 10^6, quick 10^5)")
+    ap.add_argument("--payload-n", type=int, help="connections with payload (10^5, quick 10^4)")
     ap.add_argument("--exec-n", type=int, help="execs per storm (default 10^5, quick 10^4)")
+    ap.add_argument("--churn-n", type=int, help="short-lived processes (10^6, quick 10^5)")
     ap.add_argument("--alert-n", type=int, help="alert-latency clients (default 1000, quick 200)")
+    ap.add_argument(
+        "--only", action="append", help="run only these workloads (repeatable; default all)"
+    )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=CFLAGS",
+        help="also run rlguard with these probe flags, e.g. "
+        "'no-filter=-DRLG_NO_TCP_FILTER -DRLG_NO_CONNECT_FOLD' (before/after in one run)",
+    )
+    ap.add_argument("--no-bpftrace", action="store_true", help="skip the bpftrace peer")
+    ap.add_argument("--no-alert", action="store_true", help="skip the alert-latency run")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench needs root (it loads eBPF programs): sudo make bench", file=sys.stderr)
         return 1
     ns = {
         "connect": args.n or (10**5 if args.quick else 10**6),
+        "payload": args.payload_n or (10**4 if args.quick else 10**5),
         "exec": args.exec_n or (10**4 if args.quick else 10**5),
+        "churn": args.churn_n or (10**5 if args.quick else 10**6),
     }
+    variants: dict[str, str | None] = {"rlguard": None}
+    for v in args.variant:
+        name, _, flags = v.partition("=")
+        variants[name] = flags
+    kinds = [*variants, *([] if args.no_bpftrace else ["bpftrace"])]
     bins = build()
-    cmds = {
-        "connect": [str(bins["connect"]), str(CLOSED_PORT), str(ns["connect"])],
-        "exec": [str(bins["exec"]), str(ns["exec"])],
-    }
-    raw: dict[str, list[dict[str, Any]]] = {"connect": [], "exec": []}
+    wls = [w for w in workloads(ns) if not args.only or w.name in args.only]
+    raw: dict[str, list[dict[str, Any]]] = {w.name: [] for w in wls}
     res: dict[str, Any] = {
         "meta": {
             "kernel": platform.release(),
             "cpus": os.cpu_count(),
             "rounds": args.rounds,
             "n": ns,
+            "variants": variants,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
     }
     try:
         for rnd in range(args.rounds):
-            for what in ("connect", "exec"):
-                bare = ns[what] / storm(cmds[what])
-                row: dict[str, Any] = {"bare": {"ops_s": bare}}
-                for kind in ("rlguard", "bpftrace"):
-                    r = monitored(kind, what, cmds[what], ns[what], OUT / "events.ndjson")
-                    r["ratio"] = r["ops_s"] / bare
+            for wl in wls:
+                n = int(wl.args[-1])
+                cmd = [str(bins[wl.helper]), *wl.args]
+                row: dict[str, Any] = {}
+                bare = None
+                if wl.bare:
+                    bare = n / storm(cmd)
+                    row["bare"] = {"ops_s": bare}
+                for kind in kinds:
+                    if kind == "bpftrace" and wl.bpftrace_probe is None:
+                        continue
+                    r = monitored(kind, wl, cmd, n, OUT / "events.ndjson", variants.get(kind))
+                    if bare:
+                        r["ratio"] = r["ops_s"] / bare
                     row[kind] = r
-                raw[what].append(row)
+                raw[wl.name].append(row)
+                # every finished storm is kept, should a later one fail or be interrupted
+                (OUT / "partial.json").write_text(json.dumps({**res, "raw": raw}, indent=2))
                 print(
-                    f"round {rnd + 1}/{args.rounds} {what}: bare {bare:,.0f}/s, "
-                    f"rlguard x{row['rlguard']['ratio']:.2f}, "
-                    f"bpftrace x{row['bpftrace']['ratio']:.2f}",
+                    f"round {rnd + 1}/{args.rounds} {wl.name}: "
+                    + ", ".join(
+                        f"{k} {v['ops_s']:,.0f}/s"
+                        + (f" x{v['ratio']:.2f}" if "ratio" in v else "")
+                        + (f" recv {v['received']:,}/{n:,}" if "received" in v else "")
+                        for k, v in row.items()
+                    ),
                     file=sys.stderr,
                 )
-        res["alert_latency"] = alert_latency(args.alert_n or (200 if args.quick else 1000))
+        if not args.no_alert:
+            res["alert_latency"] = alert_latency(args.alert_n or (200 if args.quick else 1000))
     except KeyboardInterrupt:
         print("interrupted: monitors stopped, no results written", file=sys.stderr)
         return 130
     finally:
         for p in list(LIVE):
             stop(p, wait_s=30)
+    res["workloads"] = {}
     for what, rows in raw.items():
-        res[what] = {"rounds": rows}
-        for kind in ("bare", "rlguard", "bpftrace"):
+        per: dict[str, Any] = {"rounds": rows}
+        for kind in rows[0]:
             keys = [k for k, v in rows[0][kind].items() if isinstance(v, (int, float))]
-            res[what][kind] = {k: summary([r[kind][k] for r in rows]) for k in keys}
+            per[kind] = {k: summary([r[kind][k] for r in rows]) for k in keys}
+        res["workloads"][what] = per
     (OUT / "results.json").write_text(json.dumps(res, indent=2))
-    print(table(res), flush=True)
+    print(table(res, kinds), flush=True)
     print(f"\nJSON: {OUT / 'results.json'}")
     return 0
 

@@ -24,6 +24,7 @@ from monitor.detectors.signals import Signal, bounded
 from monitor.ecs import Renderer
 from monitor.events import (
     SEND_OWNER_DIFFERS,
+    ConnectEvent,
     DupEvent,
     Event,
     ExecEvent,
@@ -35,6 +36,7 @@ from monitor.events import (
     TcpStateEvent,
     tag_values,
 )
+from monitor.folds import ConnectFolds
 from monitor.gpu import GpuMonitor, ScanResult
 from monitor.probes import MAX_TAGS, TAG_VALUE_LEN, Counters, Sensor, find_cgroup2
 from monitor.process_table import Process, ProcessTable, Tagset, boottime_ns
@@ -45,6 +47,7 @@ from monitor.sinks.ledger import EpisodeLedger, ledger_for
 from monitor.sinks.tap import TapSink
 
 DROP_CHECK_INTERVAL_S = 1.0
+FLUSH_EVERY = 4096  # records per sink flush within one drain
 Observer = Callable[[Event, Process, dict[str, Any]], None]
 
 _NOBODY = Process(pid=0, entity_id="", ppid=0, parent_entity_id=None, start_ns=0, name="")
@@ -103,6 +106,7 @@ class Collector:
         self.alerts_written = 0
         self.decoder: RecordDecoder | None = None
         self.received: Counter[str] = Counter()
+        self.folds = ConnectFolds()
         self.undecodable = 0
         self.errors = 0
         self.observers: list[Observer] = []
@@ -241,6 +245,7 @@ class Collector:
     def close(self) -> None:
         sd_notify("STOPPING=1")
         self.step()
+        self._flush_folds(final=True)
         self.gpu.close()
         self.sink.write(self._metrics())
         self.sink.write(self._lifecycle("stopped", {}))
@@ -290,7 +295,7 @@ class Collector:
         gpu_scan = self.gpu.scan_now()  # /proc scan first, then drain, then reconcile
         raws = self.sensor.drain()
         decode = self.decoder.decode if self.decoder else None
-        for raw in raws:
+        for i, raw in enumerate(raws, 1):
             try:
                 ev = decode(raw) if decode else None
                 if ev is None:
@@ -300,6 +305,9 @@ class Collector:
             except Exception as exc:  # one bad record must never stop the monitor
                 self.undecodable += 1
                 self._report_error(exc, raw)
+            if i % FLUSH_EVERY == 0:
+                # a full ring renders to more than the sink may hold pending (64 MiB)
+                self.sink.flush()
         try:
             self._gpu_step(gpu_scan)
         except Exception as exc:  # the GPU table must never stop the monitor
@@ -308,6 +316,7 @@ class Collector:
         if now - self._last_drop_check >= DROP_CHECK_INTERVAL_S:
             self._last_drop_check = now
             self._check_drops()
+            self._flush_folds()
             self.table.expire()
             if self.registry is not None:
                 self.registry.expire(boottime_ns())
@@ -361,6 +370,8 @@ class Collector:
             p = table.process_for(ev)
         self.gpu.before_render(ev)
         doc = self.renderer.render(ev, p)
+        if isinstance(ev, ConnectEvent):
+            doc["rlguard"]["connect"]["count"] = self.folds.on_record(ev)
         self.sink.write(doc)
         findings = self.engine.observe(ev, p, doc, parent)
         if conflict is not None:
@@ -374,6 +385,8 @@ class Collector:
             self.sink.flush()  # alerts leave at once, not at the end of the batch
         for observer in self.observers:
             observer(ev, p, doc)
+        if isinstance(ev, ExitEvent):
+            p.render_cache = None  # rarely needed again: no kilobytes per exited process
         return doc
 
     def _conflict_findings(
@@ -405,6 +418,17 @@ class Collector:
             for f in findings:
                 self.sink.write(render_alert(f, now))
                 self.alerts_written += 1
+
+    def _flush_folds(self, final: bool = False) -> None:
+        """Summary lines for the connects idle kernel folds still hold."""
+        if not hasattr(self.sensor, "folds"):
+            return
+        for ev, n in self.folds.flush(self.sensor, boottime_ns(), final):
+            p = self.table.process_for(ev)
+            ev.tag_origin = p.tag_origin or ev.tag_origin
+            doc = self.renderer.render(ev, p)
+            doc["rlguard"]["connect"].update(count=n, summary=True)
+            self.sink.write(doc)
 
     def _send_subject(self, ev: SendEvent) -> Process:
         """The sender when it inherited the socket from the connector; else the connector.
@@ -486,6 +510,13 @@ class Collector:
                 "sent": counters.sent,
                 "drops": counters.drops,
                 "misses": counters.misses,
+                # records not sent on purpose (duplicates, teardown, folded connects)
+                "quiet": counters.quiet,
+            },
+            # connects the connect lines stand for (folded ones included)
+            "connects": {
+                "represented": self.folds.represented,
+                "summary_lines": self.folds.summaries,
             },
             "drops_total": sum(counters.drops.values()),
             # queued by the kernel but not yet processed here: how full the ring is

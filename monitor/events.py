@@ -148,6 +148,8 @@ class ConnectEvent(Event):
     dport: int = 0
     sock_type: int = 0
     protocol: int = 0
+    fold_id: int = 0  # 0: not folded (see probes/rlguard.h)
+    fold_count: int = 0
 
     @property
     def transport(self) -> str | None:
@@ -431,6 +433,8 @@ class RecordDecoder:
             dport=f["dport"],
             sock_type=f["sock_type"],
             protocol=f["protocol"],
+            fold_id=f["fold_id"],
+            fold_count=f["fold_count"],
         )
 
     def _tcp_state(self, f: dict[str, Any], raw: bytes, lay: Layout) -> TcpStateEvent:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,12 @@ CGROUP_PROGRAMS = (
     ("rlg_egress", "CGROUP_SKB", bpf_link.BPF_CGROUP_INET_EGRESS),
 )
 
-MISS_NAMES = ("proc_state_full", "tagset_full", "exec_without_stack")
+MISS_NAMES = ("proc_state_full", "tagset_full", "exec_without_stack", "connect_fold_full")
+# enum rlg_quiet: records the kernel chose not to send, by reason
+QUIET_NAMES = ("tcp_state_duplicate", "tcp_state_minor", "connect_folded")
+# extra compiler flags for the probes, for benchmarks only: -DRLG_NO_TCP_FILTER
+# and -DRLG_NO_CONNECT_FOLD build the "before" variants that bench/run.py compares
+EXTRA_CFLAGS_ENV = "RLGUARD_BPF_CFLAGS"
 
 TAG_VALUE_LEN = 64
 
@@ -79,6 +84,17 @@ class Counters:
     sent: dict[str, int]
     drops: dict[str, int]
     misses: dict[str, int]
+    quiet: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One entry of the kernel's connect_folds map."""
+
+    key: Any
+    id: int
+    count: int
+    last_seen_ns: int
 
 
 def find_tracefs() -> str | None:
@@ -108,6 +124,42 @@ def has_group_dead(tracefs: str) -> bool:
         return "group_dead" in fmt.read_text()
     except OSError:
         return False
+
+
+# the compiler bcc links: needed only while the programs are built
+COMPILER_LIBS = ("libLLVM", "libclang")
+MADV_DONTNEED = 4
+
+
+def release_compiler_memory() -> int:
+    """Give back what compiling the probes left mapped; returns bytes unmapped.
+
+    bcc compiles in-process: LLVM and clang leave ~70 MiB of their code
+    paged in and ~25 MiB of freed heap that glibc keeps.  Neither runs again
+    once the programs are loaded, so drop the code pages from this process
+    (read-only executable file mappings only: dropping them is what reclaim
+    does anyway, and a later call would fault them back in from the page
+    cache) and return the free heap to the kernel.  Best effort: a failure
+    only leaves memory mapped.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.malloc_trim(0)
+        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        dropped = 0
+        with open("/proc/self/maps") as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) < 6 or parts[1] != "r-xp":
+                    continue
+                if not any(lib in parts[5] for lib in COMPILER_LIBS):
+                    continue
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                if libc.madvise(lo, hi - lo, MADV_DONTNEED) == 0:
+                    dropped += hi - lo
+        return dropped
+    except (OSError, AttributeError, ValueError):
+        return 0
 
 
 class Sensor:
@@ -154,6 +206,7 @@ class Sensor:
         for define, tps in GPU_OPTIONAL.items():
             if all(Path(tracefs, "events/syscalls", tp).is_dir() for tp in tps):
                 flags.append(f"-D{define}")
+        flags += os.environ.get(EXTRA_CFLAGS_ENV, "").split()
         return flags
 
     def load(self) -> None:
@@ -191,6 +244,7 @@ class Sensor:
             self.close()
             raise SensorError(f"attaching cgroup programs at {cgroup2} failed: {exc}") from exc
         self.bpf[b"events"].open_ring_buffer(self._on_record)
+        release_compiler_memory()
         self.load_seconds = time.monotonic() - started
 
     def close(self) -> None:
@@ -342,4 +396,28 @@ class Sensor:
             sent=read("sent", types, 1),
             drops=read("drops", types, 1),
             misses=read("misses", MISS_NAMES, 0),
+            quiet=read("quiet", QUIET_NAMES, 0),
         )
+
+    # -- connect folds -----------------------------------------------------------
+
+    def folds(self) -> list[Fold]:
+        """Every live connect fold (a snapshot; the kernel keeps counting)."""
+        return [
+            Fold(k, int(v.id), int(v.count), int(v.last_seen_ns))
+            for k, v in self.bpf[b"connect_folds"].items()
+        ]
+
+    def retire_fold(self, key: Any) -> int | None:
+        """Remove an idle fold; returns its final count (None if already gone).
+
+        lookup-and-delete is one map operation, so a count read here is final
+        unless a connect with this very key races the removal itself.
+        """
+        from bcc.libbcc import lib
+
+        table = self.bpf[b"connect_folds"]
+        leaf = table.Leaf()
+        if lib.bpf_lookup_and_delete(table.map_fd, ctypes.byref(key), ctypes.byref(leaf)) < 0:
+            return None
+        return int(leaf.count)

@@ -9,6 +9,7 @@ were already running have lineage too.  It never reads /proc per event.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import time
 from collections import OrderedDict
@@ -76,6 +77,19 @@ class SeedRecord:
     tag_origin: int
 
 
+COMPACT_MIN = 4096  # tables smaller than this are never worth compacting
+
+
+def trim_heap() -> None:
+    """Return free heap to the kernel (glibc keeps it otherwise); best effort."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class ProcessTable:
     """Live processes by pid, with exited ones kept for a short grace period."""
 
@@ -99,6 +113,7 @@ class ProcessTable:
         self.tagsets: OrderedDict[int, Tagset] = OrderedDict()
         self.max_tagsets = 65536
         self._expiry: list[tuple[int, int, str]] = []  # (deadline_ns, pid, entity_id)
+        self._high_water = 0  # most entries since the last compaction
         self._rl_cache: dict[tuple[int, int, bool, bool], dict[str, Any]] = {}
         self._next_seed_id = SEED_TAGSET_BASE + 1
         self.evicted = 0
@@ -318,6 +333,17 @@ class ProcessTable:
                 self.generation += 1
         if len(self._rl_cache) > 4096:
             self._rl_cache.clear()
+        size = len(self.procs)
+        self._high_water = max(self._high_water, size)
+        if n and self._high_water > COMPACT_MIN and size * 4 < self._high_water:
+            # a dict never shrinks when entries are deleted: after a churn of
+            # short-lived processes, copy the table into right-sized storage
+            # and hand the freed heap back (RSS returns to its start value)
+            self.procs = dict(self.procs)
+            self._expiry = list(self._expiry)  # a copy keeps the heap order
+            self._high_water = size
+            gc.collect()  # rendered docs of the expired form cycles: free them now
+            trim_heap()
         return n
 
     # -- attribution ---------------------------------------------------------------

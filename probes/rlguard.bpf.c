@@ -22,8 +22,11 @@
 #define RLG_SOCK_STREAM 1
 #define RLG_IPPROTO_TCP 6
 #define RLG_IPPROTO_UDP 17
+#define RLG_TCP_ESTABLISHED 1
 #define RLG_TCP_SYN_SENT 2
 #define RLG_TCP_CLOSE 7
+#define RLG_TCP_LISTEN 10
+#define RLG_EINPROGRESS 115
 #define RLG_CLONE_THREAD 0x00010000ULL
 #define RLG_ETH_P_IP 0x0800
 #define RLG_ETH_P_IPV6 0x86DD
@@ -36,13 +39,15 @@ enum rlg_miss {
     RLG_MISS_PROC_STATE_FULL = 0,   /* fork could not record the child */
     RLG_MISS_TAGSET_FULL = 1,
     RLG_MISS_EXEC_NO_STACK = 2,     /* exec whose new user stack could not be found */
-    RLG_MISS_MAX = 3,
+    RLG_MISS_FOLD_FULL = 3,         /* connect_folds full: the connect was sent unfolded */
+    RLG_MISS_MAX = 4,
 };
 
 BPF_RINGBUF_OUTPUT(events, RLG_RING_PAGES);
 BPF_PERCPU_ARRAY(sent, u64, RLG_EV_TYPE_MAX);
 BPF_PERCPU_ARRAY(drops, u64, RLG_EV_TYPE_MAX);
 BPF_PERCPU_ARRAY(misses, u64, RLG_MISS_MAX);
+BPF_PERCPU_ARRAY(quiet, u64, RLG_QUIET_MAX);
 
 /* Layout carriers: never written, they only give bcc the C types so that
  * user space decodes records with the layouts defined in rlguard.h. */
@@ -87,7 +92,31 @@ struct rlg_exit_info {
 };
 BPF_TABLE("lru_hash", u32, struct rlg_exit_info, exit_info, 16384);
 
-BPF_TABLE("lru_hash", u32, struct rlg_connect_event, pending_connect, 4096);
+/* a connect() in progress, per thread: the record being built, the socket
+ * it made (seen at SYN_SENT) and the SYN_SENT -> ESTABLISHED / CLOSE record
+ * seen inside the syscall, held until the result is known (a blocking
+ * connect's result already says it).  One entry per thread, written in
+ * place and kept (inactive) after the call: no map update per connect. */
+struct rlg_pending_connect {
+    struct rlg_connect_event ev;
+    u64 sk;
+    u32 has_held;
+    u32 active;     /* between sys_enter and sys_exit; the entry stays for the next call */
+    struct rlg_tcp_state_event held;
+};
+BPF_TABLE("lru_hash", u32, struct rlg_pending_connect, pending_connect, 4096);
+BPF_PERCPU_ARRAY(connect_scratch, struct rlg_pending_connect, 1);
+
+/* Connect folding (like Tetragon's aggregated events): the first connect of a
+ * key is always sent in full; identical ones within RLG_CONNECT_FOLD_NS of the
+ * last record sent for that key are only counted here, and the next record of
+ * the key carries the running count.  User space reports the tail of an idle
+ * fold (fold_count not yet seen) and retires idle keys.  A full map means no
+ * folding (every connect sent), never a lost count. */
+BPF_HASH(connect_folds, struct rlg_connect_key, struct rlg_connect_fold, RLG_CONNECT_FOLDS);
+BPF_PERCPU_ARRAY(fold_seq, u64, 1);
+/* tgid -> boot ns of its last exec (part of the fold key) */
+BPF_TABLE("lru_hash", u32, u64, exec_gen, 65536);
 
 /* socket cookie of a new outbound TCP connection whose first payload is still to come */
 struct rlg_fresh {
@@ -115,6 +144,12 @@ static __always_inline void bump_drop(u32 type) {
 
 static __always_inline void bump_miss(u32 idx) {
     u64 *v = misses.lookup(&idx);
+    if (v)
+        (*v)++;
+}
+
+static __always_inline void bump_quiet(u32 idx) {
+    u64 *v = quiet.lookup(&idx);
     if (v)
         (*v)++;
 }
@@ -334,6 +369,9 @@ static __always_inline void make_tagset(struct rlg_pending_exec *p, u32 tgid, u6
 TRACEPOINT_PROBE(sched, sched_process_exec) {
     u32 zero = 0;
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    /* a new program image: its connects never fold into the old image's */
+    u64 gen = bpf_ktime_get_boot_ns();
+    exec_gen.update(&tgid, &gen);
     struct rlg_pending_exec *p = exec_scratch.lookup(&zero);
     if (!p)
         return 0;
@@ -506,6 +544,7 @@ TRACEPOINT_PROBE(sched, sched_process_exit) {
         exit_info.delete(&tgid);
     }
     sent_signal.delete(&tgid);
+    exec_gen.delete(&tgid);
     emit(&e, sizeof(e), RLG_EV_EXIT);
     proc_state.delete(&tgid);
     return 0;
@@ -544,32 +583,125 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
     bpf_probe_read_user(&family, sizeof(family), sa);
     if (family != RLG_AF_INET && family != RLG_AF_INET6)
         return 0;
-    struct rlg_connect_event e = {};
-    fill_header(&e.hdr, RLG_EV_CONNECT);
-    e.hdr.flags = RLG_CONNECT_SYSCALL;
-    e.fd = (int)args->fd;
-    e.ret = 1;
-    e.family = family;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct rlg_pending_connect *pc = pending_connect.lookup(&tid);
+    if (!pc) {
+        u32 zero = 0;
+        struct rlg_pending_connect *z = connect_scratch.lookup(&zero);
+        if (!z)
+            return 0;
+        z->active = 0;
+        pending_connect.update(&tid, z);
+        pc = pending_connect.lookup(&tid);
+        if (!pc)
+            return 0;
+    }
+    struct rlg_connect_event *e = &pc->ev;
+    fill_header(&e->hdr, RLG_EV_CONNECT);
+    e->hdr.flags = RLG_CONNECT_SYSCALL;
+    e->fd = (int)args->fd;
+    e->ret = 1;
+    e->cookie = 0;
+    e->family = family;
+    e->sock_type = 0;
+    e->protocol = 0;
+    e->fold_id = 0;
+    e->fold_count = 0;
+    __builtin_memset(e->daddr, 0, 16);
     u16 port = 0;
     bpf_probe_read_user(&port, sizeof(port), sa + 2);   /* sin_port / sin6_port */
-    e.dport = bpf_ntohs(port);
+    e->dport = bpf_ntohs(port);
     if (family == RLG_AF_INET)
-        bpf_probe_read_user(e.daddr, 4, sa + 4);
+        bpf_probe_read_user(e->daddr, 4, sa + 4);
     else
-        bpf_probe_read_user(e.daddr, 16, sa + 8);
-    u32 tid = e.hdr.tid;
-    pending_connect.update(&tid, &e);
+        bpf_probe_read_user(e->daddr, 16, sa + 8);
+    pc->sk = 0;
+    pc->has_held = 0;
+    pc->active = 1;
     return 0;
+}
+
+/* 1: send e (fold_id/fold_count filled when it belongs to a fold); 0: folded */
+static __always_inline int fold_connect(struct rlg_connect_event *e) {
+#ifdef RLG_NO_CONNECT_FOLD
+    return 1;
+#else
+    struct rlg_connect_key k = {};
+    k.tgid = e->hdr.pid;
+    k.ret = e->ret;
+    k.fd = e->fd;
+    k.uid = e->hdr.uid;
+    u64 *gen = exec_gen.lookup(&k.tgid);
+    k.exec_gen = gen ? *gen : 0;
+    k.tagset_id = e->hdr.tagset_id;
+    k.cgroup_id = e->hdr.cgroup_id;
+    k.family = e->family;
+    k.dport = e->dport;
+    k.sock_type = e->sock_type;
+    __builtin_memcpy(k.daddr, e->daddr, 16);
+    __builtin_memcpy(k.comm, e->hdr.comm, RLG_TASK_COMM_LEN);
+    u64 now = bpf_ktime_get_boot_ns();
+    struct rlg_connect_fold *f = connect_folds.lookup(&k);
+    if (!f) {
+        u32 zero = 0;
+        u64 *seq = fold_seq.lookup(&zero);
+        if (!seq)
+            return 1;
+        *seq += 1;
+        struct rlg_connect_fold nf = {};
+        /* unique without atomics: the cpu in the top bits, a per-cpu sequence below */
+        nf.id = ((u64)(bpf_get_smp_processor_id() + 1) << 48) | *seq;
+        nf.count = 1;
+        nf.last_emit_ns = now;
+        nf.last_seen_ns = now;
+        if (connect_folds.insert(&k, &nf) == 0) {
+            e->fold_id = nf.id;
+            e->fold_count = 1;
+            return 1;
+        }
+        f = connect_folds.lookup(&k);   /* another cpu inserted it first */
+        if (!f) {
+            bump_miss(RLG_MISS_FOLD_FULL);
+            return 1;
+        }
+    }
+    /* last_seen first: user space flushes a fold only once it looks idle */
+    f->last_seen_ns = now;
+    __sync_fetch_and_add(&f->count, 1);
+    if (now - f->last_emit_ns < RLG_CONNECT_FOLD_NS) {
+        bump_quiet(RLG_QUIET_CONNECT_FOLDED);
+        return 0;
+    }
+    f->last_emit_ns = now;
+    e->fold_id = f->id;
+    e->fold_count = f->count;   /* read after our increment: includes this connect */
+    return 1;
+#endif
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct rlg_connect_event *e = pending_connect.lookup(&tid);
-    if (!e)
+    struct rlg_pending_connect *pc = pending_connect.lookup(&tid);
+    if (!pc || !pc->active)
         return 0;
-    e->ret = (int)args->ret;
-    emit(e, sizeof(*e), RLG_EV_CONNECT);
-    pending_connect.delete(&tid);
+    pc->active = 0;
+    struct rlg_connect_event *e = &pc->ev;
+    int ret = (int)args->ret;
+    e->ret = ret;
+    if (fold_connect(e))
+        emit(e, sizeof(*e), RLG_EV_CONNECT);
+    if (ret < 0 && ret != -RLG_EINPROGRESS && e->cookie)
+        fresh_tcp.delete(&e->cookie);   /* failed: no first payload will come */
+    if (pc->has_held) {
+        int ns = pc->held.newstate;
+        /* blocking connect: 0 already says ESTABLISHED, an error says CLOSE;
+         * EINPROGRESS (non-blocking) says neither, so the state is sent */
+        if ((ret == 0 && ns == RLG_TCP_ESTABLISHED) ||
+            (ret < 0 && ret != -RLG_EINPROGRESS && ns == RLG_TCP_CLOSE))
+            bump_quiet(RLG_QUIET_TCP_DUP);
+        else
+            emit(&pc->held, sizeof(pc->held), RLG_EV_TCP_STATE);
+    }
     return 0;
 }
 
@@ -595,7 +727,8 @@ static __always_inline void on_sock_connect(struct bpf_sock_addr *ctx, u16 famil
         __builtin_memcpy(daddr + 8, &a2, 4);
         __builtin_memcpy(daddr + 12, &a3, 4);
     }
-    struct rlg_connect_event *p = pending_connect.lookup(&tid);
+    struct rlg_pending_connect *pc = pending_connect.lookup(&tid);
+    struct rlg_connect_event *p = pc && pc->active ? &pc->ev : NULL;
     if (p) {
         p->cookie = cookie;
         p->sock_type = type;
@@ -637,43 +770,105 @@ int rlg_connect6(struct bpf_sock_addr *ctx) {
 
 /* ----------------------------------------------------------- tcp state */
 
+/* Which transitions leave the kernel (docs/coverage.md): SYN_SENT (only
+ * when no connect() syscall reports it: io_uring, kernel paths), ESTABLISHED
+ * (active and accepted), LISTEN, and CLOSE of a socket that listened or
+ * that a local task connected.  Teardown steps (FIN_WAIT1/2, CLOSING,
+ * LAST_ACK, CLOSE_WAIT, TIME_WAIT), the passive SYN_RECV and the close of an
+ * accepted socket say nothing the detectors or the records need. */
+static __always_inline int tcp_state_wanted(int oldstate, int newstate, int owned) {
+#ifdef RLG_NO_TCP_FILTER
+    return 1;
+#else
+    if (newstate == RLG_TCP_ESTABLISHED || newstate == RLG_TCP_LISTEN)
+        return 1;
+    if (newstate == RLG_TCP_CLOSE)
+        return owned || oldstate == RLG_TCP_LISTEN;
+    return 0;
+#endif
+}
+
 TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     if (args->protocol != RLG_IPPROTO_TCP)
         return 0;
     struct rlg_tcp_state_event e = {};
     u64 sk = (u64)args->skaddr;
-    if (args->newstate == RLG_TCP_SYN_SENT) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    int oldstate = args->oldstate;
+    int newstate = args->newstate;
+    struct rlg_pending_connect *pc = NULL;
+    if (newstate == RLG_TCP_SYN_SENT) {
         /* connect() runs in the connecting task: remember it as the owner */
-        fill_header(&e.hdr, RLG_EV_TCP_STATE);
+        pc = pending_connect.lookup(&tid);
+        if (pc && !pc->active)
+            pc = NULL;
+        if (pc) {
+            e.hdr = pc->ev.hdr;     /* the same task, already described */
+            e.hdr.type = RLG_EV_TCP_STATE;
+            e.hdr.ts_ns = bpf_ktime_get_boot_ns();
+        } else {
+            fill_header(&e.hdr, RLG_EV_TCP_STATE);
+        }
         e.hdr.flags = RLG_TCP_OWNER_KNOWN;
         sock_owner.update(&sk, &e.hdr);
+#ifndef RLG_NO_TCP_FILTER
+        if (pc) {
+            /* the connect record says it; remember the socket */
+            pc->sk = sk;
+            bump_quiet(RLG_QUIET_TCP_DUP);
+            return 0;
+        }
+#endif
     } else {
         /* later transitions often run in softirq: the current task is
          * unrelated, so use the recorded owner or none */
         struct rlg_header *o = sock_owner.lookup(&sk);
+        int owned = o != NULL;
         if (o) {
             e.hdr = *o;
             e.hdr.flags = RLG_TCP_OWNER_KNOWN;
         }
+        if (newstate == RLG_TCP_CLOSE)
+            sock_owner.delete(&sk);
+        if (!tcp_state_wanted(oldstate, newstate, owned)) {
+            bump_quiet(RLG_QUIET_TCP_MINOR);
+            return 0;
+        }
         e.hdr.type = RLG_EV_TCP_STATE;
         e.hdr.ts_ns = bpf_ktime_get_boot_ns();
-        if (args->newstate == RLG_TCP_CLOSE)
-            sock_owner.delete(&sk);
+#ifndef RLG_NO_TCP_FILTER
+        if (oldstate == RLG_TCP_SYN_SENT) {
+            /* the outcome of a connect() still running in this thread? */
+            pc = pending_connect.lookup(&tid);
+            if (pc && (!pc->active || pc->sk != sk))
+                pc = NULL;
+        }
+#endif
     }
-    e.skaddr = sk;
-    e.oldstate = args->oldstate;
-    e.newstate = args->newstate;
-    e.family = args->family;
-    e.sport = args->sport;
-    e.dport = args->dport;
+    struct rlg_tcp_state_event *out = &e;
+    if (pc) {
+        out = &pc->held;    /* held until the connect's result is known */
+        out->hdr = e.hdr;
+        pc->has_held = 1;
+    }
+    out->skaddr = sk;
+    out->oldstate = oldstate;
+    out->newstate = newstate;
+    out->family = args->family;
+    out->sport = args->sport;
+    out->dport = args->dport;
+    out->pad = 0;
     if (args->family == RLG_AF_INET) {
-        __builtin_memcpy(e.saddr, args->saddr, 4);
-        __builtin_memcpy(e.daddr, args->daddr, 4);
+        __builtin_memset(out->saddr, 0, 16);
+        __builtin_memset(out->daddr, 0, 16);
+        __builtin_memcpy(out->saddr, args->saddr, 4);
+        __builtin_memcpy(out->daddr, args->daddr, 4);
     } else {
-        __builtin_memcpy(e.saddr, args->saddr_v6, 16);
-        __builtin_memcpy(e.daddr, args->daddr_v6, 16);
+        __builtin_memcpy(out->saddr, args->saddr_v6, 16);
+        __builtin_memcpy(out->daddr, args->daddr_v6, 16);
     }
-    emit(&e, sizeof(e), RLG_EV_TCP_STATE);
+    if (!pc)
+        emit(&e, sizeof(e), RLG_EV_TCP_STATE);
     return 0;
 }
 

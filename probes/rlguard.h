@@ -49,6 +49,12 @@
 #ifndef RLG_GPU_MAX_PATTERNS
 #define RLG_GPU_MAX_PATTERNS 16  /* configured device patterns */
 #endif
+#ifndef RLG_CONNECT_FOLD_NS
+#define RLG_CONNECT_FOLD_NS 1000000000ULL  /* window for folding identical connects */
+#endif
+#ifndef RLG_CONNECT_FOLDS
+#define RLG_CONNECT_FOLDS 8192   /* distinct folds tracked at once; full: no folding */
+#endif
 
 enum rlg_event_type {
     RLG_EV_EXEC = 1,
@@ -138,6 +144,11 @@ struct rlg_connect_event {
     unsigned int sock_type;     /* SOCK_STREAM / SOCK_DGRAM, 0 = unknown */
     unsigned int protocol;
     unsigned char daddr[16];
+    /* connect folding (see rlguard.bpf.c, fold_connect): identical connects
+     * of one process within RLG_CONNECT_FOLD_NS are counted in the kernel and
+     * reported by the next record of the same fold (or user space's flush) */
+    unsigned long long fold_id;     /* 0 = not folded: this record stands for itself */
+    unsigned long long fold_count;  /* connects of this fold so far, this one included */
 };
 
 struct rlg_tcp_state_event {
@@ -231,6 +242,39 @@ struct rlg_tagset_event {
     struct rlg_header hdr;
     unsigned long long id;
     struct rlg_tagset tags;
+};
+
+/* What identifies "the same connect" for folding: same process image
+ * (tgid, exec generation, comm, uid, tags, cgroup), same fd, same
+ * destination and type, same result. */
+struct rlg_connect_key {
+    unsigned int tgid;
+    int ret;
+    int fd;
+    unsigned int uid;
+    unsigned long long exec_gen;    /* boot ns of the tgid's last exec, 0 = none seen */
+    unsigned long long tagset_id;
+    unsigned long long cgroup_id;
+    unsigned short family;
+    unsigned short dport;
+    unsigned int sock_type;
+    unsigned char daddr[16];
+    char comm[RLG_TASK_COMM_LEN];
+};
+
+struct rlg_connect_fold {
+    unsigned long long id;
+    unsigned long long count;       /* connects folded under this key, ever */
+    unsigned long long last_emit_ns;
+    unsigned long long last_seen_ns;
+};
+
+/* Records the kernel chose not to send (counted, never silent). */
+enum rlg_quiet {
+    RLG_QUIET_TCP_DUP = 0,      /* tcp_state repeating what the connect record says */
+    RLG_QUIET_TCP_MINOR = 1,    /* teardown steps, passive handshake and close */
+    RLG_QUIET_CONNECT_FOLDED = 2, /* connect counted in a fold instead of a record */
+    RLG_QUIET_MAX = 3,
 };
 
 /* Kernel-side per-process state, keyed by tgid. */

@@ -122,7 +122,8 @@ def test_forced_overflow_reports_drops() -> None:
     mon.collector.start()  # not draining: the flood must overflow the 32 KiB ring
     try:
         flood = build_helper("connect_flood")
-        subprocess.run([str(flood), "9", "5000"], check=True, timeout=60)
+        # distinct fds: no two connects fold (see connect_flood.c), each needs a record
+        subprocess.run([str(flood), "9", "5000", "5000"], check=True, timeout=60)
         mon.collector.step()
         time.sleep(1.1)  # the drop check runs once a second
         mon.collector.step()

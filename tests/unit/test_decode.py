@@ -67,7 +67,9 @@ class Connect(ct.Structure):
         ("sock_type", ct.c_uint),
         ("protocol", ct.c_uint),
         ("daddr", ct.c_ubyte * 16),
-        ("__pad_end", ct.c_ubyte * 4),  # bcc adds trailing padding like this
+        ("__pad_fold", ct.c_ubyte * 4),  # bcc adds padding like this
+        ("fold_id", ct.c_ulonglong),
+        ("fold_count", ct.c_ulonglong),
     ]
 
 
