@@ -61,9 +61,9 @@ class ConnectFolds:
                 continue
             count = fold.count
             if idle >= RETIRE_IDLE_NS:
-                final = sensor.retire_fold(fold.key)
-                if final is not None:
-                    count = max(count, final)
+                last = sensor.retire_fold(fold.key)
+                if last is not None:
+                    count = max(count, last)
             prev = self.reported.get(fold.id, 0)
             if count > prev:
                 out.append((summary_event(fold.key, fold.last_seen_ns), count - prev))

@@ -789,17 +789,7 @@ class GpuMonitor:
         except OSError:
             flags = 0
         return GpuOpenEvent(
-            pid=pid,
-            tid=pid,
-            ppid=p.ppid if p else 0,
-            ts_ns=boottime_ns(),
-            cgroup_id=self.cgroups.id_of(cg),
-            tagset_id=p.tagset_id if p else 0,
-            tag_origin=p.tag_origin if p else 0,
-            uid=(p.uid or 0) if p else 0,
-            gid=(p.gid or 0) if p else 0,
-            flags=0,
-            comm=p.name if p else "",
+            **_synthetic_header(pid, p, self.cgroups.id_of(cg)),
             fd=fd,
             ret=0,
             open_flags=flags,
@@ -812,17 +802,7 @@ class GpuMonitor:
     def _synthetic_close(self, h: Holding) -> GpuCloseEvent:
         p = self.table.procs.get(h.pid)
         return GpuCloseEvent(
-            pid=h.pid,
-            tid=h.pid,
-            ppid=p.ppid if p else 0,
-            ts_ns=boottime_ns(),
-            cgroup_id=0,
-            tagset_id=p.tagset_id if p else 0,
-            tag_origin=p.tag_origin if p else 0,
-            uid=(p.uid or 0) if p else 0,
-            gid=(p.gid or 0) if p else 0,
-            flags=0,
-            comm=p.name if p else "",
+            **_synthetic_header(h.pid, p, 0),
             fd=h.fd,
             last_fd=h.fd,
             via="scan",
@@ -951,3 +931,20 @@ def _fdinfo_flags(pid: int, fd: int) -> int:
             if line.startswith("flags:"):
                 return int(line.split()[1], 8)
     return 0
+
+
+def _synthetic_header(pid: int, p: Process | None, cgroup_id: int) -> dict[str, Any]:
+    """Header fields for a record the scan made up (no kernel record behind it)."""
+    return {
+        "pid": pid,
+        "tid": pid,
+        "ppid": p.ppid if p else 0,
+        "ts_ns": boottime_ns(),
+        "cgroup_id": cgroup_id,
+        "tagset_id": p.tagset_id if p else 0,
+        "tag_origin": p.tag_origin if p else 0,
+        "uid": (p.uid or 0) if p else 0,
+        "gid": (p.gid or 0) if p else 0,
+        "flags": 0,
+        "comm": p.name if p else "",
+    }

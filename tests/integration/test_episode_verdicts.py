@@ -23,24 +23,13 @@ import pytest
 from monitor.client import send
 from monitor.config import config_from_dict
 from monitor.lab.incident import XMRIG_LOGIN
-from tests.support.live import LiveMonitor
+from tests.support.live import LiveMonitor, wait_line
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 RLGUARD = [sys.executable, "-m", "monitor.cli"]
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
-
-
-def wait_line(out: Path, pred: Callable[[dict[str, Any]], bool], timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if out.exists():
-            for line in out.read_text().splitlines():
-                if line.strip() and pred(doc := json.loads(line)):
-                    return doc
-        time.sleep(0.1)
-    raise AssertionError(f"expected line not written to {out}")
 
 
 def verdict_of(eid: str, verdict: str | None = None) -> Callable[[dict[str, Any]], bool]:

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.live import wait_line
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,17 +31,6 @@ def start(cfg: Path, out: Path) -> subprocess.Popen[str]:
         text=True,
         cwd=REPO,
     )
-
-
-def wait_line(out: Path, pred: Callable[[dict[str, Any]], bool], timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if out.exists():
-            for line in out.read_text().splitlines():
-                if line.strip() and pred(doc := json.loads(line)):
-                    return doc
-        time.sleep(0.1)
-    raise AssertionError(f"expected line not written to {out}")
 
 
 def action(name: str) -> Callable[[dict[str, Any]], bool]:

@@ -115,12 +115,17 @@ def cgroup_dir() -> Iterator[Path]:
     try:
         yield d
     finally:
-        for _ in range(50):
-            try:
-                d.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
+        rmdir_when_empty(d)
+
+
+def rmdir_when_empty(d: Path) -> None:
+    """Remove a cgroup once its last process has exited (retried for up to 5 s)."""
+    for _ in range(50):
+        try:
+            d.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)
 
 
 def test_process_entered_into_bound_cgroup_is_attributed_by_cgroup(mon, cgroup_dir) -> None:
@@ -319,10 +324,5 @@ def test_container_id_from_the_cgroup_path_binds_by_container(mon) -> None:
         assert doc["rl"]["episode_id"] == f"ep-ct-{m}" and doc["rl"]["source"] == "cgroup"
         send({"op": "episode_end", "episode_id": f"ep-ct-{m}"}, path)
     finally:
-        for d in (scope, parent):
-            for _ in range(50):
-                try:
-                    d.rmdir()
-                    break
-                except OSError:
-                    time.sleep(0.1)
+        rmdir_when_empty(scope)
+        rmdir_when_empty(parent)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -98,3 +100,15 @@ def exec_of(pid: int) -> Callable[[Doc], bool]:
 
 def exec_with_arg(marker: str) -> Callable[[Doc], bool]:
     return lambda d: d["event"]["action"] == "exec" and marker in d["process"].get("args", [])
+
+
+def wait_line(out: Path, pred: Callable[[Doc], bool], timeout: float = 30) -> Doc:
+    """The first line of the NDJSON file OUT that matches, waiting for it to be written."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if out.exists():
+            for line in out.read_text().splitlines():
+                if line.strip() and pred(doc := json.loads(line)):
+                    return doc
+        time.sleep(0.1)
+    raise AssertionError(f"expected line not written to {out}")
