@@ -109,6 +109,8 @@ class Attributor:
 
     def _stronger(self, p: Process, ev: Event) -> tuple[Episode, str, str] | None:
         reg = self.registry
+        if not self.births and (reg is None or not (reg.has_tasks() or reg.cgroup_bindings)):
+            return None  # nothing was ever bound: the common case without a trainer registry
         if reg is not None and reg.has_tasks():
             hit = reg.for_task(p.pid, ev.tid, ev.ts_ns)
             if hit is not None:
