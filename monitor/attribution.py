@@ -27,7 +27,7 @@ from typing import Any
 from monitor.cgroups import CgroupIdentity, CgroupResolver
 from monitor.config import AttributionConfig
 from monitor.events import Event, ExecEvent, ForkEvent
-from monitor.process_table import ROLES, Process, ProcessTable, Tagset
+from monitor.process_table import ROLES, Process, ProcessTable
 from monitor.registry.state import Episode, Registry
 
 MAX_OVERRIDES = 65536
@@ -157,7 +157,7 @@ class Attributor:
         own = self.table.tagset(ev.tagset_id)
         if own is None:
             return None
-        own_roles = self._roles(own)
+        own_roles = self.table.role_values(own)
         stronger = self._stronger(p, ev)
         if stronger is not None:
             ep, source, _via = stronger
@@ -170,7 +170,7 @@ class Attributor:
             inherited = self.table.tagset(prev_id)
             if inherited is None:
                 return None
-            kept_roles = self._roles(inherited)
+            kept_roles = self.table.role_values(inherited)
             source, kept = "inherited", (prev_id, prev_origin)
         clash = {
             r: (own_roles.get(r), kept_roles.get(r))
@@ -188,14 +188,6 @@ class Attributor:
                 self.overrides.popitem(last=False)
         self.conflicts += 1
         return c
-
-    def _roles(self, ts: Tagset) -> dict[str, str | None]:
-        out: dict[str, str | None] = {}
-        for role in ROLES:
-            out[role] = next(
-                (ts.values[k] for k in getattr(self.table.tags, role) if k in ts.values), None
-            )
-        return out
 
     # -- the rl block ---------------------------------------------------------------------
 

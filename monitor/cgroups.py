@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from monitor.probes import find_cgroup2
+
 FILEID_KERNFS = 0xFE  # include/linux/exportfs.h: a kernfs node id as the whole handle
 WALK_MIN_INTERVAL_S = 1.0
 MAX_CACHED = 65536
@@ -36,16 +38,15 @@ class CgroupIdentity:
         return {"id": self.id, "path": self.path}
 
 
-def cgroup2_mount(mountinfo: str = "/proc/self/mountinfo") -> str | None:
-    """Where the cgroup v2 hierarchy is mounted (first cgroup2 entry), or None."""
+def proc_cgroup_path(pid: int | str = "self") -> str | None:
+    """The cgroup v2 path of a process (the "0::" line of /proc/PID/cgroup), or None."""
     try:
-        with open(mountinfo) as fh:
+        with open(f"/proc/{pid}/cgroup") as fh:
             for line in fh:
-                pre, _, post = line.partition(" - ")
-                if post.split(" ", 1)[0] == "cgroup2":
-                    return pre.split(" ")[4].replace("\\040", " ")
+                if line.startswith("0::"):
+                    return line[3:].strip()
     except OSError:
-        return None
+        pass
     return None
 
 
@@ -97,7 +98,7 @@ class CgroupResolver:
         sandbox_patterns: tuple[str, ...] = (),
         mount: str | None = None,
     ) -> None:
-        self.mount = mount if mount is not None else cgroup2_mount()
+        self.mount = mount if mount is not None else find_cgroup2()
         self.container_res = [re.compile(p) for p in container_patterns]
         self.sandbox_res = [re.compile(p) for p in sandbox_patterns]
         self._cache: dict[int, CgroupIdentity] = {}
@@ -130,6 +131,10 @@ class CgroupResolver:
                 self._cache.clear()
             self._cache[cgroup_id] = ident
         return ident
+
+    def path(self, cgroup_id: int) -> str | None:
+        """The cgroup's path below the mount, or None (unknown, gone, or id 0)."""
+        return self.identity(cgroup_id).path if cgroup_id else None
 
     def forget_unknown(self) -> None:
         """Drop cached misses (called when the registry names a new cgroup)."""

@@ -38,7 +38,7 @@ from monitor.events import (
 )
 from monitor.folds import ConnectFolds
 from monitor.gpu import GpuMonitor, ScanResult
-from monitor.probes import MAX_TAGS, TAG_VALUE_LEN, Counters, Sensor, find_cgroup2
+from monitor.probes import MAX_TAGS, TAG_VALUE_LEN, Counters, Sensor
 from monitor.process_table import Process, ProcessTable, Tagset, boottime_ns
 from monitor.registry.server import RegistryServer
 from monitor.registry.state import Registry
@@ -96,7 +96,7 @@ class Collector:
             self._base,
             self.renderer.clock.iso,
             self.sensor,
-            find_cgroup2(),
+            self.cgroups,
         )
         # the ledger and the GPU table see every line written (registry, alerts, drops)
         taps = [self.gpu.on_document]

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from monitor.cgroups import CgroupResolver, proc_cgroup_path
 from monitor.config import GpuConfig
 from monitor.detectors import gpu as rules
 from monitor.detectors.engine import DetectionEngine, Finding
@@ -232,62 +233,6 @@ def scan_proc(rdevs: set[int], max_fds: int, skip: frozenset[int] = frozenset())
     return res
 
 
-def proc_cgroup_path(pid: int) -> str | None:
-    """The cgroup v2 path of pid (the "0::" line), for scan-found holders."""
-    try:
-        with open(f"/proc/{pid}/cgroup") as fh:
-            for line in fh:
-                if line.startswith("0::"):
-                    return line[3:].strip()
-    except OSError:
-        pass
-    return None
-
-
-class CgroupResolver:
-    """cgroup id (the cgroup v2 directory's inode) -> path, from the mount; cached."""
-
-    def __init__(self, mount: str | None, min_rescan_s: float = 2.0) -> None:
-        self.mount = mount
-        self.paths: dict[int, str] = {}
-        self.min_rescan_s = min_rescan_s
-        self._last = -1e9
-
-    def _rescan(self) -> None:
-        self._last = time.monotonic()
-        if not self.mount:
-            return
-        paths: dict[int, str] = {}
-        stack = [self.mount]
-        while stack and len(paths) < 100_000:
-            d = stack.pop()
-            try:
-                st = os.stat(d)
-                paths[st.st_ino] = "/" + os.path.relpath(d, self.mount).lstrip(".")
-                with os.scandir(d) as it:
-                    stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
-            except OSError:
-                continue
-        self.paths = paths
-
-    def path(self, cgroup_id: int) -> str | None:
-        if not cgroup_id:
-            return None
-        got = self.paths.get(cgroup_id)
-        if got is None and time.monotonic() - self._last >= self.min_rescan_s:
-            self._rescan()
-            got = self.paths.get(cgroup_id)
-        return got
-
-    def id_of(self, path: str | None) -> int:
-        if not path or not self.mount:
-            return 0
-        try:
-            return os.stat(os.path.join(self.mount, path.lstrip("/"))).st_ino
-        except OSError:
-            return 0
-
-
 # --- NVML --------------------------------------------------------------------------------
 
 
@@ -434,7 +379,7 @@ class GpuMonitor:
         base: DocBase,
         iso: Callable[[int], str],
         sensor: Any = None,
-        cgroup_mount: str | None = None,
+        cgroups: CgroupResolver | None = None,
     ) -> None:
         self.cfg = cfg
         self.enabled = bool(cfg.devices)
@@ -445,7 +390,7 @@ class GpuMonitor:
         self.sensor = sensor
         self.allow = rules.GpuAllowlist.from_config(cfg)
         self.holders = HolderTable()
-        self.cgroups = CgroupResolver(cgroup_mount)
+        self.cgroups = cgroups if cgroups is not None else CgroupResolver()
         self.nvml = Nvml(cfg.nvml)
         self.rdevs: dict[int, str] = {}
         self.self_pid = os.getpid()
@@ -789,7 +734,7 @@ class GpuMonitor:
         except OSError:
             flags = 0
         return GpuOpenEvent(
-            **_synthetic_header(pid, p, self.cgroups.id_of(cg)),
+            **_synthetic_header(pid, p, (self.cgroups.id_of(cg) or 0) if cg else 0),
             fd=fd,
             ret=0,
             open_flags=flags,

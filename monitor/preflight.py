@@ -183,13 +183,13 @@ def check_ringbuf() -> Check:
 
 def check_cgroup_paths() -> Check:
     """cgroup id -> path, for cgroup/container identity and registry cgroup bindings."""
-    from monitor.cgroups import CgroupResolver
+    from monitor.cgroups import CgroupResolver, proc_cgroup_path
 
     r = CgroupResolver()
     try:
         if r.mount is None:
             return Check("cgroup paths", False, "no cgroup2 mount", "mount cgroup2", False)
-        rel = _own_cgroup()
+        rel = proc_cgroup_path() or "/"
         if rel == "/":  # the root resolves without asking the kernel: try a child
             subdirs = [e.name for e in os.scandir(r.mount) if e.is_dir()]
             rel = "/" + subdirs[0] if subdirs else "/"
@@ -206,16 +206,6 @@ def check_cgroup_paths() -> Check:
         )
     finally:
         r.close()
-
-
-def _own_cgroup() -> str:
-    try:
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            if line.startswith("0::"):
-                return line[3:]
-    except OSError:
-        pass
-    return "/"
 
 
 def check_nvml() -> Check:

@@ -379,6 +379,13 @@ class ProcessTable:
                 return anc.tagset_id, anc.tag_origin
         return 0, 0
 
+    def role_values(self, ts: Tagset) -> dict[str, str | None]:
+        """Each role's value in a tagset: the first of the role's keys that is present."""
+        return {
+            role: next((ts.values[k] for k in getattr(self.tags, role) if k in ts.values), None)
+            for role in ROLES
+        }
+
     def rl_block(
         self, p: Process, tagset_id: int, tag_origin: int, lineage: list[Process] | None = None
     ) -> dict[str, Any]:
@@ -399,11 +406,8 @@ class ProcessTable:
             block["source"] = "none"
             self._rl_cache[key] = block
             return block
-        for role in ROLES:
-            for k in getattr(self.tags, role):
-                if k in ts.values:
-                    block[role + "_id"] = ts.values[k]
-                    break
+        for role, value in self.role_values(ts).items():
+            block[role + "_id"] = value
         block["tags"] = dict(ts.values)
         if ts.truncated:
             block["tags_truncated"] = sorted(ts.truncated)

@@ -156,11 +156,8 @@ class RegistryServer:
             nl = c.inbuf.find(b"\n")
             if nl < 0:
                 if len(c.inbuf) > self.max_line:
-                    if not c.discarding:
-                        self._answer(
-                            c, reply(False, error=f"line longer than {self.max_line} bytes")
-                        )
-                        self._error("oversized line", c)
+                    if not c.discarding:  # answered once; the rest is dropped up to its newline
+                        self._oversized(c)
                     c.discarding = True
                     c.inbuf.clear()
                 return
@@ -168,13 +165,14 @@ class RegistryServer:
             del c.inbuf[: nl + 1]
             if c.discarding:  # the tail of an oversized line
                 c.discarding = False
-                continue
-            if len(line) > self.max_line:
-                self._answer(c, reply(False, error=f"line longer than {self.max_line} bytes"))
-                self._error("oversized line", c)
-                continue
-            if line.strip():
+            elif len(line) > self.max_line:
+                self._oversized(c)
+            elif line.strip():
                 self._handle(c, line)
+
+    def _oversized(self, c: _Client) -> None:
+        self._answer(c, reply(False, error=f"line longer than {self.max_line} bytes"))
+        self._error("oversized line", c)
 
     def _handle(self, c: _Client, line: bytes) -> None:
         try:

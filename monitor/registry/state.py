@@ -204,6 +204,8 @@ class Registry:
         self, msg: Message, wall_ns: int, peer: dict[str, int], out: dict[str, Any]
     ) -> None:
         """Queue the stream record for this message (written by the collector)."""
+        if msg.op == "hello":
+            return
         ep = self.episodes.get(msg.episode_id or "")
         rl: dict[str, Any] = (
             ep.rl_fields()
@@ -248,8 +250,6 @@ class Registry:
             "rl": rl,
             "rlguard": {"registry": reg},
         }
-        if msg.op == "hello":
-            return
         if len(self.pending) >= MAX_PENDING_RECORDS:
             self.pending_dropped += 1
             return

@@ -5,9 +5,7 @@ lists exactly the episodes with critical alerts, across a restart."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +13,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,12 +20,17 @@ import pytest
 from monitor.client import send
 from monitor.config import config_from_dict
 from monitor.lab.incident import XMRIG_LOGIN
-from tests.support.live import LiveMonitor, wait_line
+from tests.support.live import (
+    REPO,
+    LiveMonitor,
+    episodes_json,
+    start_run,
+    stop_run,
+    wait_line,
+)
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
-RLGUARD = [sys.executable, "-m", "monitor.cli"]
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
 
 
@@ -104,13 +106,7 @@ with run(run_id="run-{m}", path={str(sock)!r}, strict=True):
     with episode({e3!r}, path={str(sock)!r}, bind="process", strict=True):
         subprocess.run([sys.executable, "-c", {benign!r}, "{pool}"], env=env, check=True)
 """
-    mon = subprocess.Popen(
-        [*RLGUARD, "run", "--config", str(cfg), "--output", str(out)],
-        env={"PATH": "/usr/bin:/bin"},
-        cwd=REPO,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    mon = start_run(cfg, out)
     try:
         wait_line(out, lambda d: d["event"].get("action") == "started", timeout=60)
         subprocess.run([sys.executable, "-c", trainer], env=CLEAN_ENV, check=True, timeout=60)
@@ -127,41 +123,18 @@ with run(run_id="run-{m}", path={str(sock)!r}, strict=True):
             assert v["verdict"] == "keep", (eid, v)
             assert v["counts"]["connects"] >= 1
     finally:
-        mon.send_signal(signal.SIGTERM)
-        mon.wait(timeout=30)
+        stop_run(mon)
     assert mon.returncode == 0, mon.stderr.read() if mon.stderr else ""
 
-    mon = subprocess.Popen(
-        [*RLGUARD, "run", "--config", str(cfg), "--output", str(tmp_path / "again.ndjson")],
-        env={"PATH": "/usr/bin:/bin"},
-        cwd=REPO,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    mon = start_run(cfg, tmp_path / "again.ndjson")
     try:
         wait_line(tmp_path / "again.ndjson", lambda d: d["event"].get("action") == "started")
-        res = subprocess.run(
-            [*RLGUARD, "episodes", "--config", str(cfg), "--flagged", "--json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=REPO,
-        )
-        assert res.returncode == 0, res.stderr
-        flagged = [json.loads(x)["episode_id"] for x in res.stdout.splitlines()]
+        flagged = [e["episode_id"] for e in episodes_json(cfg, "--flagged")]
         assert flagged == [e1]
-        res = subprocess.run(
-            [*RLGUARD, "episodes", "--config", str(cfg), "--run", f"run-{m}", "--json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=REPO,
-        )
-        listed = {json.loads(x)["episode_id"]: json.loads(x) for x in res.stdout.splitlines()}
+        listed = {e["episode_id"]: e for e in episodes_json(cfg, "--run", f"run-{m}")}
         assert {k: v["verdict"] for k, v in listed.items()} == {e1: "drop", e2: "keep", e3: "keep"}
     finally:
-        mon.send_signal(signal.SIGTERM)
-        mon.wait(timeout=30)
+        stop_run(mon)
 
 
 def test_drops_in_an_episode_window_make_it_review(tmp_path) -> None:

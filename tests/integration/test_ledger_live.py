@@ -3,60 +3,20 @@
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.support.live import wait_line
+from tests.support.live import REPO, RLGUARD, action, episodes_json, wait_line
+from tests.support.live import start_run as start
+from tests.support.live import stop_run as stop
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).resolve().parents[2]
-RLGUARD = [sys.executable, "-m", "monitor.cli"]
-
-
-def start(cfg: Path, out: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [*RLGUARD, "run", "--config", str(cfg), "--output", str(out)],
-        env={"PATH": "/usr/bin:/bin"},
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-
-
-def action(name: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda d: d.get("event", {}).get("action") == name
-
-
-def episodes_json(cfg: Path) -> list[dict[str, Any]]:
-    res = subprocess.run(
-        [*RLGUARD, "episodes", "--config", str(cfg), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
-    assert res.returncode == 0, res.stderr
-    return [json.loads(line) for line in res.stdout.splitlines()]
-
-
-def stop(mon: subprocess.Popen[str]) -> None:
-    if mon.poll() is None:
-        mon.send_signal(signal.SIGTERM)
-        try:
-            mon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            mon.kill()
-            mon.wait()
 
 
 def test_tagged_process_gets_a_kept_episode_that_survives_a_restart(tmp_path: Path) -> None:

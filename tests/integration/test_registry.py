@@ -17,9 +17,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from monitor.cgroups import cgroup2_mount
 from monitor.client import episode, send
 from monitor.config import config_from_dict
+from monitor.probes import find_cgroup2
 from tests.support.live import LiveMonitor
 
 pytestmark = pytest.mark.integration
@@ -107,7 +107,7 @@ ts = [threading.Thread(target=worker, args=(f"ep-{m}-{{i}}",)) for i in (1, 2)]
 
 @pytest.fixture
 def cgroup_dir() -> Iterator[Path]:
-    mount = cgroup2_mount()
+    mount = find_cgroup2()
     if mount is None:
         pytest.skip("no cgroup2 hierarchy mounted")
     d = Path(mount) / f"rlg-sbx-{uuid.uuid4().hex[:8]}"
@@ -306,7 +306,7 @@ def test_socket_is_for_the_group_only(mon) -> None:
 def test_container_id_from_the_cgroup_path_binds_by_container(mon) -> None:
     """A Docker-style scope (docker-<64 hex>.scope): container.id on events, bound by id."""
     live, path = mon
-    mount = cgroup2_mount()
+    mount = find_cgroup2()
     if mount is None:
         pytest.skip("no cgroup2 hierarchy mounted")
     cid = uuid.uuid4().hex + uuid.uuid4().hex

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -112,3 +115,42 @@ def wait_line(out: Path, pred: Callable[[Doc], bool], timeout: float = 30) -> Do
                     return doc
         time.sleep(0.1)
     raise AssertionError(f"expected line not written to {out}")
+
+
+REPO = Path(__file__).resolve().parents[2]
+RLGUARD = [sys.executable, "-m", "monitor.cli"]
+
+
+def start_run(cfg: Path, out: Path) -> subprocess.Popen[str]:
+    """A real `rlguard run --config CFG --output OUT`, this checkout's code."""
+    return subprocess.Popen(
+        [*RLGUARD, "run", "--config", str(cfg), "--output", str(out)],
+        env={"PATH": "/usr/bin:/bin"},
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+
+
+def stop_run(mon: subprocess.Popen[str]) -> None:
+    """SIGTERM (the clean stop), SIGKILL only if it hangs."""
+    if mon.poll() is None:
+        mon.send_signal(signal.SIGTERM)
+        try:
+            mon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            mon.kill()
+            mon.wait()
+
+
+def episodes_json(cfg: Path, *args: str) -> list[Doc]:
+    """`rlguard episodes --json` (with ARGS such as --flagged), parsed."""
+    res = subprocess.run(
+        [*RLGUARD, "episodes", "--config", str(cfg), "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert res.returncode == 0, res.stderr
+    return [json.loads(line) for line in res.stdout.splitlines()]
