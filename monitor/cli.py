@@ -67,12 +67,15 @@ def run(
     """Monitor this host and write one NDJSON line per event."""
     cfg = _load(config)
     _fail_preflight()
+    from monitor.probes import Sensor, SensorError, gpu_probe_patterns
+
+    sensor = Sensor(cfg.probes, list(cfg.tags.keys), gpu_probe_patterns(cfg.gpu))
+    sensor.start_compile()  # the longest part of start-up, overlapped with the rest
     from monitor.collector import Collector
-    from monitor.probes import SensorError
 
     path = output if output is not None else cfg.output.path
     sink = build_sink(cfg, path)
-    collector = Collector(cfg, sink)
+    collector = Collector(cfg, sink, sensor=sensor)
     collector.install_signal_handlers()
     try:
         collector.start()
@@ -194,9 +197,9 @@ def check(
     if load and all(c.ok for c in checks if c.required):
         import time
 
-        from monitor.probes import Sensor, SensorError
+        from monitor.probes import Sensor, SensorError, gpu_probe_patterns
 
-        sensor = Sensor(cfg.probes, list(cfg.tags.keys), cfg.gpu.devices)
+        sensor = Sensor(cfg.probes, list(cfg.tags.keys), gpu_probe_patterns(cfg.gpu))
         t0 = time.monotonic()
         try:
             sensor.load()

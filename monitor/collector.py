@@ -38,7 +38,7 @@ from monitor.events import (
 )
 from monitor.folds import ConnectFolds
 from monitor.gpu import GpuMonitor, ScanResult
-from monitor.probes import MAX_TAGS, TAG_VALUE_LEN, Counters, Sensor
+from monitor.probes import MAX_TAGS, TAG_VALUE_LEN, Counters, Sensor, gpu_probe_patterns
 from monitor.process_table import Process, ProcessTable, Tagset, boottime_ns
 from monitor.registry.server import RegistryServer
 from monitor.registry.state import Registry
@@ -69,7 +69,9 @@ class Collector:
         self.ledger: EpisodeLedger | None = (
             ledger_for(config) if (heartbeat if ledger is None else ledger) else None
         )
-        self.sensor = sensor or Sensor(config.probes, list(config.tags.keys), config.gpu.devices)
+        self.sensor = sensor or Sensor(
+            config.probes, list(config.tags.keys), gpu_probe_patterns(config.gpu)
+        )
         pt = config.process_table
         self.table = ProcessTable(
             config.tags,
@@ -149,6 +151,7 @@ class Collector:
                     "armed_s": round(self.armed_seconds, 3),
                     "load_s": round(self.sensor.load_seconds, 3),
                     "seeded_processes": len(seeds),
+                    "gpu_probes": bool(self.sensor.gpu_devices),
                     "tag_keys": list(self.config.tags.keys),
                     "denied_tag_keys": [k for k, _ in self.config.tags.denied],
                 },

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
+import socket
 import struct
 from functools import lru_cache
 from typing import Final
@@ -64,16 +64,27 @@ _PROTO_PAD: Final = struct.Struct("!BB")
 _PORTS: Final = struct.Struct("!HH")
 
 
+_V4_MAPPED: Final = bytes(10) + b"\xff\xff"
+
+
 def _packed(addr: str) -> bytes:
-    ip = ipaddress.ip_address(addr)
+    # inet_pton, not ipaddress: this runs for every network line (~10x cheaper)
+    try:
+        if ":" not in addr:
+            return socket.inet_pton(socket.AF_INET, addr)
+        raw = socket.inet_pton(socket.AF_INET6, addr)
+    except (OSError, TypeError) as exc:
+        raise ValueError(f"not an IP address: {addr!r}") from exc
     # An AF_INET6 socket talking to an IPv4 peer reports ::ffff:a.b.c.d, but
     # the packets on the wire are IPv4: hash what a network sensor would see.
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.packed
+    if raw[:12] == _V4_MAPPED:
+        return raw[12:]
+    return raw
 
 
-@lru_cache(maxsize=65536)
+# one flow's lines come close together; most 5-tuples are new (ephemeral ports), so a
+# large cache would only hold memory (~400 bytes an entry)
+@lru_cache(maxsize=4096)
 def _community_id(saddr: str, daddr: str, sport: int, dport: int, proto: int, seed: int) -> str:
     src = _packed(saddr)
     dst = _packed(daddr)

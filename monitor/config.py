@@ -436,6 +436,7 @@ class GpuConfig:
     allow_workers: tuple[str, ...]
     nvml: str
     max_scan_fds: int
+    probes: str
 
 
 # --- finishers (cross-field rules) --------------------------------------------------------
@@ -1189,6 +1190,17 @@ SCHEMA: tuple[SectionSpec, ...] = (
                 200_000,
                 "Upper bound on fds one reconcile scan looks at (it stops there and says so).",
                 (between(1000, 10_000_000),),
+            ),
+            FieldSpec(
+                "probes",
+                Kind.STR,
+                "auto",
+                'The kernel programs on open()/close() that see GPU opens as they happen: "auto" '
+                "loads them when a device the patterns name exists at start-up (a host without "
+                "a GPU pays nothing on every open and close, and ~0.8 s less compile), "
+                '"on" always, "off" never. Without them the reconcile scan still finds holders '
+                "(every reconcile_interval_s).",
+                (one_of("auto", "on", "off"),),
             ),
         ),
         finish=_finish_gpu,

@@ -292,14 +292,16 @@ class Renderer:
                 "source": "none",
                 "lineage": [],
             }
-        return {
-            "tcp": {
-                "old_state": TCP_STATES.get(ev.oldstate, str(ev.oldstate)),
-                "new_state": TCP_STATES.get(ev.newstate, str(ev.newstate)),
-                "sock_id": self.sock_id(ev.skaddr),
-                "owner_known": ev.owner_known,
-            }
+        tcp = {
+            "old_state": TCP_STATES.get(ev.oldstate, str(ev.oldstate)),
+            "new_state": TCP_STATES.get(ev.newstate, str(ev.newstate)),
+            "sock_id": self.sock_id(ev.skaddr),
+            "owner_known": ev.owner_known,
         }
+        if ev.accept_count:
+            # accepts from this peer on this port so far; those between lines were folded
+            tcp["accept_count"] = ev.accept_count
+        return {"tcp": tcp}
 
     @staticmethod
     def payload(data: bytes, total: int) -> dict[str, Any]:

@@ -171,6 +171,7 @@ class TcpStateEvent(Event):
     daddr: str | None = None
     sport: int = 0
     dport: int = 0
+    accept_count: int = 0  # accepted ESTABLISHED: running count of its accept fold
 
     @property
     def owner_known(self) -> bool:
@@ -448,6 +449,7 @@ class RecordDecoder:
             daddr=format_ip(f["family"], f["daddr"]),
             sport=f["sport"],
             dport=f["dport"],
+            accept_count=f["accept_count"],
         )
 
     def _packet(self, f: dict[str, Any], raw: bytes, lay: Layout) -> dict[str, Any]:

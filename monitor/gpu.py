@@ -22,7 +22,6 @@ themselves are pure functions in :mod:`monitor.detectors.gpu`.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 import stat
 import time
@@ -44,6 +43,7 @@ from monitor.events import (
     GpuCloseEvent,
     GpuOpenEvent,
 )
+from monitor.probes import device_numbers
 from monitor.process_table import Process, ProcessTable, boottime_ns
 
 MAX_HOLDERS_REPORTED = 256  # holder entries per gpu_holders record
@@ -157,21 +157,6 @@ class HolderTable:
 
 
 # --- device numbers and the /proc scan ---------------------------------------------------
-
-
-def device_numbers(patterns: tuple[str, ...]) -> dict[int, str]:
-    """st_rdev -> path of every character device node the configured patterns name."""
-    out: dict[int, str] = {}
-    for pat in patterns:
-        paths = sorted(glob.glob(pat)) if pat.endswith("*") else [pat]
-        for path in paths:
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            if stat.S_ISCHR(st.st_mode):
-                out.setdefault(st.st_rdev, path)
-    return out
 
 
 def fmt_rdev(rdev: int | None) -> str | None:
@@ -423,9 +408,9 @@ class GpuMonitor:
         self.nvml.close()
 
     def reconfigure(self, cfg: GpuConfig) -> bool:
-        """Apply a reloaded [gpu] section; True when the devices changed (needs a restart)."""
-        devices_changed = cfg.devices != self.cfg.devices
-        self.cfg = dataclasses.replace(cfg, devices=self.cfg.devices)
+        """Apply a reloaded [gpu] section; True when the devices or probes changed (restart)."""
+        devices_changed = (cfg.devices, cfg.probes) != (self.cfg.devices, self.cfg.probes)
+        self.cfg = dataclasses.replace(cfg, devices=self.cfg.devices, probes=self.cfg.probes)
         self.allow = rules.GpuAllowlist.from_config(self.cfg)
         return devices_changed
 

@@ -8,14 +8,17 @@ programs, drains the ring buffer in batches and reads the kernel counters.
 from __future__ import annotations
 
 import ctypes
+import glob
 import os
+import stat
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from monitor import bpf_link
-from monitor.config import MAX_TAGS, ProbesConfig, fnv1a_64
+from monitor.config import MAX_TAGS, GpuConfig, ProbesConfig, fnv1a_64
 from monitor.events import EVENT_TYPES
 
 PROBES_DIR = Path(
@@ -67,12 +70,45 @@ CGROUP_PROGRAMS = (
 
 MISS_NAMES = ("proc_state_full", "tagset_full", "exec_without_stack", "connect_fold_full")
 # enum rlg_quiet: records the kernel chose not to send, by reason
-QUIET_NAMES = ("tcp_state_duplicate", "tcp_state_minor", "connect_folded")
+QUIET_NAMES = (
+    "tcp_state_duplicate",
+    "tcp_state_minor",
+    "connect_folded",
+    "tcp_state_folded",
+    "accept_folded",
+)
 # extra compiler flags for the probes, for benchmarks only: -DRLG_NO_TCP_FILTER
 # and -DRLG_NO_CONNECT_FOLD build the "before" variants that bench/run.py compares
 EXTRA_CFLAGS_ENV = "RLGUARD_BPF_CFLAGS"
 
 TAG_VALUE_LEN = 64
+
+
+def device_numbers(patterns: tuple[str, ...]) -> dict[int, str]:
+    """st_rdev -> path of every character device node the configured patterns name."""
+    out: dict[int, str] = {}
+    for pat in patterns:
+        paths = sorted(glob.glob(pat)) if pat.endswith("*") else [pat]
+        for path in paths:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if stat.S_ISCHR(st.st_mode):
+                out.setdefault(st.st_rdev, path)
+    return out
+
+
+def gpu_probe_patterns(cfg: GpuConfig) -> tuple[str, ...]:
+    """The patterns the kernel's open()/close() programs match; () leaves them out.
+
+    "auto" loads them only when a watched device exists: on a host without a
+    GPU they would only add cost to every open() and close() (and to the
+    compile), and the reconcile scan still finds holders of a node made later.
+    """
+    if cfg.probes == "off" or (cfg.probes == "auto" and not device_numbers(cfg.devices)):
+        return ()
+    return cfg.devices
 
 
 class SensorError(RuntimeError):
@@ -180,6 +216,11 @@ class Sensor:
         self._cgroup_fd: int | None = None
         self._batch: list[bytes] = []
         self.load_seconds = 0.0
+        self._compile_thread: threading.Thread | None = None
+        self._compile_started = 0.0
+        self._cgroup2 = ""
+        self._compiled: Any = None
+        self._compile_error: BaseException | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -209,8 +250,28 @@ class Sensor:
         flags += os.environ.get(EXTRA_CFLAGS_ENV, "").split()
         return flags
 
-    def load(self) -> None:
-        """Compile, load and attach everything; tracepoints are live on return."""
+    def start_compile(self) -> None:
+        """Start compiling in a thread; load() takes the result.
+
+        clang/LLVM run in C with the GIL released, so on a second core the
+        compile overlaps whatever the caller imports and builds meanwhile.
+        """
+        if self._compile_thread is not None or self.bpf is not None:
+            return
+        self._compile_started = time.monotonic()
+        self._compile_thread = threading.Thread(
+            target=self._compile_in_thread, name="rlguard-compile", daemon=True
+        )
+        self._compile_thread.start()
+
+    def _compile_in_thread(self) -> None:
+        try:
+            self._compiled = self._compile()
+        except BaseException as exc:  # handed to load(), raised there
+            self._compile_error = exc
+
+    def _compile(self) -> Any:
+        """Compile and load the programs; tracepoint programs are attached on return."""
         try:
             from bcc import BPF
         except ImportError as exc:
@@ -223,13 +284,30 @@ class Sensor:
         cgroup2 = find_cgroup2()
         if cgroup2 is None:
             raise SensorError("no cgroup v2 mount found (needed for connect and egress hooks)")
-        started = time.monotonic()
+        self._cgroup2 = cgroup2
         src = PROBES_DIR / PROGRAM
         try:
             # TRACEPOINT_PROBE functions are attached by bcc during construction
-            self.bpf = BPF(src_file=str(src).encode(), cflags=self.cflags(tracefs))
+            return BPF(src_file=str(src).encode(), cflags=self.cflags(tracefs))
         except Exception as exc:  # bcc raises bare Exception
             raise SensorError(f"compiling/loading {src} failed: {exc}") from exc
+
+    def load(self) -> None:
+        """Compile (or finish start_compile), load and attach everything."""
+        if self._compile_thread is None:
+            started = time.monotonic()
+            self.bpf = self._compile()
+        else:
+            started = self._compile_started
+            self._compile_thread.join()
+            self._compile_thread = None
+            if self._compile_error is not None:
+                err, self._compile_error = self._compile_error, None
+                raise err
+            self.bpf, self._compiled = self._compiled, None
+        from bcc import BPF  # importable: it compiled
+
+        cgroup2 = self._cgroup2
         self._set_tag_keys()
         self._set_gpu_patterns()
         try:

@@ -24,6 +24,7 @@
 #define RLG_IPPROTO_UDP 17
 #define RLG_TCP_ESTABLISHED 1
 #define RLG_TCP_SYN_SENT 2
+#define RLG_TCP_SYN_RECV 3
 #define RLG_TCP_CLOSE 7
 #define RLG_TCP_LISTEN 10
 #define RLG_EINPROGRESS 115
@@ -126,6 +127,11 @@ struct rlg_fresh {
 BPF_TABLE("lru_hash", u64, struct rlg_fresh, fresh_tcp, 65536);
 /* kernel socket address -> the header of the task that started the connection */
 BPF_TABLE("lru_hash", u64, struct rlg_header, sock_owner, 65536);
+/* Accept folding: the first accepted ESTABLISHED from a peer address on a local
+ * address and port is sent; more within RLG_CONNECT_FOLD_NS of the last one
+ * sent are only counted, and the next record carries the running count.  An
+ * evicted key only restarts its count. */
+BPF_TABLE("lru_hash", struct rlg_accept_key, struct rlg_accept_fold, accept_folds, 16384);
 
 BPF_PERCPU_ARRAY(send_scratch, struct rlg_send_event, 1);
 BPF_PERCPU_ARRAY(dns_scratch, struct rlg_dns_event, 1);
@@ -688,8 +694,17 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
     struct rlg_connect_event *e = &pc->ev;
     int ret = (int)args->ret;
     e->ret = ret;
-    if (fold_connect(e))
+    int folded = !fold_connect(e);
+    if (!folded)
         emit(e, sizeof(*e), RLG_EV_CONNECT);
+#ifndef RLG_NO_TCP_FOLD
+    if (folded && pc->sk) {
+        /* no line names this socket: its later states would be orphans */
+        struct rlg_header *o = sock_owner.lookup(&pc->sk);
+        if (o)
+            o->flags |= RLG_TCP_OWNER_FOLDED;
+    }
+#endif
     if (ret < 0 && ret != -RLG_EINPROGRESS && e->cookie)
         fresh_tcp.delete(&e->cookie);   /* failed: no first payload will come */
     if (pc->has_held) {
@@ -699,6 +714,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
         if ((ret == 0 && ns == RLG_TCP_ESTABLISHED) ||
             (ret < 0 && ret != -RLG_EINPROGRESS && ns == RLG_TCP_CLOSE))
             bump_quiet(RLG_QUIET_TCP_DUP);
+#ifndef RLG_NO_TCP_FOLD
+        else if (folded)
+            bump_quiet(RLG_QUIET_TCP_FOLDED);
+#endif
         else
             emit(&pc->held, sizeof(pc->held), RLG_EV_TCP_STATE);
     }
@@ -788,6 +807,35 @@ static __always_inline int tcp_state_wanted(int oldstate, int newstate, int owne
 #endif
 }
 
+#ifndef RLG_NO_TCP_FOLD
+/* 1: send the accepted ESTABLISHED e (accept_count filled); 0: folded */
+static __always_inline int accept_fold(struct rlg_tcp_state_event *e) {
+    struct rlg_accept_key k = {};
+    k.family = e->family;
+    k.lport = e->sport;         /* the accepted socket's local side */
+    __builtin_memcpy(k.laddr, e->saddr, 16);
+    __builtin_memcpy(k.raddr, e->daddr, 16);
+    u64 now = bpf_ktime_get_boot_ns();
+    struct rlg_accept_fold *f = accept_folds.lookup(&k);
+    if (!f) {
+        struct rlg_accept_fold nf = {};
+        nf.count = 1;
+        nf.last_emit_ns = now;
+        accept_folds.update(&k, &nf);
+        e->accept_count = 1;
+        return 1;
+    }
+    __sync_fetch_and_add(&f->count, 1);
+    if (now - f->last_emit_ns < RLG_CONNECT_FOLD_NS) {
+        bump_quiet(RLG_QUIET_ACCEPT_FOLDED);
+        return 0;
+    }
+    f->last_emit_ns = now;
+    e->accept_count = f->count;
+    return 1;
+}
+#endif
+
 TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     if (args->protocol != RLG_IPPROTO_TCP)
         return 0;
@@ -797,6 +845,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     int oldstate = args->oldstate;
     int newstate = args->newstate;
     struct rlg_pending_connect *pc = NULL;
+    int accepted = 0;
     if (newstate == RLG_TCP_SYN_SENT) {
         /* connect() runs in the connecting task: remember it as the owner */
         pc = pending_connect.lookup(&tid);
@@ -824,8 +873,10 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
          * unrelated, so use the recorded owner or none */
         struct rlg_header *o = sock_owner.lookup(&sk);
         int owned = o != NULL;
+        u32 owner_flags = 0;
         if (o) {
             e.hdr = *o;
+            owner_flags = e.hdr.flags;
             e.hdr.flags = RLG_TCP_OWNER_KNOWN;
         }
         if (newstate == RLG_TCP_CLOSE)
@@ -834,6 +885,13 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
             bump_quiet(RLG_QUIET_TCP_MINOR);
             return 0;
         }
+#ifndef RLG_NO_TCP_FOLD
+        if (owner_flags & RLG_TCP_OWNER_FOLDED) {
+            bump_quiet(RLG_QUIET_TCP_FOLDED);
+            return 0;
+        }
+        accepted = !owned && oldstate == RLG_TCP_SYN_RECV && newstate == RLG_TCP_ESTABLISHED;
+#endif
         e.hdr.type = RLG_EV_TCP_STATE;
         e.hdr.ts_ns = bpf_ktime_get_boot_ns();
 #ifndef RLG_NO_TCP_FILTER
@@ -858,6 +916,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     out->sport = args->sport;
     out->dport = args->dport;
     out->pad = 0;
+    out->accept_count = 0;
     if (args->family == RLG_AF_INET) {
         __builtin_memset(out->saddr, 0, 16);
         __builtin_memset(out->daddr, 0, 16);
@@ -867,6 +926,10 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         __builtin_memcpy(out->saddr, args->saddr_v6, 16);
         __builtin_memcpy(out->daddr, args->daddr_v6, 16);
     }
+#ifndef RLG_NO_TCP_FOLD
+    if (accepted && !accept_fold(&e))
+        return 0;
+#endif
     if (!pc)
         emit(&e, sizeof(e), RLG_EV_TCP_STATE);
     return 0;
@@ -914,16 +977,18 @@ int rlg_egress(struct __sk_buff *skb) {
     }
 
     if (proto == RLG_IPPROTO_TCP) {
-        u64 cookie = bpf_get_socket_cookie(skb);
-        struct rlg_fresh *f = fresh_tcp.lookup(&cookie);
-        if (!f)
-            return 1;
+        /* payload first: SYN, RST and bare ACKs (most packets of a connect
+         * storm) leave before the hash lookup */
         u8 doff = 0;
         if (bpf_skb_load_bytes(skb, l4 + 12, &doff, 1) < 0)
             return 1;
         u32 off = l4 + (doff >> 4) * 4;
         if (skb->len <= off)
             return 1;       /* SYN or bare ACK: no payload yet */
+        u64 cookie = bpf_get_socket_cookie(skb);
+        struct rlg_fresh *f = fresh_tcp.lookup(&cookie);
+        if (!f)
+            return 1;
         u32 plen = skb->len - off;
         u32 zero = 0;
         struct rlg_send_event *e = send_scratch.lookup(&zero);

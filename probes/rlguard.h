@@ -88,6 +88,8 @@ enum rlg_event_type {
 
 /* tcp_state flags */
 #define RLG_TCP_OWNER_KNOWN 1
+/* in sock_owner only: the socket's connect was folded, so are its later states */
+#define RLG_TCP_OWNER_FOLDED 2
 
 /* gpu_open flags: which syscall */
 #define RLG_GPU_VIA_OPENAT 1
@@ -162,6 +164,10 @@ struct rlg_tcp_state_event {
     unsigned short pad;
     unsigned char saddr[16];
     unsigned char daddr[16];
+    /* accepted ESTABLISHED: connections accepted from this peer address on
+     * this local address and port since the kernel started counting, this one
+     * included (the ones in between were folded); 0 on other transitions */
+    unsigned long long accept_count;
 };
 
 struct rlg_send_event {
@@ -262,6 +268,20 @@ struct rlg_connect_key {
     char comm[RLG_TASK_COMM_LEN];
 };
 
+/* accepted connections per (local address and port, peer address) */
+struct rlg_accept_key {
+    unsigned char laddr[16];
+    unsigned char raddr[16];
+    unsigned short family;
+    unsigned short lport;
+    unsigned int pad;
+};
+
+struct rlg_accept_fold {
+    unsigned long long count;       /* accepted under this key, ever */
+    unsigned long long last_emit_ns;
+};
+
 struct rlg_connect_fold {
     unsigned long long id;
     unsigned long long count;       /* connects folded under this key, ever */
@@ -274,7 +294,9 @@ enum rlg_quiet {
     RLG_QUIET_TCP_DUP = 0,      /* tcp_state repeating what the connect record says */
     RLG_QUIET_TCP_MINOR = 1,    /* teardown steps, passive handshake and close */
     RLG_QUIET_CONNECT_FOLDED = 2, /* connect counted in a fold instead of a record */
-    RLG_QUIET_MAX = 3,
+    RLG_QUIET_TCP_FOLDED = 3,   /* state of a socket whose connect was folded */
+    RLG_QUIET_ACCEPT_FOLDED = 4, /* accepted ESTABLISHED counted in an accept fold */
+    RLG_QUIET_MAX = 5,
 };
 
 /* Kernel-side per-process state, keyed by tgid. */

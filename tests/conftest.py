@@ -9,6 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No per-example deadline: these machines are shared, and a slow example is
+# noise, not a failure (speed is measured in bench/, never asserted in tests).
+settings.register_profile("rlguard", deadline=None)
+settings.load_profile("rlguard")
 
 REPO = Path(__file__).resolve().parent.parent
 HELPERS = REPO / "tests" / "helpers"

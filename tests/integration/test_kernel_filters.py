@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -69,6 +70,20 @@ def _connects(live: Any, port: int, pid: int, start: int = 0) -> list[Doc]:
         and d["destination"]["port"] == port
         and d["process"]["pid"] == pid
     ]
+
+
+def _wait_owned_close(live: Any, port: int, start: int) -> Doc:
+    """The final CLOSE of a client socket to port (its owner recorded at SYN_SENT)."""
+    doc: Doc = live.wait_for(
+        lambda d: (
+            d["event"]["action"] == "tcp_state"
+            and d["destination"]["port"] == port
+            and d["rlguard"]["tcp"]["new_state"] == "CLOSE"
+            and d["rlguard"]["tcp"]["owner_known"]
+        ),
+        start=start,
+    )
+    return doc
 
 
 def _settle(live: Any) -> None:
@@ -225,21 +240,16 @@ def test_listener_connection_keeps_accept_and_final_close(live, listener) -> Non
     nb_port = nb.getsockname()[1]
     nb.close()
     a2.close()
-    final = live.wait_for(
-        lambda d: (
-            d["event"]["action"] == "tcp_state"
-            and d["destination"]["port"] == port
-            and d["rlguard"]["tcp"]["new_state"] == "CLOSE"
-            and d["rlguard"]["tcp"]["owner_known"]
-        ),
-        start=start,
-    )
+    final = _wait_owned_close(live, port, start)
     assert final["process"]["pid"] == os.getpid()
     time.sleep(0.5)
     seen = _tcp(live, port, start)
     states = {(o, n) for o, n, _ in seen}
-    # accepted (server side) for both connections
-    assert sum(1 for o, n, _ in seen if (o, n) == ("SYN_RECV", "ESTABLISHED")) == 2
+    # accepted (server side): the first from this peer is sent, the second (within
+    # the fold window, same peer address and port) only counted
+    accepted = [d for o, n, d in seen if (o, n) == ("SYN_RECV", "ESTABLISHED")]
+    assert len(accepted) == 1
+    assert accepted[0]["rlguard"]["tcp"]["accept_count"] >= 1
     # the non-blocking client's ESTABLISHED (EINPROGRESS did not say it) ...
     est = [d for o, n, d in seen if (o, n) == ("SYN_SENT", "ESTABLISHED")]
     assert len(est) == 1
@@ -249,6 +259,89 @@ def test_listener_connection_keeps_accept_and_final_close(live, listener) -> Non
     for step in ("FIN_WAIT1", "FIN_WAIT2", "CLOSING", "LAST_ACK", "CLOSE_WAIT", "TIME_WAIT"):
         assert all(n != step for _, n, _ in seen), states
     assert all(n != "SYN_RECV" for _, n, _ in seen), states
+
+
+def test_accepts_from_one_peer_fold_into_a_running_count(live, listener) -> None:
+    port = listener.getsockname()[1]
+    start = live.sink.mark()
+    before = live.collector._metrics()["rlguard"]["kernel"]["quiet"]["accept_folded"]
+
+    def one() -> None:
+        c = socket.create_connection(("127.0.0.1", port))
+        a, _ = listener.accept()
+        c.close()
+        a.close()
+
+    for _ in range(5):
+        one()
+    time.sleep(1.2)  # past the fold window: the next accept is sent with the count
+    one()
+
+    def accepted() -> list[Doc]:
+        return [
+            d
+            for o, n, d in _tcp(live, port, start)
+            if (o, n) == ("SYN_RECV", "ESTABLISHED") and d["source"]["port"] == port
+        ]
+
+    live.wait_for(lambda d: len(accepted()) >= 2, start=start)
+    first, second = accepted()
+    assert not first["rlguard"]["tcp"]["owner_known"]  # softirq: no process named
+    # the four folded in between are in the second line's running count
+    counts = (first["rlguard"]["tcp"]["accept_count"], second["rlguard"]["tcp"]["accept_count"])
+    assert counts[1] - counts[0] == 5
+    after = live.collector._metrics()["rlguard"]["kernel"]["quiet"]["accept_folded"]
+    assert after - before >= 4
+
+
+def test_a_folded_connect_folds_its_later_states(live, listener) -> None:
+    """Identical connects to a listener: one line, one final CLOSE, the rest counted."""
+    port = listener.getsockname()[1]
+    n = 20
+    script = textwrap.dedent(
+        """
+        import socket, sys
+        for _ in range(int(sys.argv[2])):
+            s = socket.socket()  # the same fd each time: the connects fold
+            s.connect(("127.0.0.1", int(sys.argv[1])))
+            s.close()
+        """
+    )
+
+    def accept_all() -> None:
+        for _ in range(n):
+            a, _ = listener.accept()
+            a.close()
+
+    t = threading.Thread(target=accept_all)
+    t.start()
+    start = live.sink.mark()
+    before = live.collector._metrics()["rlguard"]["kernel"]["quiet"]["tcp_state_folded"]
+    proc = subprocess.run([sys.executable, "-c", script, str(port), str(n)], timeout=20)
+    t.join(timeout=20)
+    assert proc.returncode == 0 and not t.is_alive()
+    _wait_owned_close(live, port, start)
+    _settle(live)
+    time.sleep(0.5)
+    conns = [
+        d
+        for d in live.sink.docs[start:]
+        if d["event"]["action"] == "connect" and d["destination"]["port"] == port
+    ]
+    pid = conns[0]["process"]["pid"]
+    assert sum(d["rlguard"]["connect"]["count"] for d in _connects(live, port, pid, start)) == n
+    closes = [
+        d
+        for o, s_, d in _tcp(live, port, start)
+        if s_ == "CLOSE" and d["rlguard"]["tcp"]["owner_known"] and d["process"]["pid"] == pid
+    ]
+    full = [
+        d for d in _connects(live, port, pid, start) if not d["rlguard"]["connect"].get("summary")
+    ]
+    # a final CLOSE only for the sockets whose connect has its own line
+    assert 1 <= len(closes) <= len(full) < n
+    after = live.collector._metrics()["rlguard"]["kernel"]["quiet"]["tcp_state_folded"]
+    assert after - before >= n - len(full)
 
 
 def test_every_first_payload_arrives_in_a_storm(live) -> None:

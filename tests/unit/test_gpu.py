@@ -26,6 +26,7 @@ from monitor.events import (
     TagsetEvent,
 )
 from monitor.gpu import GpuMonitor, HolderTable, Holding, Nvml, ScanResult
+from monitor.probes import gpu_probe_patterns
 from monitor.process_table import ProcessTable
 from monitor.sinks.tap import TapSink
 from tests.support.events import hdr
@@ -460,3 +461,25 @@ def test_allowlist_process_paths_silences_gpu_alerts_too() -> None:
     w.engine.iocs = dataclasses.replace(w.engine.iocs, allow_process_paths=("/opt/eval/*",))
     w.exec(200, "/opt/eval/run", episode="ep-1")
     assert w.open(200, 4) == [] and w.gpu.holders.of(200)
+
+
+@pytest.mark.parametrize(
+    ("probes", "devices", "loaded"),
+    [
+        ("auto", ["/dev/null"], True),  # a character device that exists
+        ("auto", ["/nonexistent/nvidia*", "/nonexistent/kfd"], False),
+        ("on", ["/nonexistent/nvidia*"], True),
+        ("off", ["/dev/null"], False),
+    ],
+)
+def test_gpu_kernel_programs_load_where_a_device_exists(
+    probes: str, devices: list[str], loaded: bool
+) -> None:
+    listed = ", ".join(f'"{d}"' for d in devices)
+    cfg = parse_config(f'[gpu]\nprobes = "{probes}"\ndevices = [{listed}]\n').gpu
+    assert gpu_probe_patterns(cfg) == (tuple(devices) if loaded else ())
+
+
+def test_gpu_probes_setting_is_checked() -> None:
+    with pytest.raises(ConfigError, match="probes"):
+        parse_config('[gpu]\nprobes = "sometimes"\n')
