@@ -76,7 +76,9 @@ class Attributor:
         # forged tagset id -> the conflict it came from (descendants inherit the forged tags)
         self.overrides: OrderedDict[int, Conflict] = OrderedDict()
         self.conflicts = 0
-        self._ray_cache: dict[int, tuple[int, str | None]] = {}
+        # Ray titles by pid, valid for one table generation only (see _ray_title)
+        self._ray_cache: dict[int, str | None] = {}
+        self._ray_generation = -1
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -235,15 +237,18 @@ class Attributor:
                 block["heuristic"] = "iflow_env"
 
     def _ray_title(self, p: Process, lineage: list[Process]) -> str | None:
-        # names change only with fork/exec/exit: cache per process and table generation
+        # names change only with fork/exec/exit, which bump the table's generation: the
+        # cache holds the current generation's titles only.  Entries of older generations
+        # could never hit again, and kept by pid they pinned ~100 bytes per pid ever seen
+        # (a process churn left megabytes of scattered small objects behind)
         gen = self.table.generation
-        hit = self._ray_cache.get(p.pid)
-        if hit is not None and hit[0] == gen:
-            return hit[1]
+        if gen != self._ray_generation:
+            self._ray_cache.clear()
+            self._ray_generation = gen
+        elif p.pid in self._ray_cache:
+            return self._ray_cache[p.pid]
         title = next(
             (n for n in (p.name, *(a.name for a in lineage)) if n.startswith(RAY_PREFIX)), None
         )
-        if len(self._ray_cache) > 65536:
-            self._ray_cache.clear()
-        self._ray_cache[p.pid] = (gen, title)
+        self._ray_cache[p.pid] = title
         return title
