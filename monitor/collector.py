@@ -76,6 +76,7 @@ class Collector:
             max_lineage=pt.max_lineage,
             exit_grace_s=pt.exit_grace_s,
             max_entries=pt.max_entries,
+            max_exited=pt.max_exited,
         )
         self.table.tagset_fallback = self._kernel_tagset
         self.renderer = Renderer(self.table)
@@ -531,7 +532,13 @@ class Collector:
                 "pending": getattr(self.sink, "pending", None),
                 "error": getattr(self.sink, "last_error", None),
             },
-            "process_table": {"size": len(self.table), "tagsets": len(self.table.tagsets)},
+            "process_table": {
+                "size": len(self.table),
+                "tagsets": len(self.table.tagsets),
+                "exited": self.table.exited,
+                "evicted": self.table.evicted,
+                "exited_evicted": self.table.exited_evicted,
+            },
             "alerts": dict(self.engine.alerts_by_rule),
             "registry": self._registry_stats(),
             "gpu": self.gpu.stats(),
