@@ -38,7 +38,7 @@ from monitor.events import (
 )
 from monitor.folds import ConnectFolds
 from monitor.gpu import GpuMonitor, ScanResult
-from monitor.probes import MAX_TAGS, TAG_VALUE_LEN, Counters, Sensor
+from monitor.probes import DRAIN_MAX, MAX_TAGS, TAG_VALUE_LEN, Counters, Sensor
 from monitor.process_table import Process, ProcessTable, Tagset, boottime_ns
 from monitor.registry.server import RegistryServer
 from monitor.registry.state import Registry
@@ -48,6 +48,7 @@ from monitor.sinks.tap import TapSink
 
 DROP_CHECK_INTERVAL_S = 1.0
 FLUSH_EVERY = 4096  # records per sink flush within one drain
+CLOSE_DRAIN_S = 10.0  # the most close() spends draining the ring
 Observer = Callable[[Event, Process, dict[str, Any]], None]
 
 _NOBODY = Process(pid=0, entity_id="", ppid=0, parent_entity_id=None, start_ns=0, name="")
@@ -245,7 +246,11 @@ class Collector:
 
     def close(self) -> None:
         sd_notify("STOPPING=1")
-        self.step()
+        # what the ring still holds, batch by batch; a storm that goes on while we
+        # stop may hold the stop up for CLOSE_DRAIN_S at most
+        deadline = time.monotonic() + CLOSE_DRAIN_S
+        while self.step() >= DRAIN_MAX and time.monotonic() < deadline:
+            pass
         self._flush_folds(final=True)
         self.gpu.close()
         self.sink.write(self._metrics())

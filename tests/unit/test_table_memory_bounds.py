@@ -177,3 +177,56 @@ def test_the_ray_title_cache_holds_one_generation_only() -> None:
     t.generation += 1
     assert rl(4000).get("heuristic") is None
 
+
+def test_a_drain_stops_after_a_bounded_batch() -> None:
+    import ctypes
+
+    from monitor.probes import DRAIN_MAX, Sensor
+
+    s = Sensor(CFG.probes, list(CFG.tags.keys), ())
+    rec = ctypes.create_string_buffer(b"r" * 100)
+    codes = [s._on_record(None, rec, 100) for _ in range(DRAIN_MAX)]
+    # libbpf stops consuming at a negative return: the rest waits in the ring
+    assert codes[:-1] == [0] * (DRAIN_MAX - 1) and codes[-1] < 0
+    assert len(s._batch) == DRAIN_MAX
+
+
+class _BatchedSensor:
+    """Hands out records in full batches, the way a bounded drain() does."""
+
+    load_seconds = 0.0
+
+    def __init__(self, batches: list[int]) -> None:
+        self.batches = batches
+        self.calls = 0
+
+    def drain(self) -> list[bytes]:
+        self.calls += 1
+        return [b"x"] * (self.batches.pop(0) if self.batches else 0)
+
+    def counters(self) -> object:
+        from monitor.probes import Counters
+
+        return Counters(sent={}, drops={}, misses={})
+
+    def close(self) -> None:
+        pass
+
+
+class _NullSink:
+    def write(self, doc: dict) -> None:
+        pass
+
+    def flush(self) -> bool:
+        return True
+
+
+def test_close_drains_what_the_ring_still_holds_batch_by_batch() -> None:
+    from monitor.collector import Collector
+    from monitor.probes import DRAIN_MAX
+
+    sensor = _BatchedSensor([DRAIN_MAX, DRAIN_MAX, 7, DRAIN_MAX])
+    c = Collector(CFG, _NullSink(), sensor=sensor, heartbeat=False)  # type: ignore[arg-type]
+    c.close()
+    assert sensor.calls == 3  # stops at the first batch that was not full
+    assert c.undecodable == 2 * DRAIN_MAX + 7  # no decoder without start(): counted
