@@ -31,6 +31,7 @@ from monitor.process_table import ROLES, Process, ProcessTable
 from monitor.registry.state import Episode, Registry
 
 MAX_OVERRIDES = 65536
+BIRTHS_PRUNE_MIN = 4096  # births held before the first pruning pass
 RAY_PREFIX = "ray::"
 
 
@@ -94,9 +95,16 @@ class Attributor:
         return None
 
     def _set_birth(self, p: Process, b: Birth) -> None:
-        if len(self.births) > 2 * self.table.max_entries:
-            live = self.table.procs
-            keep = {pid for pid in self.births if pid in live}
+        # drop the births of processes that left the table once they are as many as the
+        # table (amortised O(1)): bounded by max_entries alone, an exit flood inside a bound
+        # episode kept up to 400k of them
+        live = self.table.procs
+        if len(self.births) >= max(BIRTHS_PRUNE_MIN, 2 * len(live)):
+            keep = {
+                pid
+                for pid, entity in self._birth_entity.items()
+                if (q := live.get(pid)) is not None and q.entity_id == entity
+            }
             self.births = {k: v for k, v in self.births.items() if k in keep}
             self._birth_entity = {k: v for k, v in self._birth_entity.items() if k in keep}
         self.births[p.pid] = b

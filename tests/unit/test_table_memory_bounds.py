@@ -230,3 +230,30 @@ def test_close_drains_what_the_ring_still_holds_batch_by_batch() -> None:
     c.close()
     assert sensor.calls == 3  # stops at the first batch that was not full
     assert c.undecodable == 2 * DRAIN_MAX + 7  # no decoder without start(): counted
+
+
+def test_births_of_exited_processes_do_not_pile_up_in_a_bound_episode() -> None:
+    from monitor.attribution import BIRTHS_PRUNE_MIN
+    from monitor.registry.protocol import parse_message
+    from monitor.registry.state import Registry
+
+    t = ProcessTable(CFG.tags, boot_id="b", max_exited=1000)
+    reg = Registry()
+    att = Attributor(t, CFG.attribution, reg, None)
+    t.on_exec(ExecEvent(**hdr(100, ts=1), filename="/bin/x", argv=["x"]))
+    start = b'{"op":"episode_start","episode_id":"e1","pids":[100]}'
+    reg.apply(parse_message(start), 2, 0)
+    for pid in range(1000, 30_000):  # a churn of the bound trainer's children
+        ev = ForkEvent(**hdr(100, ts=S + pid), child_pid=pid)
+        child = t.on_fork(ev)
+        att.on_fork(ev, child, t.procs[100])
+        exit_(t, pid, ts=S + pid + 1)
+    assert len(att.births) <= max(BIRTHS_PRUNE_MIN, 2 * len(t)) + 1
+    fork(t, 40_000, ts=2 * S, parent=100)
+    ev = ForkEvent(**hdr(100, ts=2 * S), child_pid=40_001)
+    child = t.on_fork(ev)
+    att.on_fork(ev, child, t.procs[100])
+    born = att.birth_of(child)
+    assert born is not None and born.episode.episode_id == "e1"
+    exited = t.procs[29_999]  # still in its grace: its birth is kept
+    assert att.birth_of(exited) is not None
