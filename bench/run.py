@@ -145,6 +145,33 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+class PeakRss:
+    """Samples a process's VmRSS in a thread: the peak of a storm, start-up excluded.
+
+    (VmHWM would include the probe compile at start-up, which peaks far above a
+    storm.)  Sampling every 50 ms can miss a spike shorter than that.
+    """
+
+    def __init__(self, pid: int, every_s: float = 0.05) -> None:
+        self.pid, self.every_s = pid, every_s
+        self.peak = rss_mib(pid)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self.peak = max(self.peak, rss_mib(self.pid))
+            except OSError:
+                return  # the process is gone
+
+    def stop(self) -> float:
+        self._stop.set()
+        self.thread.join()
+        return self.peak
+
+
 def wait_idle(pid: int, cap_s: float) -> float:
     """Seconds until the process stops using CPU (its backlog is drained), capped."""
     t0 = time.monotonic()
@@ -271,6 +298,7 @@ def monitored(
         startup = armed(mon, w, t0, kind)
         time.sleep(0.5)
         rss0, c0 = rss_mib(mon.pid), cpu_s(mon.pid)
+        peak = PeakRss(mon.pid)
         elapsed = storm(cmd)
         c1 = cpu_s(mon.pid)
         drain = wait_idle(mon.pid, 300 if kind != "bpftrace" else 30)
@@ -289,6 +317,7 @@ def monitored(
             time.sleep(7)
             res["rss_settled_mib"] = rss_mib(mon.pid)
             res["rss_settled_pct"] = 100 * (res["rss_settled_mib"] - rss0) / rss0
+        res["rss_peak_mib"] = peak.stop()
     finally:
         stop(mon, signal.SIGINT if kind == "bpftrace" else signal.SIGTERM)
         w.thread.join(timeout=10)
@@ -355,6 +384,7 @@ def table(res: dict[str, Any], kinds: list[str]) -> str:
         "start s",
         "cpu%",
         "rss MiB before->after(->settled)",
+        "rss peak",
         "expected",
         "received",
         "lines",
@@ -384,6 +414,7 @@ def table(res: dict[str, Any], kinds: list[str]) -> str:
                     med(r, "startup_s", ".2f"),
                     med(r, "cpu_storm_pct", ".0f"),
                     rss,
+                    med(r, "rss_peak_mib", ".0f"),
                     med(r, "expected", ",.0f"),
                     med(r, "received", ",.0f"),
                     med(r, "lines", ",.0f"),

@@ -31,6 +31,7 @@ from monitor.process_table import ROLES, Process, ProcessTable
 from monitor.registry.state import Episode, Registry
 
 MAX_OVERRIDES = 65536
+BIRTHS_PRUNE_MIN = 4096  # births held before the first pruning pass
 RAY_PREFIX = "ray::"
 
 
@@ -76,7 +77,9 @@ class Attributor:
         # forged tagset id -> the conflict it came from (descendants inherit the forged tags)
         self.overrides: OrderedDict[int, Conflict] = OrderedDict()
         self.conflicts = 0
-        self._ray_cache: dict[int, tuple[int, str | None]] = {}
+        # Ray titles by pid, valid for one table generation only (see _ray_title)
+        self._ray_cache: dict[int, str | None] = {}
+        self._ray_generation = -1
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -92,9 +95,16 @@ class Attributor:
         return None
 
     def _set_birth(self, p: Process, b: Birth) -> None:
-        if len(self.births) > 2 * self.table.max_entries:
-            live = self.table.procs
-            keep = {pid for pid in self.births if pid in live}
+        # drop the births of processes that left the table once they are as many as the
+        # table (amortised O(1)): bounded by max_entries alone, an exit flood inside a bound
+        # episode kept up to 400k of them
+        live = self.table.procs
+        if len(self.births) >= max(BIRTHS_PRUNE_MIN, 2 * len(live)):
+            keep = {
+                pid
+                for pid, entity in self._birth_entity.items()
+                if (q := live.get(pid)) is not None and q.entity_id == entity
+            }
             self.births = {k: v for k, v in self.births.items() if k in keep}
             self._birth_entity = {k: v for k, v in self._birth_entity.items() if k in keep}
         self.births[p.pid] = b
@@ -235,15 +245,18 @@ class Attributor:
                 block["heuristic"] = "iflow_env"
 
     def _ray_title(self, p: Process, lineage: list[Process]) -> str | None:
-        # names change only with fork/exec/exit: cache per process and table generation
+        # names change only with fork/exec/exit, which bump the table's generation: the
+        # cache holds the current generation's titles only.  Entries of older generations
+        # could never hit again, and kept by pid they pinned ~100 bytes per pid ever seen
+        # (a process churn left megabytes of scattered small objects behind)
         gen = self.table.generation
-        hit = self._ray_cache.get(p.pid)
-        if hit is not None and hit[0] == gen:
-            return hit[1]
+        if gen != self._ray_generation:
+            self._ray_cache.clear()
+            self._ray_generation = gen
+        elif p.pid in self._ray_cache:
+            return self._ray_cache[p.pid]
         title = next(
             (n for n in (p.name, *(a.name for a in lineage)) if n.startswith(RAY_PREFIX)), None
         )
-        if len(self._ray_cache) > 65536:
-            self._ray_cache.clear()
-        self._ray_cache[p.pid] = (gen, title)
+        self._ray_cache[p.pid] = title
         return title

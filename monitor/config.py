@@ -377,6 +377,7 @@ class ProcessTableConfig:
     exit_grace_s: float
     max_lineage: int
     max_entries: int
+    max_exited: int
 
 
 @dataclass(frozen=True)
@@ -730,6 +731,15 @@ SCHEMA: tuple[SectionSpec, ...] = (
                 Kind.INT,
                 200000,
                 "Most processes held in the table.",
+                (between(1000, 10_000_000),),
+            ),
+            FieldSpec(
+                "max_exited",
+                Kind.INT,
+                8192,
+                "Most exited processes held for their grace period; beyond it (an exit flood) "
+                "the oldest leaves early, counted in the stats line "
+                "(rlguard.process_table.exited_evicted).",
                 (between(1000, 10_000_000),),
             ),
         ),

@@ -82,6 +82,9 @@ QUIET_NAMES = (
 EXTRA_CFLAGS_ENV = "RLGUARD_BPF_CFLAGS"
 
 TAG_VALUE_LEN = 64
+# records per drain(): a full 16 MiB ring is ~200k records, ~22 MiB as Python bytes
+# all alive at once; a bounded batch keeps that peak (and the heap it fragments) small
+DRAIN_MAX = 8192
 
 
 def device_numbers(patterns: tuple[str, ...]) -> dict[int, str]:
@@ -453,10 +456,15 @@ class Sensor:
     def _on_record(self, _ctx: Any, data: Any, size: int) -> int:
         # copy out now: the ring slot is released when the callback returns
         self._batch.append(ctypes.string_at(data, size))
-        return 0
+        # a negative return makes libbpf stop after this (consumed) record
+        return -1 if len(self._batch) >= DRAIN_MAX else 0
 
     def drain(self) -> list[bytes]:
-        """All records committed so far, in ring order (no wake-ups needed)."""
+        """Records committed so far, in ring order, at most DRAIN_MAX (no wake-ups needed).
+
+        A full batch means more may be waiting: call again.  The rest stays in
+        the ring, which is the buffer that ``probes.ring_pages`` sizes.
+        """
         self.bpf.ring_buffer_consume()
         batch, self._batch = self._batch, []
         return batch

@@ -10,7 +10,6 @@ were already running have lineage too.  It never reads /proc per event.
 from __future__ import annotations
 
 import gc
-import heapq
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -91,7 +90,14 @@ def trim_heap() -> None:
 
 
 class ProcessTable:
-    """Live processes by pid, with exited ones kept for a short grace period."""
+    """Live processes by pid, with exited ones kept for a short grace period.
+
+    The grace lets late events of a process that just exited (a TCP FIN, a
+    thread's last send) render with its name and lineage.  It is bounded by
+    time (``exit_grace_s``) and by count (``max_exited``): at 15k exits/s a
+    5 s grace alone would hold 75k exited entries.  Under such a flood the
+    oldest exited entry leaves first and is counted in ``exited_evicted``.
+    """
 
     def __init__(
         self,
@@ -100,6 +106,7 @@ class ProcessTable:
         max_lineage: int = 16,
         exit_grace_s: float = 5.0,
         max_entries: int = 200_000,
+        max_exited: int = 8192,
     ) -> None:
         self.tags = tags
         self.keys: list[str] = list(tags.keys)
@@ -108,15 +115,19 @@ class ProcessTable:
         self.max_lineage = max_lineage
         self.exit_grace_ns = int(exit_grace_s * 1e9)
         self.max_entries = max_entries
+        self.max_exited = max_exited
         self.procs: dict[int, Process] = {}
         # bounded: an evicted tagset is read back from the kernel map on demand
         self.tagsets: OrderedDict[int, Tagset] = OrderedDict()
         self.max_tagsets = 65536
-        self._expiry: list[tuple[int, int, str]] = []  # (deadline_ns, pid, entity_id)
+        # the pids of exited entries -> end of their grace (boot ns), oldest exit first:
+        # exactly the table's exited entries, so expiry and eviction are O(1) at the front
+        self._exited: OrderedDict[int, int] = OrderedDict()
         self._high_water = 0  # most entries since the last compaction
         self._rl_cache: dict[tuple[int, int, bool, bool], dict[str, Any]] = {}
         self._next_seed_id = SEED_TAGSET_BASE + 1
-        self.evicted = 0
+        self.evicted = 0  # entries dropped because the table held max_entries
+        self.exited_evicted = 0  # exited entries dropped before their grace (max_exited)
         # bumped on every change that can alter a rendered name, parent or lineage
         self.generation = 0
         # callback to fetch a tagset the stream did not carry (kernel map lookup)
@@ -130,6 +141,11 @@ class ProcessTable:
 
     def __len__(self) -> int:
         return len(self.procs)
+
+    @property
+    def exited(self) -> int:
+        """Exited processes held for their grace period."""
+        return len(self._exited)
 
     # -- seeding ---------------------------------------------------------------
 
@@ -247,19 +263,19 @@ class ProcessTable:
 
     def _insert(self, p: Process) -> None:
         self.generation += 1
+        self._exited.pop(p.pid, None)  # a reused pid: the new process replaces the exited one
         if len(self.procs) >= self.max_entries and p.pid not in self.procs:
             self.evicted += 1
             self._evict_one()
         self.procs[p.pid] = p
 
     def _evict_one(self) -> None:
-        # oldest exited first, else the oldest entry
-        for pid, proc in self.procs.items():
-            if proc.exited_ns is not None:
-                del self.procs[pid]
-                return
-        oldest = next(iter(self.procs))
-        del self.procs[oldest]
+        # the oldest exited entry first, else the oldest entry
+        if self._exited:
+            pid, _deadline = self._exited.popitem(last=False)
+        else:
+            pid = next(iter(self.procs))
+        del self.procs[pid]
 
     def process_for(self, ev: Event) -> Process:
         """The table entry an event belongs to, created if unknown."""
@@ -317,20 +333,27 @@ class ProcessTable:
         p.exited_ns = ev.ts_ns
         p.exit_code = ev.exit_code if ev.exit_code >= 0 else None
         p.exit_signal = ev.exit_signal or None
-        heapq.heappush(self._expiry, (ev.ts_ns + self.exit_grace_ns, p.pid, p.entity_id))
+        self._exited.pop(p.pid, None)  # a repeated exit record restarts the grace, last in line
+        self._exited[p.pid] = ev.ts_ns + self.exit_grace_ns
+        if len(self._exited) > self.max_exited:
+            # an exit flood: cut the oldest grace short rather than grow without bound
+            pid, _deadline = self._exited.popitem(last=False)
+            del self.procs[pid]
+            self.exited_evicted += 1
         return p
 
     def expire(self, now_ns: int | None = None) -> int:
         """Drop exited processes whose grace period is over; returns how many."""
         now = boottime_ns() if now_ns is None else now_ns
         n = 0
-        while self._expiry and self._expiry[0][0] <= now:
-            _, pid, entity = heapq.heappop(self._expiry)
-            p = self.procs.get(pid)
-            if p is not None and p.entity_id == entity:
-                del self.procs[pid]
-                n += 1
-                self.generation += 1
+        exited = self._exited
+        # exits arrive in (nearly) time order, so deadlines ascend from the front
+        while exited and next(iter(exited.values())) <= now:
+            pid, _deadline = exited.popitem(last=False)
+            del self.procs[pid]
+            n += 1
+        if n:
+            self.generation += 1
         if len(self._rl_cache) > 4096:
             self._rl_cache.clear()
         size = len(self.procs)
@@ -340,7 +363,7 @@ class ProcessTable:
             # short-lived processes, copy the table into right-sized storage
             # and hand the freed heap back (RSS returns to its start value)
             self.procs = dict(self.procs)
-            self._expiry = list(self._expiry)  # a copy keeps the heap order
+            self._exited = OrderedDict(self._exited)  # a copy keeps the exit order
             self._high_water = size
             gc.collect()  # rendered docs of the expired form cycles: free them now
             trim_heap()

@@ -84,7 +84,7 @@ def test_none_gives_defaults() -> None:
         poll_interval_ms=10,
     )
     assert c.process_table == cfg.ProcessTableConfig(
-        exit_grace_s=5.0, max_lineage=16, max_entries=200000
+        exit_grace_s=5.0, max_lineage=16, max_entries=200000, max_exited=8192
     )
 
 
