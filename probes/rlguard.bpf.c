@@ -28,6 +28,7 @@
 #define RLG_TCP_CLOSE 7
 #define RLG_TCP_LISTEN 10
 #define RLG_EINPROGRESS 115
+#define RLG_EINTR 4
 #define RLG_CLONE_THREAD 0x00010000ULL
 #define RLG_ETH_P_IP 0x0800
 #define RLG_ETH_P_IPV6 0x86DD
@@ -697,16 +698,26 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
     int folded = !fold_connect(e);
     if (!folded)
         emit(e, sizeof(*e), RLG_EV_CONNECT);
+    /* the connection goes on (or may, after EINTR): record its owner for its
+     * later states and watch for its first payload; a failed one needs neither */
+    int lives = ret == 0 || ret == -RLG_EINPROGRESS || ret == -RLG_EINTR;
+    if (lives && e->cookie && e->sock_type == RLG_SOCK_STREAM) {
+        struct rlg_fresh f = {};
+        f.owner_pid = e->hdr.pid;
+        fresh_tcp.update(&e->cookie, &f);
+    }
+#ifndef RLG_NO_TCP_FILTER
+    if (lives && pc->sk) {
+        struct rlg_header h = e->hdr;
+        h.type = RLG_EV_TCP_STATE;
+        h.flags = RLG_TCP_OWNER_KNOWN;
 #ifndef RLG_NO_TCP_FOLD
-    if (folded && pc->sk) {
-        /* no line names this socket: its later states would be orphans */
-        struct rlg_header *o = sock_owner.lookup(&pc->sk);
-        if (o)
-            o->flags |= RLG_TCP_OWNER_FOLDED;
+        if (folded)
+            h.flags |= RLG_TCP_OWNER_FOLDED;  /* no line names this socket */
+#endif
+        sock_owner.update(&pc->sk, &h);
     }
 #endif
-    if (ret < 0 && ret != -RLG_EINPROGRESS && e->cookie)
-        fresh_tcp.delete(&e->cookie);   /* failed: no first payload will come */
     if (pc->has_held) {
         int ns = pc->held.newstate;
         /* blocking connect: 0 already says ESTABLISHED, an error says CLOSE;
@@ -770,7 +781,8 @@ static __always_inline void on_sock_connect(struct bpf_sock_addr *ctx, u16 famil
         __builtin_memcpy(e.daddr, daddr, 16);
         emit(&e, sizeof(e), RLG_EV_CONNECT);
     }
-    if (type == RLG_SOCK_STREAM) {
+    if (!p && type == RLG_SOCK_STREAM) {
+        /* a connect() syscall adds it when it returns, if it did not fail */
         struct rlg_fresh f = {};
         f.owner_pid = pt >> 32;
         fresh_tcp.update(&cookie, &f);
@@ -859,15 +871,17 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
             fill_header(&e.hdr, RLG_EV_TCP_STATE);
         }
         e.hdr.flags = RLG_TCP_OWNER_KNOWN;
-        sock_owner.update(&sk, &e.hdr);
 #ifndef RLG_NO_TCP_FILTER
         if (pc) {
-            /* the connect record says it; remember the socket */
+            /* the connect record says it; remember the socket.  Its owner is
+             * recorded when connect() returns, unless it failed there (a
+             * refused connect: no map update and delete for nothing) */
             pc->sk = sk;
             bump_quiet(RLG_QUIET_TCP_DUP);
             return 0;
         }
 #endif
+        sock_owner.update(&sk, &e.hdr);
     } else {
         /* later transitions often run in softirq: the current task is
          * unrelated, so use the recorded owner or none */
@@ -878,9 +892,23 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
             e.hdr = *o;
             owner_flags = e.hdr.flags;
             e.hdr.flags = RLG_TCP_OWNER_KNOWN;
+            if (newstate == RLG_TCP_CLOSE)
+                sock_owner.delete(&sk);
         }
-        if (newstate == RLG_TCP_CLOSE)
-            sock_owner.delete(&sk);
+#ifndef RLG_NO_TCP_FILTER
+        else if (oldstate == RLG_TCP_SYN_SENT) {
+            /* inside the connect() that started it (its owner is recorded
+             * when connect() returns): the connecting task is current */
+            pc = pending_connect.lookup(&tid);
+            if (pc && pc->active && pc->sk == sk) {
+                e.hdr = pc->ev.hdr;
+                e.hdr.flags = RLG_TCP_OWNER_KNOWN;
+                owned = 1;
+            } else {
+                pc = NULL;
+            }
+        }
+#endif
         if (!tcp_state_wanted(oldstate, newstate, owned)) {
             bump_quiet(RLG_QUIET_TCP_MINOR);
             return 0;
@@ -894,14 +922,6 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
 #endif
         e.hdr.type = RLG_EV_TCP_STATE;
         e.hdr.ts_ns = bpf_ktime_get_boot_ns();
-#ifndef RLG_NO_TCP_FILTER
-        if (oldstate == RLG_TCP_SYN_SENT) {
-            /* the outcome of a connect() still running in this thread? */
-            pc = pending_connect.lookup(&tid);
-            if (pc && (!pc->active || pc->sk != sk))
-                pc = NULL;
-        }
-#endif
     }
     struct rlg_tcp_state_event *out = &e;
     if (pc) {
