@@ -66,11 +66,15 @@ def run(
 ) -> None:
     """Monitor this host and write one NDJSON line per event."""
     cfg = _load(config)
-    _fail_preflight()
+    from monitor.preflight import try_mount_tracefs
     from monitor.probes import Sensor, SensorError, gpu_probe_patterns
 
+    try_mount_tracefs()  # before the compile looks for it
     sensor = Sensor(cfg.probes, list(cfg.tags.keys), gpu_probe_patterns(cfg.gpu))
-    sensor.start_compile()  # the longest part of start-up, overlapped with the rest
+    # the longest part of start-up, overlapped with the checks and the rest; a failed
+    # check exits before load() (the thread dies with the process)
+    sensor.start_compile()
+    _fail_preflight()
     from monitor.collector import Collector
 
     path = output if output is not None else cfg.output.path
