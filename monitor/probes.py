@@ -77,8 +77,9 @@ QUIET_NAMES = (
     "tcp_state_folded",
     "accept_folded",
 )
-# extra compiler flags for the probes, for benchmarks only: -DRLG_NO_TCP_FILTER
-# and -DRLG_NO_CONNECT_FOLD build the "before" variants that bench/run.py compares
+# extra compiler flags for the probes, for benchmarks only: -DRLG_NO_TCP_FILTER,
+# -DRLG_NO_CONNECT_FOLD and -DRLG_NO_TCP_FOLD build the "before" variants that
+# bench/run.py compares
 EXTRA_CFLAGS_ENV = "RLGUARD_BPF_CFLAGS"
 
 TAG_VALUE_LEN = 64

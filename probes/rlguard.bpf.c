@@ -126,6 +126,13 @@ struct rlg_fresh {
     u32 pad;
 };
 BPF_TABLE("lru_hash", u64, struct rlg_fresh, fresh_tcp, 65536);
+
+/* the egress hook sends the next payload of this socket as its first bytes */
+static __always_inline void watch_first_payload(u64 cookie, u32 owner_pid) {
+    struct rlg_fresh f = {};
+    f.owner_pid = owner_pid;
+    fresh_tcp.update(&cookie, &f);
+}
 /* kernel socket address -> the header of the task that started the connection */
 BPF_TABLE("lru_hash", u64, struct rlg_header, sock_owner, 65536);
 /* Accept folding: the first accepted ESTABLISHED from a peer address on a local
@@ -701,11 +708,8 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
     /* the connection goes on (or may, after EINTR): record its owner for its
      * later states and watch for its first payload; a failed one needs neither */
     int lives = ret == 0 || ret == -RLG_EINPROGRESS || ret == -RLG_EINTR;
-    if (lives && e->cookie && e->sock_type == RLG_SOCK_STREAM) {
-        struct rlg_fresh f = {};
-        f.owner_pid = e->hdr.pid;
-        fresh_tcp.update(&e->cookie, &f);
-    }
+    if (lives && e->cookie && e->sock_type == RLG_SOCK_STREAM)
+        watch_first_payload(e->cookie, e->hdr.pid);
 #ifndef RLG_NO_TCP_FILTER
     if (lives && pc->sk) {
         struct rlg_header h = e->hdr;
@@ -781,12 +785,8 @@ static __always_inline void on_sock_connect(struct bpf_sock_addr *ctx, u16 famil
         __builtin_memcpy(e.daddr, daddr, 16);
         emit(&e, sizeof(e), RLG_EV_CONNECT);
     }
-    if (!p && type == RLG_SOCK_STREAM) {
-        /* a connect() syscall adds it when it returns, if it did not fail */
-        struct rlg_fresh f = {};
-        f.owner_pid = pt >> 32;
-        fresh_tcp.update(&cookie, &f);
-    }
+    if (!p && type == RLG_SOCK_STREAM)
+        watch_first_payload(cookie, pt >> 32);  /* a connect() syscall: when it returns */
 }
 
 int rlg_connect4(struct bpf_sock_addr *ctx) {

@@ -1,8 +1,12 @@
-"""Header fields for typed events built in unit tests."""
+"""Header fields for typed events built in unit tests, and the rl block of one."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from monitor.attribution import Attributor
+    from monitor.process_table import ProcessTable
 
 
 def hdr(
@@ -22,3 +26,22 @@ def hdr(
         flags=0,
         comm=comm,
     )
+
+
+def rl_at(table: ProcessTable, att: Attributor, pid: int, ts: int) -> dict[str, Any]:
+    """The rl block the attributor gives a connect by pid at ts (its current tagset)."""
+    from monitor.events import ConnectEvent
+
+    p = table.procs[pid]
+    ev = ConnectEvent(
+        **{**hdr(pid, ts=ts), "tagset_id": p.tagset_id, "tag_origin": p.tag_origin},
+        fd=3,
+        ret=0,
+        cookie=1,
+        family=2,
+        dport=1,
+        sock_type=1,
+        protocol=6,
+        daddr="127.0.0.1",
+    )
+    return att.rl_block(ev, p, table.lineage(p))

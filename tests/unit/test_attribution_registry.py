@@ -9,11 +9,11 @@ from hypothesis import strategies as st
 from monitor.attribution import Attributor
 from monitor.cgroups import CgroupIdentity, CgroupResolver, normalise_path
 from monitor.config import load_config
-from monitor.events import ConnectEvent, ExecEvent, ForkEvent, TagsetEvent
+from monitor.events import ExecEvent, ForkEvent, TagsetEvent
 from monitor.process_table import ProcessTable
 from monitor.registry.protocol import ProtocolError, parse_message
 from monitor.registry.state import Registry
-from tests.support.events import hdr
+from tests.support.events import hdr, rl_at
 
 CFG = load_config(None)
 S = 10**9
@@ -194,22 +194,6 @@ def fork(table: ProcessTable, att: Attributor, parent: int, child: int, ts: int,
     c = table.on_fork(ev)
     att.on_fork(ev, c, table.procs.get(parent))
     return c
-
-
-def rl_at(table: ProcessTable, att: Attributor, pid: int, ts: int) -> dict:
-    p = table.procs[pid]
-    ev = ConnectEvent(
-        **{**hdr(pid, ts=ts), "tagset_id": p.tagset_id, "tag_origin": p.tag_origin},
-        fd=3,
-        ret=0,
-        cookie=1,
-        family=2,
-        dport=1,
-        sock_type=1,
-        protocol=6,
-        daddr="127.0.0.1",
-    )
-    return att.rl_block(ev, p, table.lineage(p))
 
 
 def test_birth_episode_survives_the_parents_next_episode() -> None:

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from monitor.attribution import Attributor
 from monitor.config import load_config
-from monitor.events import ConnectEvent, ExecEvent, ExitEvent, ForkEvent
+from monitor.events import ExecEvent, ExitEvent, ForkEvent
 from monitor.process_table import ProcessTable
-from tests.support.events import hdr
+from tests.support.events import hdr, rl_at
 
 pytestmark = pytest.mark.unit
 
@@ -151,31 +151,16 @@ def test_the_ray_title_cache_holds_one_generation_only() -> None:
     t.on_exec(ExecEvent(**hdr(100, ts=1, comm="ray::Worker"), filename="/bin/x", argv=["x"]))
     t.procs[100].name = "ray::Worker"
 
-    def rl(pid: int) -> dict:
-        p = t.procs[pid]
-        ev = ConnectEvent(
-            **hdr(pid, ts=S),
-            fd=3,
-            ret=0,
-            cookie=1,
-            family=2,
-            dport=1,
-            sock_type=1,
-            protocol=6,
-            daddr="127.0.0.1",
-        )
-        return att.rl_block(ev, p, t.lineage(p))
-
     for pid in range(1000, 3000):  # a churn of the worker's children
         fork(t, pid, ts=pid, parent=100)
-        assert rl(pid)["worker_id"] == "Worker"
+        assert rl_at(t, att, pid, S)["worker_id"] == "Worker"
         exit_(t, pid, ts=pid + 1)
     assert len(att._ray_cache) <= 1  # was one entry per pid ever seen
     fork(t, 4000, ts=4000, parent=100)
     # renames come with an exec, which bumps the generation
     t.procs[100].name = t.procs[4000].name = "bash"
     t.generation += 1
-    assert rl(4000).get("heuristic") is None
+    assert rl_at(t, att, 4000, S).get("heuristic") is None
 
 
 def test_a_drain_stops_after_a_bounded_batch() -> None:
