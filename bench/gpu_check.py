@@ -121,9 +121,9 @@ class ScanOnly:
     def __init__(self, cfg: Any) -> None:
         from monitor.detectors.engine import DetectionEngine
         from monitor.detectors.iocs import build_iocs
-        from monitor.ecs import Renderer
-        from monitor.gpu import GpuMonitor
-        from monitor.process_table import ProcessTable
+        from monitor.sinks.ecs import Renderer
+        from monitor.state.gpu import GpuMonitor
+        from monitor.state.process_table import ProcessTable
 
         self.sink = Sink()
         self.table = ProcessTable(cfg.tags)
@@ -204,7 +204,7 @@ def main() -> int:
             summary["missing"] = missing
             return finish(2)
     summary["ran"] = True
-    from monitor.gpu import nvml_status
+    from monitor.state.gpu import nvml_status
 
     summary["nvml"] = nvml_status("auto")[1]
     cfg = config(interval=2.0, devices=devices)

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from monitor.config import load_config  # noqa: E402
-from monitor.probes import Sensor  # noqa: E402
+from monitor.sensor.probes import Sensor  # noqa: E402
 
 
 def build() -> Path:

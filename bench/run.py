@@ -254,7 +254,7 @@ def count_records(out: Path, wl: Workload) -> dict[str, Any]:
             elif doc.get("process", {}).get("name") != wl.helper[:15]:
                 continue
             lines += 1
-            # a folded connect line stands for `count` connects (monitor/folds.py)
+            # a folded connect line stands for `count` connects (monitor/sensor/folds.py)
             represented += doc.get("rlguard", {}).get("connect", {}).get("count", 1)
     return {"lines": lines, "represented": represented, "stats": stats}
 

@@ -42,7 +42,7 @@ def _load(config: Path | None) -> Config:
 
 
 def _fail_preflight() -> None:
-    from monitor.preflight import run_checks, try_mount_tracefs
+    from monitor.service.preflight import run_checks, try_mount_tracefs
 
     try_mount_tracefs()
     failed = [c for c in run_checks() if not c.ok and c.required]
@@ -66,8 +66,8 @@ def run(
 ) -> None:
     """Monitor this host and write one NDJSON line per event."""
     cfg = _load(config)
-    from monitor.preflight import try_mount_tracefs
-    from monitor.probes import Sensor, SensorError, gpu_probe_patterns
+    from monitor.sensor.probes import Sensor, SensorError, gpu_probe_patterns
+    from monitor.service.preflight import try_mount_tracefs
 
     try_mount_tracefs()  # before the compile looks for it
     sensor = Sensor(cfg.probes, list(cfg.tags.keys), gpu_probe_patterns(cfg.gpu))
@@ -89,7 +89,7 @@ def run(
         raise typer.Exit(1) from None
     metrics = None
     if cfg.service.metrics_listen:
-        from monitor.metrics_http import MetricsServer
+        from monitor.sinks.metrics_http import MetricsServer
 
         def snapshot() -> dict[str, Any]:
             stats = dict(collector.last_stats or {})
@@ -194,14 +194,14 @@ def check(
     ),
 ) -> None:
     """Preflight: report, line by line, whether the monitor can run here."""
-    from monitor.preflight import Check, run_checks
+    from monitor.service.preflight import Check, run_checks
 
     cfg = _load(config)
     checks = run_checks()  # report the host as it is: `run` mounts tracefs, `check` does not
     if load and all(c.ok for c in checks if c.required):
         import time
 
-        from monitor.probes import Sensor, SensorError, gpu_probe_patterns
+        from monitor.sensor.probes import Sensor, SensorError, gpu_probe_patterns
 
         sensor = Sensor(cfg.probes, list(cfg.tags.keys), gpu_probe_patterns(cfg.gpu))
         t0 = time.monotonic()
@@ -237,7 +237,7 @@ def service_install(
     and the `rlguard` group, then enable and start the service."""
     import os
 
-    from monitor.service import install
+    from monitor.service.systemd import install
 
     if os.geteuid() != 0:
         typer.echo("rlguard: service install needs root (sudo rlguard service install)", err=True)
@@ -249,7 +249,7 @@ def service_install(
 @service_app.command("unit")
 def service_unit() -> None:
     """Print the unit file as `service install` would write it."""
-    from monitor.service import render_unit
+    from monitor.service.systemd import render_unit
 
     typer.echo(render_unit(sys.prefix, str(DEFAULT_CONFIG)), nl=False)
 
@@ -374,7 +374,7 @@ def demo(
     _fail_preflight()
     from monitor.collector import Collector
     from monitor.lab.incident import Incident
-    from monitor.probes import SensorError
+    from monitor.sensor.probes import SensorError
     from monitor.sinks.console import ConsoleAlertSink
 
     sink = ConsoleAlertSink(output)

@@ -15,14 +15,11 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from monitor.attribution import Attributor, Conflict
-from monitor.cgroups import CgroupResolver
 from monitor.config import Config, ConfigError, load_config
 from monitor.detectors.engine import DetectionEngine, Finding, render_alert
 from monitor.detectors.iocs import build_iocs
 from monitor.detectors.signals import Signal, bounded
-from monitor.ecs import Renderer
-from monitor.events import (
+from monitor.sensor.events import (
     SEND_OWNER_DIFFERS,
     ConnectEvent,
     DupEvent,
@@ -36,9 +33,8 @@ from monitor.events import (
     TcpStateEvent,
     tag_values,
 )
-from monitor.folds import ConnectFolds
-from monitor.gpu import GpuMonitor, ScanResult
-from monitor.probes import (
+from monitor.sensor.folds import ConnectFolds
+from monitor.sensor.probes import (
     DRAIN_MAX,
     MAX_TAGS,
     TAG_VALUE_LEN,
@@ -46,12 +42,16 @@ from monitor.probes import (
     Sensor,
     gpu_probe_patterns,
 )
-from monitor.process_table import Process, ProcessTable, Tagset, boottime_ns
-from monitor.registry.server import RegistryServer
-from monitor.registry.state import Registry
-from monitor.service import Heartbeat, Watchdog, gap_record, sd_notify
+from monitor.service.systemd import Heartbeat, Watchdog, gap_record, sd_notify
+from monitor.sinks.ecs import Renderer
 from monitor.sinks.ledger import EpisodeLedger, ledger_for
 from monitor.sinks.tap import TapSink
+from monitor.state.attribution import Attributor, Conflict
+from monitor.state.cgroups import CgroupResolver
+from monitor.state.gpu import GpuMonitor, ScanResult
+from monitor.state.process_table import Process, ProcessTable, Tagset, boottime_ns
+from monitor.state.registry.server import RegistryServer
+from monitor.state.registry.state import Registry
 
 DROP_CHECK_INTERVAL_S = 1.0
 # records per sink flush within one drain: the rendered lines (~1.4 KiB each) wait in
@@ -101,7 +101,7 @@ class Collector:
             self.registry = Registry(int(config.registry.retain_s * 1e9), self.cgroups.mount)
         self.attributor = Attributor(self.table, att, self.registry, self.cgroups)
         self.renderer.attributor = self.attributor
-        # GPU holder table (monitor/gpu.py); it sees every written document for episode_end
+        # GPU holder table (monitor/state/gpu.py); it sees every written document for episode_end
         self.gpu = GpuMonitor(
             config.gpu,
             self.table,

@@ -29,7 +29,7 @@ die() {
     exit 1
 }
 
-# The same test as monitor/service.py uses to decide whether to start the unit.
+# The same test as monitor/service/systemd.py uses to decide whether to start the unit.
 systemd_running() { [[ -d /run/systemd/system ]]; }
 
 service_active() { systemd_running && systemctl is-active --quiet "$UNIT"; }

@@ -22,8 +22,8 @@ from monitor.detectors import stratum, tunnel
 from monitor.detectors.iocs import Iocs
 from monitor.detectors.rules import SEVERITY_RANK, SEVERITY_SCORE, Rule, load_rules
 from monitor.detectors.signals import Signal, bounded
-from monitor.dns import parse_dns_message
-from monitor.events import (
+from monitor.sensor.dns import parse_dns_message
+from monitor.sensor.events import (
     ConnectEvent,
     DnsEvent,
     DupEvent,
@@ -33,7 +33,7 @@ from monitor.events import (
     ForkEvent,
     SendEvent,
 )
-from monitor.process_table import Process
+from monitor.state.process_table import Process
 
 CONFIG_READ_LIMIT = 64 * 1024
 SSH_PORTS = frozenset({22, 2222})
@@ -458,7 +458,7 @@ class DetectionEngine:
             f.extra["previous_severity"] = prev[0]
         return [f]
 
-    # findings from outside the engine (attribution, monitor/gpu.py), same de-duplication:
+    # findings from outside the engine (attribution, monitor/state/gpu.py), same de-duplication:
     # one per (rule, subject), again only when more severe
     report = _finding
 

@@ -10,7 +10,7 @@ Three rules (monitor/data/rules.toml):
 - RLG-GPU-003: a GPU is still held by a process of an episode after the
   episode ended.
 
-No I/O here: the holder table (monitor/gpu.py) gathers the facts, these
+No I/O here: the holder table (monitor/state/gpu.py) gathers the facts, these
 functions judge them.
 """
 

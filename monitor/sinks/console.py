@@ -1,6 +1,6 @@
 """Alerts as one readable line each, for a terminal (used by `rlguard demo`).
 
-Every string in an alert was sanitised at the edge (monitor/events.py), so it
+Every string in an alert was sanitised at the edge (monitor/sensor/events.py), so it
 holds no control characters; this only chooses what to show.
 """
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from monitor.config import load_config
-from monitor.dns import build_query
 from monitor.lab.outside import OutsideHost, kill_tree, visit_forwarded_port
+from monitor.sensor.dns import build_query
 from tests.support.live import LiveMonitor
 
 pytestmark = pytest.mark.e2e

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from monitor.config import load_config
-from monitor.probes import Sensor
+from monitor.sensor.probes import Sensor
 from tests.unit.test_decode import Connect, Exec, GpuClose, GpuOpen, Hdr, Send
 
 pytestmark = pytest.mark.integration

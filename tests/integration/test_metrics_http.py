@@ -19,9 +19,9 @@ import pytest
 
 from monitor.collector import Collector
 from monitor.config import load_config
-from monitor.metrics_http import MetricsServer, parse_listen, render
-from monitor.probes import Counters
+from monitor.sensor.probes import Counters
 from monitor.sinks.fanout import FanoutSink
+from monitor.sinks.metrics_http import MetricsServer, parse_listen, render
 from monitor.sinks.ndjson import NdjsonSink
 
 pytestmark = pytest.mark.unit

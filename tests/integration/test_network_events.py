@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from monitor.dns import build_query
 from monitor.lab.servers import SERVER
+from monitor.sensor.dns import build_query
 from tests.conftest import build_helper
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ import pytest
 
 from monitor.client import episode, send
 from monitor.config import config_from_dict
-from monitor.probes import find_cgroup2
+from monitor.sensor.probes import find_cgroup2
 from tests.support.live import LiveMonitor
 
 pytestmark = pytest.mark.integration

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from monitor import probes
 from monitor.config import load_config
-from monitor.probes import Sensor, SensorError
+from monitor.sensor import probes
+from monitor.sensor.probes import Sensor, SensorError
 
 pytestmark = pytest.mark.integration
 

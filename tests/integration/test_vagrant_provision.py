@@ -37,7 +37,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="provision.sh needs ro
 
 
 def _systemd_running() -> bool:
-    return Path("/run/systemd/system").is_dir()  # the test monitor/service.py uses
+    return Path("/run/systemd/system").is_dir()  # the test monitor/service/systemd.py uses
 
 
 def _systemctl_ok(*args: str) -> bool:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from monitor.attribution import Attributor
-    from monitor.process_table import ProcessTable
+    from monitor.state.attribution import Attributor
+    from monitor.state.process_table import ProcessTable
 
 
 def hdr(
@@ -30,7 +30,7 @@ def hdr(
 
 def rl_at(table: ProcessTable, att: Attributor, pid: int, ts: int) -> dict[str, Any]:
     """The rl block the attributor gives a connect by pid at ts (its current tagset)."""
-    from monitor.events import ConnectEvent
+    from monitor.sensor.events import ConnectEvent
 
     p = table.procs[pid]
     ev = ConnectEvent(

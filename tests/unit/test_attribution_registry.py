@@ -6,13 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.attribution import Attributor
-from monitor.cgroups import CgroupIdentity, CgroupResolver, normalise_path
 from monitor.config import load_config
-from monitor.events import ExecEvent, ForkEvent, TagsetEvent
-from monitor.process_table import ProcessTable
-from monitor.registry.protocol import ProtocolError, parse_message
-from monitor.registry.state import Registry
+from monitor.sensor.events import ExecEvent, ForkEvent, TagsetEvent
+from monitor.state.attribution import Attributor
+from monitor.state.cgroups import CgroupIdentity, CgroupResolver, normalise_path
+from monitor.state.process_table import ProcessTable
+from monitor.state.registry.protocol import ProtocolError, parse_message
+from monitor.state.registry.state import Registry
 from tests.support.events import hdr, rl_at
 
 CFG = load_config(None)

@@ -1,4 +1,4 @@
-"""Unit tests for monitor.community_id against the specification's published vectors.
+"""Unit tests for monitor.sinks.community_id against the specification's published vectors.
 
 Sources of the expected values:
 * SPEC_TABLE: corelight/community-id-spec, baseline/README.md, tables "Default
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor.community_id import community_id_v1
+from monitor.sinks.community_id import community_id_v1
 
 pytestmark = pytest.mark.unit
 

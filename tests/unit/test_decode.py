@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.events import (
+from monitor.sensor.events import (
     EVENT_TYPES,
     ConnectEvent,
     ExecEvent,

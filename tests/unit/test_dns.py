@@ -1,4 +1,4 @@
-"""Unit tests for monitor.dns: hostile-input-safe DNS question parsing."""
+"""Unit tests for monitor.sensor.dns: hostile-input-safe DNS question parsing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor.dns import (
+from monitor.sensor.dns import (
     DnsQuestion,
     build_query,
     parse_dns_message,

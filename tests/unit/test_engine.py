@@ -10,8 +10,8 @@ import pytest
 from monitor.config import load_config
 from monitor.detectors.engine import DetectionEngine, render_alert
 from monitor.detectors.iocs import build_iocs
-from monitor.events import ConnectEvent, DupEvent, ExecEvent, ForkEvent, SendEvent
-from monitor.process_table import ProcessTable
+from monitor.sensor.events import ConnectEvent, DupEvent, ExecEvent, ForkEvent, SendEvent
+from monitor.state.process_table import ProcessTable
 from tests.support.events import hdr as base_hdr
 
 pytestmark = pytest.mark.unit

@@ -16,7 +16,7 @@ from monitor.detectors.engine import DetectionEngine, Finding, render_alert
 from monitor.detectors.iocs import build_iocs
 from monitor.detectors.rules import load_rules
 from monitor.detectors.signals import Signal
-from monitor.events import (
+from monitor.sensor.events import (
     O_CLOEXEC,
     ExecEvent,
     ExitEvent,
@@ -25,10 +25,10 @@ from monitor.events import (
     GpuOpenEvent,
     TagsetEvent,
 )
-from monitor.gpu import GpuMonitor, HolderTable, Holding, Nvml, ScanResult
-from monitor.probes import gpu_probe_patterns
-from monitor.process_table import ProcessTable
+from monitor.sensor.probes import gpu_probe_patterns
 from monitor.sinks.tap import TapSink
+from monitor.state.gpu import GpuMonitor, HolderTable, Holding, Nvml, ScanResult
+from monitor.state.process_table import ProcessTable
 from tests.support.events import hdr
 
 pytestmark = pytest.mark.unit
@@ -371,7 +371,7 @@ def test_episode_end_with_a_holder_left_raises_gpu_003() -> None:
 
 
 def test_reconcile_adds_missed_and_ends_stale_holdings(monkeypatch: pytest.MonkeyPatch) -> None:
-    import monitor.gpu as gpu_mod
+    import monitor.state.gpu as gpu_mod
 
     w = World()
     w.exec(100, "/usr/bin/python3", episode="ep-1")
@@ -424,7 +424,7 @@ def test_own_process_is_never_a_holder() -> None:
 
 
 def test_prometheus_gauges_from_the_stats_line() -> None:
-    from monitor.metrics_http import render
+    from monitor.sinks.metrics_http import render
 
     w = World()
     w.exec(100, "/usr/bin/python3")
@@ -445,7 +445,7 @@ def test_reconfigure_applies_allowlists_devices_need_a_restart() -> None:
 
 
 def test_reconcile_drops_holdings_of_vanished_processes(monkeypatch: pytest.MonkeyPatch) -> None:
-    import monitor.gpu as gpu_mod
+    import monitor.state.gpu as gpu_mod
 
     w = World()
     w.exec(100, "/usr/bin/python3")

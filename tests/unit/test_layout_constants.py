@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from monitor import events
+from monitor.sensor import events
 
 pytestmark = pytest.mark.unit
 

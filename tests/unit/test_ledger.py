@@ -909,7 +909,7 @@ class FakeSensor:
         return []
 
     def counters(self) -> Any:
-        from monitor.probes import Counters
+        from monitor.sensor.probes import Counters
 
         return Counters(sent={}, drops={}, misses={})
 

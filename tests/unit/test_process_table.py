@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.config import load_config
-from monitor.events import ExecEvent, ExitEvent, ForkEvent, TagsetEvent
-from monitor.process_table import ProcessTable
+from monitor.sensor.events import ExecEvent, ExitEvent, ForkEvent, TagsetEvent
+from monitor.state.process_table import ProcessTable
 from tests.support.events import hdr
 
 pytestmark = pytest.mark.unit

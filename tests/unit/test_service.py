@@ -10,7 +10,14 @@ import time
 
 import pytest
 
-from monitor.service import Heartbeat, Watchdog, gap_record, render_unit, sd_notify, verify_unit
+from monitor.service.systemd import (
+    Heartbeat,
+    Watchdog,
+    gap_record,
+    render_unit,
+    sd_notify,
+    verify_unit,
+)
 
 pytestmark = pytest.mark.unit
 

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.attribution import Attributor
 from monitor.config import load_config
-from monitor.events import ExecEvent, ExitEvent, ForkEvent
-from monitor.process_table import ProcessTable
+from monitor.sensor.events import ExecEvent, ExitEvent, ForkEvent
+from monitor.state.attribution import Attributor
+from monitor.state.process_table import ProcessTable
 from tests.support.events import hdr, rl_at
 
 pytestmark = pytest.mark.unit
@@ -166,7 +166,7 @@ def test_the_ray_title_cache_holds_one_generation_only() -> None:
 def test_a_drain_stops_after_a_bounded_batch() -> None:
     import ctypes
 
-    from monitor.probes import DRAIN_MAX, Sensor
+    from monitor.sensor.probes import DRAIN_MAX, Sensor
 
     s = Sensor(CFG.probes, list(CFG.tags.keys), ())
     rec = ctypes.create_string_buffer(b"r" * 100)
@@ -190,7 +190,7 @@ class _BatchedSensor:
         return [b"x"] * (self.batches.pop(0) if self.batches else 0)
 
     def counters(self) -> object:
-        from monitor.probes import Counters
+        from monitor.sensor.probes import Counters
 
         return Counters(sent={}, drops={}, misses={})
 
@@ -208,7 +208,7 @@ class _NullSink:
 
 def test_close_drains_what_the_ring_still_holds_batch_by_batch() -> None:
     from monitor.collector import Collector
-    from monitor.probes import DRAIN_MAX
+    from monitor.sensor.probes import DRAIN_MAX
 
     sensor = _BatchedSensor([DRAIN_MAX, DRAIN_MAX, 7, DRAIN_MAX])
     c = Collector(CFG, _NullSink(), sensor=sensor, heartbeat=False)  # type: ignore[arg-type]
@@ -218,9 +218,9 @@ def test_close_drains_what_the_ring_still_holds_batch_by_batch() -> None:
 
 
 def test_births_of_exited_processes_do_not_pile_up_in_a_bound_episode() -> None:
-    from monitor.attribution import BIRTHS_PRUNE_MIN
-    from monitor.registry.protocol import parse_message
-    from monitor.registry.state import Registry
+    from monitor.state.attribution import BIRTHS_PRUNE_MIN
+    from monitor.state.registry.protocol import parse_message
+    from monitor.state.registry.state import Registry
 
     t = ProcessTable(CFG.tags, boot_id="b", max_exited=1000)
     reg = Registry()

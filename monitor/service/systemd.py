@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-UNIT_TEMPLATE = Path(__file__).resolve().parent / "data" / "rlguard.service"
-EXAMPLE_CONFIG = Path(__file__).resolve().parent / "data" / "rlguard.example.toml"
+UNIT_TEMPLATE = Path(__file__).resolve().parents[1] / "data" / "rlguard.service"
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "data" / "rlguard.example.toml"
 HEARTBEAT = "heartbeat.json"
 
 

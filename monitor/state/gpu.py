@@ -30,11 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from monitor.cgroups import CgroupResolver, proc_cgroup_path
 from monitor.config import GpuConfig
 from monitor.detectors import gpu as rules
 from monitor.detectors.engine import DetectionEngine, Finding
-from monitor.events import (
+from monitor.sensor.events import (
     O_CLOEXEC,
     Event,
     ExecEvent,
@@ -43,8 +42,9 @@ from monitor.events import (
     GpuCloseEvent,
     GpuOpenEvent,
 )
-from monitor.probes import device_numbers
-from monitor.process_table import Process, ProcessTable, boottime_ns
+from monitor.sensor.probes import device_numbers
+from monitor.state.cgroups import CgroupResolver, proc_cgroup_path
+from monitor.state.process_table import Process, ProcessTable, boottime_ns
 
 MAX_HOLDERS_REPORTED = 256  # holder entries per gpu_holders record
 CHANGE_METRIC_MIN_S = 1.0  # a change is reported at most this often

@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from monitor.cgroups import CgroupIdentity, normalise_path
-from monitor.registry.protocol import Message, ProtocolError
+from monitor.state.cgroups import CgroupIdentity, normalise_path
+from monitor.state.registry.protocol import Message, ProtocolError
 
 MAX_OPEN_EPISODES = 65536
 MAX_PENDING_RECORDS = 10000

@@ -7,8 +7,8 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from monitor import bpf_link
-from monitor.probes import TRACEPOINTS, find_cgroup2, find_tracefs
+from monitor.sensor import bpf_link
+from monitor.sensor.probes import TRACEPOINTS, find_cgroup2, find_tracefs
 
 FALLBACK_MARKER = Path("/var/lib/rlguard/headers-fallback")
 
@@ -183,7 +183,7 @@ def check_ringbuf() -> Check:
 
 def check_cgroup_paths() -> Check:
     """cgroup id -> path, for cgroup/container identity and registry cgroup bindings."""
-    from monitor.cgroups import CgroupResolver, proc_cgroup_path
+    from monitor.state.cgroups import CgroupResolver, proc_cgroup_path
 
     r = CgroupResolver()
     try:
@@ -210,7 +210,7 @@ def check_cgroup_paths() -> Check:
 
 def check_nvml() -> Check:
     """NVML (nvidia-ml-py) for per-process GPU memory; absent is a note, not a failure."""
-    from monitor.gpu import nvml_status
+    from monitor.state.gpu import nvml_status
 
     present, detail = nvml_status("auto")
     if not present:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.config import TagsConfig
-from monitor.events import Event, ExecEvent, ExitEvent, ForkEvent, TagsetEvent
+from monitor.sensor.events import Event, ExecEvent, ExitEvent, ForkEvent, TagsetEvent
 
 ROLES = ("episode", "worker", "run", "trajectory", "sandbox")
 # user-space tagset ids (seeding) live in the top half; kernel ids are boot-time ns

@@ -24,11 +24,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from monitor.cgroups import CgroupIdentity, CgroupResolver
 from monitor.config import AttributionConfig
-from monitor.events import Event, ExecEvent, ForkEvent
-from monitor.process_table import ROLES, Process, ProcessTable
-from monitor.registry.state import Episode, Registry
+from monitor.sensor.events import Event, ExecEvent, ForkEvent
+from monitor.state.cgroups import CgroupIdentity, CgroupResolver
+from monitor.state.process_table import ROLES, Process, ProcessTable
+from monitor.state.registry.state import Episode, Registry
 
 MAX_OVERRIDES = 65536
 BIRTHS_PRUNE_MIN = 4096  # births held before the first pruning pass

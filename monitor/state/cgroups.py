@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from monitor.probes import find_cgroup2
+from monitor.sensor.probes import find_cgroup2
 
 FILEID_KERNFS = 0xFE  # include/linux/exportfs.h: a kernfs node id as the whole handle
 WALK_MIN_INTERVAL_S = 1.0

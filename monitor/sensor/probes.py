@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monitor import bpf_link
 from monitor.config import MAX_TAGS, GpuConfig, ProbesConfig, fnv1a_64
-from monitor.events import EVENT_TYPES
+from monitor.sensor import bpf_link
+from monitor.sensor.events import EVENT_TYPES
 
 PROBES_DIR = Path(
-    os.environ.get("RLGUARD_PROBES_DIR", Path(__file__).resolve().parent.parent / "probes")
+    os.environ.get("RLGUARD_PROBES_DIR", Path(__file__).resolve().parents[2] / "probes")
 )
 PROGRAM = "rlguard.bpf.c"
 

@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.process_table import boottime_ns
-from monitor.registry.protocol import ProtocolError, parse_message, reply
-from monitor.registry.state import Registry
+from monitor.state.process_table import boottime_ns
+from monitor.state.registry.protocol import ProtocolError, parse_message, reply
+from monitor.state.registry.state import Registry
 from monitor.unix_socket import listen_group_socket
 
 IDLE_TIMEOUT_S = 60.0

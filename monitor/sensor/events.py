@@ -353,7 +353,7 @@ class RecordDecoder:
     """Turns raw ring-buffer records into typed events.
 
     ``layouts`` maps an event type name to the ctypes class bcc derived for it
-    (see :func:`monitor.probes.Sensor.layouts`).
+    (see :func:`monitor.sensor.probes.Sensor.layouts`).
     """
 
     def __init__(self, layouts: dict[str, type], tag_value_len: int, max_tags: int) -> None:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from monitor.events import ConnectEvent
 from monitor.sanitize import safe_text
+from monitor.sensor.events import ConnectEvent
 
 # a fold whose last connect is older than this has no record in flight
 # (records are drained every poll interval): its tail can be reported
@@ -79,7 +79,7 @@ def summary_event(key: Any, ts_ns: int) -> ConnectEvent:
     """A connect event rebuilt from a fold key (struct rlg_connect_key)."""
     family = int(key.family)
     raw = bytes(key.daddr)
-    from monitor.events import COMM_LIMIT, format_ip
+    from monitor.sensor.events import COMM_LIMIT, format_ip
 
     return ConnectEvent(
         pid=int(key.tgid),

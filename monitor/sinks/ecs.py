@@ -15,9 +15,9 @@ import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from monitor.community_id import community_id_v1
-from monitor.dns import parse_dns_message
-from monitor.events import (
+from monitor.sanitize import printable_preview
+from monitor.sensor.dns import parse_dns_message
+from monitor.sensor.events import (
     CONNECT_KERNEL,
     EXEC_ARGV_UNREADABLE,
     EXEC_ENV_SCAN_TRUNCATED,
@@ -38,11 +38,11 @@ from monitor.events import (
     TcpStateEvent,
     errno_name,
 )
-from monitor.process_table import Process, ProcessTable
-from monitor.sanitize import printable_preview
+from monitor.sinks.community_id import community_id_v1
+from monitor.state.process_table import Process, ProcessTable
 
 if TYPE_CHECKING:
-    from monitor.attribution import Attributor
+    from monitor.state.attribution import Attributor
 
 CATEGORY = {
     "exec": (["process"], ["start"], "rlguard.process"),

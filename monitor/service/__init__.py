@@ -1,0 +1,1 @@
+"""Running as a service: systemd notify/watchdog/heartbeat, the unit, host preflight checks."""
