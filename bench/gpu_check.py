@@ -105,10 +105,10 @@ def start_full(cfg: Any) -> tuple[Any, Sink, Any]:
     """The whole monitor in a thread (needs bcc and kernel headers)."""
     import threading
 
-    from monitor.collector import Collector
+    from monitor.assembly import build_collector
 
     sink = Sink()
-    col = Collector(cfg, sink, heartbeat=False)
+    col = build_collector(cfg, sink, heartbeat=False)
     col.start()
     t = threading.Thread(target=col.run, daemon=True)
     t.start()
@@ -119,38 +119,30 @@ class ScanOnly:
     """The user-space half: process table seeded from /proc, holder table, scan, NVML."""
 
     def __init__(self, cfg: Any) -> None:
-        from monitor.detectors.engine import DetectionEngine
-        from monitor.detectors.iocs import build_iocs
+        from monitor.clock import Clock
         from monitor.sinks.ecs import Renderer
-        from monitor.state.gpu import GpuMonitor
+        from monitor.state.attribution import Attributor
+        from monitor.state.cgroups import CgroupResolver
+        from monitor.state.gpu import GpuHolders
         from monitor.state.process_table import ProcessTable
 
         self.sink = Sink()
         self.table = ProcessTable(cfg.tags)
-        self.renderer = Renderer(self.table)
-        self.engine = DetectionEngine(build_iocs(cfg.detectors, cfg.allowlist))
-        self.gpu = GpuMonitor(cfg.gpu, self.table, self.engine, self._base, self.renderer.clock.iso)
-
-    def _base(self, dataset: str, action: str) -> dict[str, Any]:
-        return {
-            "@timestamp": self.renderer.clock.now_iso(),
-            "event": {"kind": "metric", "dataset": dataset, "action": action},
-        }
+        cgroups = CgroupResolver()
+        self.attributor = Attributor(self.table, cfg.attribution, None, cgroups)
+        self.renderer = Renderer(self.table, Clock())
+        self.gpu = GpuHolders(cfg.gpu, self.table, cgroups)
 
     def step(self) -> None:
-        from monitor.detectors.engine import render_alert
-
         self.table.seed_from_proc()  # no exec records here: learn new processes from /proc
         scan = self.gpu.scan_now()
         for ev in self.gpu.reconcile(scan) if scan is not None else []:
-            p = self.table.process_for(ev)
-            doc = self.renderer.render(ev, p)
-            self.sink.write(doc)
-            for f in self.gpu.observe(ev, p, doc):
-                self.sink.write(render_alert(f, self.renderer.clock.now_iso()))
-        docs, _ = self.gpu.tick()
-        for d in docs:
-            self.sink.write(d)
+            ae = self.attributor.attribute(ev, self.table.process_for(ev))
+            self.sink.write(self.renderer.render(ae))
+            self.gpu.apply(ae)
+        snapshot = self.gpu.snapshot_due()
+        if snapshot is not None:
+            self.sink.write(self.renderer.render_gpu_holders(snapshot))
 
 
 def holder_entry(

@@ -75,11 +75,11 @@ def run(
     # check exits before load() (the thread dies with the process)
     sensor.start_compile()
     _fail_preflight()
-    from monitor.collector import Collector
+    from monitor.assembly import build_collector
 
     path = output if output is not None else cfg.output.path
     sink = build_sink(cfg, path)
-    collector = Collector(cfg, sink, sensor=sensor)
+    collector = build_collector(cfg, sink, sensor=sensor)
     collector.install_signal_handlers()
     try:
         collector.start()
@@ -361,7 +361,7 @@ def demo(
 ) -> None:
     """Stage the incident on this host and show rlguard catching it.
 
-    Creates an "outside host" (a network namespace at 198.51.100.2 with a real
+    Creates an "outside host" (a network namespace at a 198.51.100.0/24 address, with a real
     sshd on ports 22 and 443 and a fake mining pool), runs a fake RL worker with
     episode tags that opens a reverse SSH tunnel and starts a stratum client
     under an innocent name, lets the outside use the tunnel, prints the alerts,
@@ -372,13 +372,13 @@ def demo(
 
     cfg = _load(None)
     _fail_preflight()
-    from monitor.collector import Collector
+    from monitor.assembly import build_collector
     from monitor.lab.incident import Incident
     from monitor.sensor.probes import SensorError
     from monitor.sinks.console import ConsoleAlertSink
 
     sink = ConsoleAlertSink(output)
-    collector = Collector(cfg, sink, heartbeat=False)
+    collector = build_collector(cfg, sink, heartbeat=False)
     try:
         collector.start()
     except SensorError as exc:

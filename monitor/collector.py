@@ -1,9 +1,11 @@
-"""The pipeline: probes -> typed events -> attribution -> sinks.
+"""The pipeline's loop: probes -> typed events -> state and attribution -> detectors -> sinks.
 
-One thread, one loop: drain the ring buffer (no wake-ups: the kernel submits
-with BPF_RB_NO_WAKEUP and we drain on a short timer), decode, update the
-process table, render, write.  Metric events report what the kernel counted
-(sent, dropped) next to what we received, so a loss is never silent.
+One thread, one loop: drain the ring buffer (no wake-ups: the kernel submits with
+BPF_RB_NO_WAKEUP and we drain on a short timer), decode, update the process table,
+attribute each record once into an :class:`AttributedEvent`, run the detectors and the GPU
+table on it, render and write.  Metric lines report what the kernel counted (sent, dropped)
+next to what we received, so a loss is never silent.  The parts are assembled by
+monitor/assembly.py.
 """
 
 from __future__ import annotations
@@ -15,41 +17,41 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from monitor.clock import boottime_ns, iso_wall
 from monitor.config import Config, ConfigError, load_config
-from monitor.detectors.engine import DetectionEngine, Finding, render_alert
+from monitor.detectors import attribution
+from monitor.detectors.engine import DetectionEngine, Finding
+from monitor.detectors.gpu_driver import GpuRuleDriver
 from monitor.detectors.iocs import build_iocs
-from monitor.detectors.signals import Signal, bounded
 from monitor.sensor.events import (
     SEND_OWNER_DIFFERS,
     ConnectEvent,
+    DnsEvent,
     DupEvent,
     Event,
     ExecEvent,
     ExitEvent,
     ForkEvent,
+    GpuCloseEvent,
+    GpuOpenEvent,
     RecordDecoder,
     SendEvent,
     TagsetEvent,
     TcpStateEvent,
-    tag_values,
 )
 from monitor.sensor.folds import ConnectFolds
-from monitor.sensor.probes import (
-    DRAIN_MAX,
-    MAX_TAGS,
-    TAG_VALUE_LEN,
-    Counters,
-    Sensor,
-    gpu_probe_patterns,
-)
+from monitor.sensor.port import SensorPort
+from monitor.sensor.probes import DRAIN_MAX, MAX_TAGS, TAG_VALUE_LEN, Counters
 from monitor.service.systemd import Heartbeat, Watchdog, gap_record, sd_notify
 from monitor.sinks.ecs import Renderer
-from monitor.sinks.ledger import EpisodeLedger, ledger_for
-from monitor.sinks.tap import TapSink
+from monitor.sinks.fanout import FanoutSink
+from monitor.sinks.ledger import EpisodeLedger
+from monitor.state.attributed import AttributedEvent
 from monitor.state.attribution import Attributor, Conflict
 from monitor.state.cgroups import CgroupResolver
-from monitor.state.gpu import GpuMonitor, ScanResult
-from monitor.state.process_table import Process, ProcessTable, Tagset, boottime_ns
+from monitor.state.gpu import GpuHolders, ScanResult
+from monitor.state.process_table import Process, ProcessTable
+from monitor.state.registry.records import RegistryRefusals
 from monitor.state.registry.server import RegistryServer
 from monitor.state.registry.state import Registry
 
@@ -58,64 +60,49 @@ DROP_CHECK_INTERVAL_S = 1.0
 # one growing buffer, and 4096 of them grew the heap by ~25 MiB in a process churn
 FLUSH_EVERY = 1024
 CLOSE_DRAIN_S = 10.0  # the most close() spends draining the ring
-Observer = Callable[[Event, Process, dict[str, Any]], None]
-
-_NOBODY = Process(pid=0, entity_id="", ppid=0, parent_entity_id=None, start_ns=0, name="")
+Observer = Callable[[AttributedEvent], None]
+Handler = Callable[[Any], "AttributedEvent | None"]
 
 
 class Collector:
+    """The loop: drain, decode, update state, attribute, detect, render, write.
+
+    Built by :func:`monitor.assembly.build_collector`, which owns the wiring: every part
+    comes in through the constructor.
+    """
+
     def __init__(
         self,
         config: Config,
-        sink: Any,
-        sensor: Sensor | None = None,
-        heartbeat: bool = True,
-        ledger: bool | None = None,
+        *,
+        output: FanoutSink,
+        sensor: SensorPort,
+        table: ProcessTable,
+        attributor: Attributor,
+        renderer: Renderer,
+        engine: DetectionEngine,
+        gpu: GpuHolders,
+        gpu_rules: GpuRuleDriver,
+        registry: Registry | None,
+        cgroups: CgroupResolver,
+        ledger: EpisodeLedger | None,
+        heartbeat: Heartbeat | None,
     ) -> None:
         self.config = config
-        self.sink = sink
-        # the episode ledger sees every line written; like the heartbeat, the demo and
-        # tests leave the service's database alone unless they ask for a ledger
-        self.ledger: EpisodeLedger | None = (
-            ledger_for(config) if (heartbeat if ledger is None else ledger) else None
-        )
-        self.sensor = sensor or Sensor(
-            config.probes, list(config.tags.keys), gpu_probe_patterns(config.gpu)
-        )
-        pt = config.process_table
-        self.table = ProcessTable(
-            config.tags,
-            max_lineage=pt.max_lineage,
-            exit_grace_s=pt.exit_grace_s,
-            max_entries=pt.max_entries,
-            max_exited=pt.max_exited,
-        )
-        self.table.tagset_fallback = self._kernel_tagset
-        self.renderer = Renderer(self.table)
-        self.engine = DetectionEngine(build_iocs(config.detectors, config.allowlist))
-        att = config.attribution
-        self.cgroups = CgroupResolver(att.container_patterns, att.sandbox_patterns)
-        self.registry: Registry | None = None
+        self.sink = output
+        self.sensor = sensor
+        self.table = table
+        self.attributor = attributor
+        self.renderer = renderer
+        self.clock = renderer.clock
+        self.engine = engine
+        self.gpu = gpu
+        self.gpu_rules = gpu_rules
+        self.registry = registry
         self.registry_server: RegistryServer | None = None
-        if config.registry.socket:
-            self.registry = Registry(int(config.registry.retain_s * 1e9), self.cgroups.mount)
-        self.attributor = Attributor(self.table, att, self.registry, self.cgroups)
-        self.renderer.attributor = self.attributor
-        # GPU holder table (monitor/state/gpu.py); it sees every written document for episode_end
-        self.gpu = GpuMonitor(
-            config.gpu,
-            self.table,
-            self.engine,
-            self._base,
-            self.renderer.clock.iso,
-            self.sensor,
-            self.cgroups,
-        )
-        # the ledger and the GPU table see every line written (registry, alerts, drops)
-        taps = [self.gpu.on_document]
-        if self.ledger is not None:
-            taps.insert(0, self.ledger.observe)
-        self.sink = TapSink(sink, *taps)
+        self.cgroups = cgroups
+        self.ledger = ledger
+        self.heartbeat = heartbeat
         self.alerts_written = 0
         self.decoder: RecordDecoder | None = None
         self.received: Counter[str] = Counter()
@@ -128,16 +115,28 @@ class Collector:
         self.last_stats: dict[str, Any] | None = None
         self._reload_requested = False
         self.watchdog = Watchdog()
-        # the demo and tests run beside the service: they must not move its heartbeat
-        self.heartbeat: Heartbeat | None = (
-            Heartbeat.in_dir(config.service.state_dir) if heartbeat else None
-        )
         self.started_mono = 0.0
         self.armed_seconds = 0.0
         self._last_metrics = 0.0
         self._last_drop_check = 0.0
         self._last_drops: dict[str, int] = {}
         self._last_counters: Counters | None = None
+        # one handler per record type: it updates state and returns the attributed event
+        # (None: the record only updates state)
+        self._handlers: dict[type[Event], Handler] = {
+            TagsetEvent: self._on_tagset,
+            ExecEvent: self._on_exec,
+            ForkEvent: self._on_fork,
+            ExitEvent: self._on_exit,
+            DupEvent: self._on_dup,
+            TcpStateEvent: self._on_tcp_state,
+            SendEvent: self._on_send,
+            ConnectEvent: self._on_connect,
+            DnsEvent: self._on_record,
+            GpuOpenEvent: self._on_record,
+            GpuCloseEvent: self._on_record,
+        }
+        self._conflict: Conflict | None = None  # found by _on_exec for the exec at hand
 
     # -- start / stop --------------------------------------------------------------
 
@@ -193,13 +192,18 @@ class Collector:
             self._note("registry_root_only", f"registry socket {reg.socket}: {server.note}")
 
     def _registry_records(self) -> None:
+        """Episode lifecycle from the registry thread: to the GPU rules and the stream."""
         reg = self.registry
         if reg is None:
             return
         while reg.pending:
-            wall_ns, doc = reg.pending.popleft()
-            out = {"@timestamp": _iso_ns(wall_ns), **doc, "host": self.renderer.host}
-            self.sink.write(out)
+            rec = reg.pending.popleft()
+            if isinstance(rec, RegistryRefusals):
+                self.sink.write(self.renderer.render_registry_error(rec))
+                continue
+            if rec.op == "episode_end" and rec.episode_id:
+                self.gpu_rules.on_episode_end(rec.episode_id, rec.boot_ns)
+            self.sink.write(self.renderer.render_registry(rec))
 
     def _report_gap(self) -> None:
         """After a restart, say when monitoring stopped and when it resumed."""
@@ -211,8 +215,8 @@ class Collector:
             gap = gap_record(prev, self.table.boot_id, now)
             doc = self._base("rlguard.lifecycle", "monitoring_gap")
             doc["rlguard"] = {"gap": gap}
-            doc["event"]["start"] = _iso_ns(gap["stopped_at_ns"])
-            doc["event"]["end"] = _iso_ns(now)
+            doc["event"]["start"] = iso_wall(gap["stopped_at_ns"])
+            doc["event"]["end"] = iso_wall(now)
             self.sink.write(doc)
         err = self.heartbeat.beat(self.table.boot_id)
         if err:
@@ -226,19 +230,16 @@ class Collector:
     def reload(self) -> bool:
         """SIGHUP: reopen outputs, reload the config; a bad file keeps the old one."""
         self._reload_requested = False
-        if hasattr(self.sink, "reopen"):
-            try:
-                self.sink.reopen()
-            except OSError as exc:
-                self._note("reopen_failed", f"{exc.strerror}")
+        try:
+            self.sink.reopen()
+        except OSError as exc:
+            self._note("reopen_failed", f"{exc.strerror}")
         try:
             new = load_config(self.config.source)
         except ConfigError as exc:
             self._note("config_reload_failed", f"kept the running config: {exc}")
             self.sink.flush()
             return False
-        from monitor.detectors.iocs import build_iocs
-
         self.engine.iocs = build_iocs(new.detectors, new.allowlist)
         restart = [
             name
@@ -247,6 +248,7 @@ class Collector:
         ]
         if self.gpu.reconfigure(new.gpu):  # allowlists and intervals apply now
             restart.append("gpu.devices")
+        self.gpu_rules.reconfigure(self.gpu.cfg)
         self.config = new
         self._note(
             "config_reloaded",
@@ -336,11 +338,12 @@ class Collector:
             self._check_drops()
             self._flush_folds()
             self.table.expire()
+            self.attributor.expire()
             if self.registry is not None:
                 self.registry.expire(boottime_ns())
         if now - self._last_metrics >= self.config.output.metrics_interval_s:
             self._last_metrics = now
-            self.renderer.clock.resync()
+            self.clock.resync()
             stats = self._metrics()
             self.last_stats = stats["rlguard"]  # read by the metrics endpoint's thread
             self.sink.write(stats)
@@ -354,99 +357,91 @@ class Collector:
         return len(raws)
 
     def handle(self, ev: Event) -> dict[str, Any] | None:
-        """Attribute and render one event; returns the document written."""
+        """Update state, attribute, detect and write one event; returns the line written."""
         self.received[ev.action] += 1
-        table = self.table
-        if isinstance(ev, TagsetEvent):
-            table.on_tagset(ev)
+        ae = self._handlers[type(ev)](ev)
+        if ae is None:
             return None
-        parent = None
-        conflict = None
-        if isinstance(ev, ExecEvent):
-            before = table.procs.get(ev.pid)
-            prev = (before.tagset_id, before.tag_origin) if before is not None else (0, 0)
-            p = table.on_exec(ev)
-            parent = table.procs.get(p.ppid)
-            conflict = self.attributor.on_exec(ev, p, prev)
-        elif isinstance(ev, ForkEvent):
-            p = table.on_fork(ev)
-            parent = table.procs.get(ev.pid)
-            self.attributor.on_fork(ev, p, parent)
-        elif isinstance(ev, DupEvent):
-            p = table.process_for(ev)
-            if self.engine.socket_for_fd(p, ev.oldfd) is None:
-                # a plain redirection: state only, no line
-                self.engine.observe(ev, p, None)
-                return None
-        elif isinstance(ev, ExitEvent):
-            p = table.on_exit(ev)
-        elif isinstance(ev, TcpStateEvent) and not ev.owner_known:
-            p = _NOBODY
-        elif isinstance(ev, SendEvent) and ev.flags & SEND_OWNER_DIFFERS:
-            p = self._send_subject(ev)
-        else:
-            p = table.process_for(ev)
-        self.gpu.before_render(ev)
-        doc = self.renderer.render(ev, p)
-        if isinstance(ev, ConnectEvent):
-            doc["rlguard"]["connect"]["count"] = self.folds.on_record(ev)
-        self.sink.write(doc)
-        findings = self.engine.observe(ev, p, doc, parent)
-        if conflict is not None:
-            findings = findings + self._conflict_findings(ev, p, doc, conflict)
-        findings += self.gpu.escalate(findings) + self.gpu.observe(ev, p, doc)
+        return self._emit(ae)
+
+    def _emit(self, ae: AttributedEvent) -> dict[str, Any] | None:
+        """Write the event's line, run the detectors and the GPU table, write alerts."""
+        doc = None
+        if not ae.quiet:
+            self.gpu.name_close(ae.event)
+            doc = self.renderer.render(ae)
+            self.sink.write(doc)
+        findings = self.engine.observe(ae)
+        conflict, self._conflict = self._conflict, None
+        if conflict is not None and ae.process is not None:
+            findings += self.engine.report(
+                attribution.RULE_TAG_CONFLICT,
+                ae.process.entity_id,
+                attribution.conflict_signals(conflict),
+                ae,
+                {"conflict": conflict.as_dict()},
+            )
+        held = self.gpu.apply(ae)
+        findings += self.gpu_rules.escalate(findings)
+        if held is not None:
+            findings += self.gpu_rules.on_open(ae, held)
         if findings:
-            now = self.renderer.clock.now_iso()
-            for f in findings:
-                self.sink.write(render_alert(f, now))
-                self.alerts_written += 1
-            self.sink.flush()  # alerts leave at once, not at the end of the batch
+            self._write_findings(findings)
         for observer in self.observers:
-            observer(ev, p, doc)
-        if isinstance(ev, ExitEvent):
-            p.render_cache = None  # rarely needed again: no kilobytes per exited process
+            observer(ae)
         return doc
 
-    def _conflict_findings(
-        self, ev: Event, p: Process, doc: dict[str, Any], c: Conflict
-    ) -> list[Finding]:
-        signals = [
-            Signal(
-                "env",
-                f"tag_conflict.{role}",
-                bounded(f"own {role} {own!r} != {c.source} {kept!r}"),
-                "high",
-            )
-            for role, (own, kept) in c.roles.items()
-        ]
-        return self.engine.report(
-            "RLG-ATTR-001", p.entity_id, signals, ev, p, doc, {"conflict": c.as_dict()}
-        )
+    def _write_findings(self, findings: list[Finding]) -> None:
+        for f in findings:
+            self.sink.write(self.renderer.render_alert(f))
+            self.alerts_written += 1
+        self.sink.flush()  # alerts leave at once, not at the end of the batch
 
-    def _gpu_step(self, scan: ScanResult | None) -> None:
-        """Reconcile the GPU holder table with a scan; episode-end checks; holder metrics."""
-        events = self.gpu.reconcile(scan) if scan is not None else []
-        for ev in events:
-            self.handle(ev)
-        docs, findings = self.gpu.tick()
-        for doc in docs:
-            self.sink.write(doc)
-        if findings:
-            now = self.renderer.clock.now_iso()
-            for f in findings:
-                self.sink.write(render_alert(f, now))
-                self.alerts_written += 1
+    # -- one handler per record type ----------------------------------------------------
 
-    def _flush_folds(self, final: bool = False) -> None:
-        """Summary lines for the connects idle kernel folds still hold."""
-        if not hasattr(self.sensor, "folds"):
-            return
-        for ev, n in self.folds.flush(self.sensor, boottime_ns(), final):
-            p = self.table.process_for(ev)
-            ev.tag_origin = p.tag_origin or ev.tag_origin
-            doc = self.renderer.render(ev, p)
-            doc["rlguard"]["connect"].update(count=n, summary=True)
-            self.sink.write(doc)
+    def _on_tagset(self, ev: TagsetEvent) -> None:
+        self.table.on_tagset(ev)
+
+    def _on_exec(self, ev: ExecEvent) -> AttributedEvent:
+        before = self.table.procs.get(ev.pid)
+        prev = (before.tagset_id, before.tag_origin) if before is not None else (0, 0)
+        p = self.table.on_exec(ev)
+        self._conflict = self.attributor.on_exec(ev, p, prev)
+        return self.attributor.attribute(ev, p)
+
+    def _on_fork(self, ev: ForkEvent) -> AttributedEvent:
+        child = self.table.on_fork(ev)
+        parent = self.table.procs.get(ev.pid)
+        self.attributor.on_fork(ev, child, parent)
+        return self.attributor.attribute(ev, child, parent)  # the subject is the child
+
+    def _on_exit(self, ev: ExitEvent) -> AttributedEvent:
+        return self.attributor.attribute(ev, self.table.on_exit(ev))
+
+    def _on_dup(self, ev: DupEvent) -> AttributedEvent:
+        ae = self.attributor.attribute(ev, self.table.process_for(ev))
+        # a plain redirection only updates the engine's fd model: no line
+        p = ae.process
+        ae.quiet = p is None or self.engine.socket_for_fd(p, ev.oldfd) is None
+        return ae
+
+    def _on_tcp_state(self, ev: TcpStateEvent) -> AttributedEvent:
+        # softirq context with no recorded owner: no process to name
+        p = self.table.process_for(ev) if ev.owner_known else None
+        return self.attributor.attribute(ev, p)
+
+    def _on_send(self, ev: SendEvent) -> AttributedEvent:
+        if ev.flags & SEND_OWNER_DIFFERS:
+            return self.attributor.attribute(ev, self._send_subject(ev))
+        return self.attributor.attribute(ev, self.table.process_for(ev))
+
+    def _on_connect(self, ev: ConnectEvent) -> AttributedEvent:
+        ae = self.attributor.attribute(ev, self.table.process_for(ev))
+        ae.connect_count = self.folds.on_record(ev)
+        return ae
+
+    def _on_record(self, ev: Event) -> AttributedEvent:
+        return self.attributor.attribute(ev, self.table.process_for(ev))
 
     def _send_subject(self, ev: SendEvent) -> Process:
         """The sender when it inherited the socket from the connector; else the connector.
@@ -465,6 +460,27 @@ class Collector:
         ev.pid = owner.pid
         return owner
 
+    def _gpu_step(self, scan: ScanResult | None) -> None:
+        """Reconcile the GPU holder table with a scan; episode-end checks; holder lines."""
+        events = self.gpu.reconcile(scan) if scan is not None else []
+        for ev in events:
+            self.handle(ev)
+        snapshot = self.gpu.snapshot_due()
+        if snapshot is not None:
+            self.sink.write(self.renderer.render_gpu_holders(snapshot))
+        findings = self.gpu_rules.tick()
+        if findings:
+            self._write_findings(findings)
+
+    def _flush_folds(self, final: bool = False) -> None:
+        """Summary lines for the connects idle kernel folds still hold."""
+        for ev, n in self.folds.flush(self.sensor, boottime_ns(), final):
+            p = self.table.process_for(ev)
+            ev.tag_origin = p.tag_origin or ev.tag_origin
+            ae = self.attributor.attribute(ev, p)
+            ae.connect_count, ae.summary = n, True
+            self.sink.write(self.renderer.render(ae))
+
     def _report_error(self, exc: Exception, raw: bytes) -> None:
         self.errors += 1
         if self.errors > 100 and self.errors % 1000:
@@ -477,25 +493,10 @@ class Collector:
         }
         self.sink.write(doc)
 
-    # -- kernel fallbacks ---------------------------------------------------------------
-
-    def _kernel_tagset(self, tagset_id: int) -> Tagset | None:
-        got = self.sensor.kernel_tagset(tagset_id)
-        if got is None:
-            return None
-        mask, blob = got
-        keys = self.table.keys
-        values = tag_values(blob, mask, TAG_VALUE_LEN, len(keys))
-        return Tagset({k: v for k, v in zip(keys, values, strict=True) if v is not None})
-
     # -- metrics -------------------------------------------------------------------------
 
     def _base(self, dataset: str, action: str) -> dict[str, Any]:
-        return {
-            "@timestamp": self.renderer.clock.now_iso(),
-            "event": {"kind": "metric", "dataset": dataset, "action": action},
-            "host": self.renderer.host,
-        }
+        return self.renderer.base(dataset, action)
 
     def _lifecycle(self, action: str, detail: dict[str, Any]) -> dict[str, Any]:
         doc = self._base("rlguard.lifecycle", action)
@@ -544,10 +545,10 @@ class Collector:
             "undecodable": self.undecodable,
             "errors": self.errors,
             "output": {
-                "lines_written": getattr(self.sink, "lines_written", None),
-                "lines_lost": getattr(self.sink, "lines_lost", None),
-                "pending": getattr(self.sink, "pending", None),
-                "error": getattr(self.sink, "last_error", None),
+                "lines_written": self.sink.lines_written,
+                "lines_lost": self.sink.lines_lost,
+                "pending": self.sink.pending,
+                "error": self.sink.last_error,
             },
             "process_table": {
                 "size": len(self.table),
@@ -576,11 +577,3 @@ class Collector:
             "open_episodes": sum(1 for e in reg.episodes.values() if e.end_ns is None),
             "tag_conflicts": self.attributor.conflicts,
         }
-
-
-def _iso_ns(wall_ns: int) -> str:
-    from datetime import datetime, timezone
-
-    sec, rem = divmod(wall_ns, 1_000_000_000)
-    stamp = datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{rem // 1000:06d}Z"

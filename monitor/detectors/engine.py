@@ -20,9 +20,8 @@ from typing import Any
 
 from monitor.detectors import stratum, tunnel
 from monitor.detectors.iocs import Iocs
-from monitor.detectors.rules import SEVERITY_RANK, SEVERITY_SCORE, Rule, load_rules
+from monitor.detectors.rules import SEVERITY_RANK, Rule, load_rules
 from monitor.detectors.signals import Signal, bounded
-from monitor.sensor.dns import parse_dns_message
 from monitor.sensor.events import (
     ConnectEvent,
     DnsEvent,
@@ -33,6 +32,7 @@ from monitor.sensor.events import (
     ForkEvent,
     SendEvent,
 )
+from monitor.state.attributed import AttributedEvent
 from monitor.state.process_table import Process
 
 CONFIG_READ_LIMIT = 64 * 1024
@@ -61,13 +61,27 @@ class ProcState:
 
 @dataclass(slots=True)
 class Finding:
+    """A rule raised on a subject, with its evidence and the event that triggered it."""
+
     rule: Rule
     subject: str
     signals: list[Signal]
-    event: Event
-    process: Process
-    doc: dict[str, Any]
+    trigger: AttributedEvent
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def event(self) -> Event:
+        return self.trigger.event
+
+    @property
+    def process(self) -> Process:
+        p = self.trigger.process
+        assert p is not None, "findings are raised on events with a process"
+        return p
+
+    @property
+    def severity(self) -> str:
+        return self.rule.severity(self.signals)
 
 
 def read_process_file(pid: int, path: str) -> str | None:
@@ -128,27 +142,26 @@ class DetectionEngine:
 
     # -- entry point -----------------------------------------------------------------
 
-    def observe(
-        self, ev: Event, p: Process, doc: dict[str, Any] | None, parent: Process | None = None
-    ) -> list[Finding]:
+    def observe(self, ae: AttributedEvent) -> list[Finding]:
         """Update state with one attributed event; returns new or escalated findings."""
+        ev, p = ae.event, ae.process
+        if p is None:
+            return []
         if isinstance(ev, ForkEvent):
-            return self._fork(ev, p, parent)
+            return self._fork(ev, p, ae.parent)
         if isinstance(ev, ExitEvent):
             self.state.pop(p.entity_id, None)
             return []
-        if doc is None:
-            doc = {}
         if isinstance(ev, ExecEvent):
-            found = self._exec(ev, p, doc, parent)
+            found = self._exec(ev, p, ae, ae.parent)
         elif isinstance(ev, ConnectEvent):
-            found = self._connect(ev, p, doc)
+            found = self._connect(ev, p, ae)
         elif isinstance(ev, SendEvent):
-            found = self._send(ev, p, doc)
+            found = self._send(ev, p, ae)
         elif isinstance(ev, DnsEvent):
-            found = self._dns(ev, p, doc)
+            found = self._dns(ev, p, ae)
         elif isinstance(ev, DupEvent):
-            found = self._dup(ev, p, doc)
+            found = self._dup(ev, p, ae)
         else:
             return []
         if found and self.iocs.is_allowed_process(p.executable):
@@ -167,7 +180,7 @@ class DetectionEngine:
         return []
 
     def _exec(
-        self, ev: ExecEvent, p: Process, doc: dict[str, Any], parent: Process | None
+        self, ev: ExecEvent, p: Process, ae: AttributedEvent, parent: Process | None
     ) -> list[Finding]:
         out: list[Finding] = []
         argv = ev.argv
@@ -185,17 +198,17 @@ class DetectionEngine:
             ssh_argv = tunnel.autossh_ssh_argv(argv)
             sigs += tunnel.autossh_signals(argv, self._ssh_config(ev, ssh_argv))
         if sigs:
-            out += self._finding("RLG-TUN-003", p.entity_id, sigs, ev, p, doc)
+            out += self._finding("RLG-TUN-003", p.entity_id, sigs, ae)
         tool = tunnel.tunnel_tool_signals(argv, exe, self.iocs)
         if tool:
-            out += self._finding("RLG-TUN-004", p.entity_id, tool, ev, p, doc)
+            out += self._finding("RLG-TUN-004", p.entity_id, tool, ae)
 
         # mining
         cfg_path = stratum.miner_config_path(argv)
         cfg_text = self.read_file(ev.pid, cfg_path) if cfg_path else None
         mining = stratum.miner_argv_signals(argv, exe, self.iocs, cfg_text)
         if mining:
-            out += self._finding("RLG-MIN-002", p.entity_id, mining, ev, p, doc)
+            out += self._finding("RLG-MIN-002", p.entity_id, mining, ae)
 
         # reverse shell: a shell started with a socket on stdin/stdout (nc -e,
         # socat exec:, bash -i >& /dev/tcp), or under a relay holding one (pty.spawn)
@@ -213,7 +226,7 @@ class DetectionEngine:
                     "high",
                 )
                 out += self._finding(
-                    "RLG-SHL-001", p.entity_id, [sig], ev, p, doc, {"connect_back": _dest(conn)}
+                    "RLG-SHL-001", p.entity_id, [sig], ae, {"connect_back": _dest(conn)}
                 )
         return out
 
@@ -256,7 +269,7 @@ class DetectionEngine:
             return None
         return c0
 
-    def _connect(self, ev: ConnectEvent, p: Process, doc: dict[str, Any]) -> list[Finding]:
+    def _connect(self, ev: ConnectEvent, p: Process, ae: AttributedEvent) -> list[Finding]:
         out: list[Finding] = []
         ok = ev.ret in (0, -115, 1)  # success, in progress, or seen below the syscall
         if not ok:
@@ -284,9 +297,7 @@ class DetectionEngine:
                 "RLG-TUN-001",
                 p.entity_id,
                 [sig],
-                ev,
-                p,
-                doc,
+                ae,
                 {"ssh_session": _dest(sess), "connect_back": _dest(conn)},
             )
         sig2 = stratum.pool_port_signal(ev.dport, self.iocs)
@@ -301,11 +312,11 @@ class DetectionEngine:
                 )
             if self.iocs.pool_port_connects == "alert":
                 out += self._finding(
-                    "RLG-MIN-004", f"{p.entity_id}/{ev.daddr}:{ev.dport}", [sig2], ev, p, doc
+                    "RLG-MIN-004", f"{p.entity_id}/{ev.daddr}:{ev.dport}", [sig2], ae
                 )
         return out
 
-    def _send(self, ev: SendEvent, p: Process, doc: dict[str, Any]) -> list[Finding]:
+    def _send(self, ev: SendEvent, p: Process, ae: AttributedEvent) -> list[Finding]:
         out: list[Finding] = []
         if self.iocs.is_allowed_destination(ev.daddr) or self.iocs.is_allowed_process(p.executable):
             return out
@@ -314,7 +325,7 @@ class DetectionEngine:
         if banner is not None:
             st = self._st(p)
             st.ssh_sessions.append(Conn(ev.daddr, ev.dport, "tcp", ev.cookie))
-            out += self._ssh_protocol(ev, p, doc, banner)
+            out += self._ssh_protocol(ev, p, ae, banner)
             return out
         mining = stratum.stratum_payload_signals(data)
         if mining:
@@ -322,9 +333,7 @@ class DetectionEngine:
                 "RLG-MIN-001",
                 p.entity_id,
                 mining,
-                ev,
-                p,
-                doc,
+                ae,
                 {"pool": {"ip": ev.daddr, "port": ev.dport}},
             )
         shell = tunnel.shell_banner_signal(data)
@@ -333,15 +342,13 @@ class DetectionEngine:
                 "RLG-SHL-001",
                 p.entity_id,
                 [shell],
-                ev,
-                p,
-                doc,
+                ae,
                 {"connect_back": {"ip": ev.daddr, "port": ev.dport}},
             )
         return out
 
     def _ssh_protocol(
-        self, ev: SendEvent, p: Process, doc: dict[str, Any], banner: str
+        self, ev: SendEvent, p: Process, ae: AttributedEvent, banner: str
     ) -> list[Finding]:
         names = {p.name, posixpath.basename(p.executable or "")}
         known = bool(names & self.iocs.ssh_clients)
@@ -378,26 +385,24 @@ class DetectionEngine:
             "RLG-TUN-002",
             p.entity_id,
             sigs,
-            ev,
-            p,
-            doc,
+            ae,
             {"ssh_banner": banner, "ssh_server": {"ip": ev.daddr, "port": ev.dport}},
         )
 
-    def _dns(self, ev: DnsEvent, p: Process, doc: dict[str, Any]) -> list[Finding]:
-        q = parse_dns_message(ev.data)
+    def _dns(self, ev: DnsEvent, p: Process, ae: AttributedEvent) -> list[Finding]:
+        q = ae.dns
         if q is None or q.is_response:
             return []
         out: list[Finding] = []
         sig = tunnel.tunnel_dns_signal(q.name, self.iocs)
         if sig is not None:
-            out += self._finding("RLG-TUN-005", f"{p.entity_id}/{q.name}", [sig], ev, p, doc)
+            out += self._finding("RLG-TUN-005", f"{p.entity_id}/{q.name}", [sig], ae)
         sig2 = stratum.pool_dns_signal(q.name, self.iocs)
         if sig2 is not None:
-            out += self._finding("RLG-MIN-003", f"{p.entity_id}/{q.name}", [sig2], ev, p, doc)
+            out += self._finding("RLG-MIN-003", f"{p.entity_id}/{q.name}", [sig2], ae)
         return out
 
-    def _dup(self, ev: DupEvent, p: Process, doc: dict[str, Any]) -> list[Finding]:
+    def _dup(self, ev: DupEvent, p: Process, ae: AttributedEvent) -> list[Finding]:
         st = self._st(p)
         conn = st.fds.get(ev.oldfd)
         if conn is None:
@@ -412,7 +417,7 @@ class DetectionEngine:
                 "high",
             )
             return self._finding(
-                "RLG-SHL-001", p.entity_id, [sig], ev, p, doc, {"connect_back": _dest(conn)}
+                "RLG-SHL-001", p.entity_id, [sig], ae, {"connect_back": _dest(conn)}
             )
         return []
 
@@ -423,14 +428,13 @@ class DetectionEngine:
         rule_id: str,
         subject: str,
         signals: list[Signal],
-        ev: Event,
-        p: Process,
-        doc: dict[str, Any],
+        ae: AttributedEvent,
         extra: dict[str, Any] | None = None,
     ) -> list[Finding]:
         """A finding unless the same (rule, subject) was already reported at least as severe."""
         rule = self.rules[rule_id]
-        if rule.category == "mining" and rule_id != "RLG-MIN-004":
+        p = ae.process
+        if rule.category == "mining" and rule_id != "RLG-MIN-004" and p is not None:
             st = self.state.get(p.entity_id)
             if st is not None and st.pool_ports:
                 # context only: a low signal never raises the severity on its own
@@ -452,7 +456,7 @@ class DetectionEngine:
             self._alerted.popitem(last=False)
         self._alerted[key] = (rule.severity(signals), list(signals))
         self.alerts_by_rule[rule_id] = self.alerts_by_rule.get(rule_id, 0) + 1
-        f = Finding(rule, subject, list(signals), ev, p, doc, dict(extra or {}))
+        f = Finding(rule, subject, list(signals), ae, dict(extra or {}))
         if prev is not None:
             f.extra["follow_up"] = True
             f.extra["previous_severity"] = prev[0]
@@ -465,46 +469,3 @@ class DetectionEngine:
 
 def _dest(c: Conn) -> dict[str, Any]:
     return {"ip": c.daddr, "port": c.dport, "transport": c.transport}
-
-
-def render_alert(f: Finding, timestamp: str) -> dict[str, Any]:
-    """The NDJSON alert: the rule, the evidence and the triggering event's context."""
-    rule = f.rule
-    sev = rule.severity(f.signals)
-    src = f.doc
-    doc: dict[str, Any] = {
-        "@timestamp": timestamp,
-        "event": {
-            "kind": "alert",
-            "category": ["intrusion_detection"],
-            "type": ["indicator"],
-            "action": rule.id,
-            "dataset": "rlguard.alert",
-            "severity": SEVERITY_SCORE[sev],
-            "reason": f"{rule.name}: " + "; ".join(s.detail for s in f.signals)[:400],
-        },
-        "rule": {
-            "id": rule.id,
-            "name": rule.name,
-            "description": rule.description,
-            "category": rule.category,
-            "ruleset": "rlguard",
-        },
-        "threat": {
-            "framework": "MITRE ATT&CK",
-            "technique": [{"id": t[0], "name": t[1]} for t in rule.techniques],
-        },
-    }
-    for key in ("host", "process", "rl", "destination", "source", "network", "dns"):
-        if key in src:
-            doc[key] = src[key]
-    doc["rlguard"] = {
-        "alert": {
-            "severity": sev,
-            "subject": f.subject,
-            "evidence": [s.as_dict() for s in f.signals],
-            "trigger": {"action": f.event.action, "@timestamp": src.get("@timestamp")},
-            **f.extra,
-        }
-    }
-    return doc

@@ -1,8 +1,8 @@
 """The incident, staged on this host: what the ROME agent did, in miniature.
 
 A fake RL worker (environment tags: run, episode, worker) uses its "tools" to
-open a reverse SSH tunnel to an outside host (a network namespace at
-198.51.100.2 running a real sshd, on port 443) and to start a "data loader"
+open a reverse SSH tunnel to an outside host (a network namespace at a
+198.51.100.0/24 address, running a real sshd, on port 443) and to start a "data loader"
 that is really a stratum client talking to a fake pool.  Someone outside then
 uses the tunnel to reach a service on the host's loopback.
 """

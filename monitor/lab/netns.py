@@ -2,15 +2,46 @@
 
 Addresses come from 198.51.100.0/24 and 2001:db8::/32 (RFC 5737 / RFC 3849):
 they look external to the detectors and are routed only over our own veth
-pair, so nothing leaves the machine.
+pair, so nothing leaves the machine.  Each host takes the lowest address no other
+host on this machine uses (allocated under a lock), so test runs side by side, or
+a demo beside a test run, never collide.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import subprocess
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+ALLOC_LOCK = "/run/lock/rlguard-lab.lock"
+FIRST_INDEX, LAST_INDEX = 2, 250
+
+
+@contextlib.contextmanager
+def _alloc_lock() -> Iterator[None]:
+    os.makedirs(os.path.dirname(ALLOC_LOCK), exist_ok=True)
+    with open(ALLOC_LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _used_indexes() -> set[int]:
+    """Host parts of the 198.51.100.0/24 routes and addresses in use on this machine."""
+    used: set[int] = set()
+    for cmd in (("ip", "-4", "-o", "route", "show"), ("ip", "-4", "-o", "addr", "show")):
+        for word in sh(*cmd, check=False).stdout.split():
+            if word.startswith("198.51.100."):
+                tail = word.split("/")[0].rsplit(".", 1)[1]
+                if tail.isdigit():
+                    used.add(int(tail))
+    return used
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -21,7 +52,7 @@ def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 class NetnsHost:
     """One namespace 'outside host' joined to the root namespace by a veth pair."""
 
-    index: int = 2
+    index: int = 0  # 0: the lowest free one (a fixed one only where nothing else runs)
     name: str = field(default_factory=lambda: f"rlg-{uuid.uuid4().hex[:8]}")
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -50,6 +81,15 @@ class NetnsHost:
         return "2001:db8:51::1"
 
     def up(self) -> NetnsHost:
+        with _alloc_lock():
+            if not self.index or self.index in _used_indexes():
+                free = sorted(set(range(FIRST_INDEX, LAST_INDEX + 1)) - _used_indexes())
+                if not free:
+                    raise RuntimeError("no free 198.51.100.0/24 address for a test host")
+                self.index = free[0]
+            return self._up()
+
+    def _up(self) -> NetnsHost:
         try:
             sh("ip", "netns", "add", self.name)
             sh("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)

@@ -56,7 +56,7 @@ POOL_SERVER = textwrap.dedent(
 
 DNS_SERVER = textwrap.dedent(
     r"""
-    # answers every A query with 198.51.100.2 (and AAAA with nothing)
+    # answers every A query with its own address (and AAAA with nothing)
     import socket, struct, sys
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((sys.argv[1], 53))
@@ -70,7 +70,7 @@ DNS_SERVER = textwrap.dedent(
         flags = b"\x81\x80"
         if qtype == 1:
             rr = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04"
-            ans = rr + socket.inet_aton("198.51.100.2")
+            ans = rr + socket.inet_aton(sys.argv[1])
             head = q[:2] + flags + b"\x00\x01\x00\x01\x00\x00\x00\x00"
         else:
             ans = b""
@@ -113,7 +113,7 @@ def _ready(p: subprocess.Popen[bytes]) -> None:
 class OutsideHost(NetnsHost):
     """A NetnsHost with sshd, a pool, DNS and a shell listener."""
 
-    def __init__(self, index: int = 2) -> None:
+    def __init__(self, index: int = 0) -> None:
         super().__init__(index=index)
         self.dir = Path(tempfile.mkdtemp(prefix="rlg-outside-"))
         self.client_key = self.dir / "id_ed25519"

@@ -13,10 +13,19 @@ is every connect the kernel saw, folded or not (minus counted ring drops).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from monitor.sanitize import safe_text
 from monitor.sensor.events import ConnectEvent
+
+
+class FoldSource(Protocol):
+    """The sensor's connect_folds map (monitor.sensor.probes.Sensor)."""
+
+    def folds(self) -> list[Any]: ...
+
+    def retire_fold(self, key: Any) -> int | None: ...
+
 
 # a fold whose last connect is older than this has no record in flight
 # (records are drained every poll interval): its tail can be reported
@@ -46,7 +55,7 @@ class ConnectFolds:
         return n
 
     def flush(
-        self, sensor: Any, now_ns: int, final: bool = False
+        self, sensor: FoldSource, now_ns: int, final: bool = False
     ) -> list[tuple[ConnectEvent, int]]:
         """Summary events for idle folds with unreported connects; retires old folds.
 

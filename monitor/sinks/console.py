@@ -52,8 +52,14 @@ class ConsoleAlertSink:
         self.last_error: str | None = None
 
     def write(self, doc: dict[str, Any]) -> None:
+        self.write_line(None, doc)
+
+    def write_line(self, line: bytes | None, doc: dict[str, Any]) -> None:
         if self.ndjson is not None:
-            self.ndjson.write(doc)
+            if line is None:
+                self.ndjson.write(doc)
+            else:
+                self.ndjson.write_line(line, doc)
         self.lines_written += 1
         if doc.get("event", {}).get("kind") == "alert":
             self.alerts.append(doc)

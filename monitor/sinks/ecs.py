@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import time
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any, cast
 
+from monitor.clock import Clock, iso_wall
+from monitor.detectors.engine import Finding
+from monitor.detectors.rules import SEVERITY_SCORE
 from monitor.sanitize import printable_preview
-from monitor.sensor.dns import parse_dns_message
 from monitor.sensor.events import (
     CONNECT_KERNEL,
     EXEC_ARGV_UNREADABLE,
@@ -28,10 +28,9 @@ from monitor.sensor.events import (
     TCP_STATES,
     ConnectEvent,
     DnsEvent,
-    Event,
+    DupEvent,
     ExecEvent,
     ExitEvent,
-    ForkEvent,
     GpuCloseEvent,
     GpuOpenEvent,
     SendEvent,
@@ -39,10 +38,9 @@ from monitor.sensor.events import (
     errno_name,
 )
 from monitor.sinks.community_id import community_id_v1
+from monitor.state.attributed import AttributedEvent
 from monitor.state.process_table import Process, ProcessTable
-
-if TYPE_CHECKING:
-    from monitor.state.attribution import Attributor
+from monitor.state.registry.records import RegistryRecord, RegistryRefusals
 
 CATEGORY = {
     "exec": (["process"], ["start"], "rlguard.process"),
@@ -58,42 +56,21 @@ CATEGORY = {
 }
 
 
-class Clock:
-    """CLOCK_BOOTTIME ns (the kernel's timestamps) -> wall-clock ISO 8601."""
-
-    def __init__(self) -> None:
-        self.resync()
-
-    def resync(self) -> None:
-        self.offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-        self._prefixes: dict[int, str] = {}
-
-    def iso(self, boot_ns: int) -> str:
-        wall = boot_ns + self.offset_ns
-        sec, rem = divmod(wall, 1_000_000_000)
-        prefix = self._prefixes.get(sec)
-        if prefix is None:  # strftime once per distinct second, not per event
-            if len(self._prefixes) > 4096:
-                self._prefixes.clear()
-            prefix = datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-            self._prefixes[sec] = prefix
-        return f"{prefix}.{rem // 1000:06d}Z"
-
-    def now_iso(self) -> str:
-        return self.iso(time.clock_gettime_ns(time.CLOCK_BOOTTIME))
-
-
 class Renderer:
-    """Builds the ECS dict for an event, with process, lineage and `rl`."""
+    """Turns typed, attributed events and the monitor's own records into ECS documents.
 
-    def __init__(self, table: ProcessTable, hostname: str | None = None) -> None:
+    The last stage: nothing after it reads the documents except the sinks.
+    """
+
+    def __init__(self, table: ProcessTable, clock: Clock, hostname: str | None = None) -> None:
         self.table = table
-        # set by the collector: registry, cgroup and precedence on top of the tags
-        self.attributor: Attributor | None = None
-        self.clock = Clock()
+        self.clock = clock
         self.host = {"hostname": hostname or socket.gethostname(), "boot": {"id": table.boot_id}}
         # kernel socket addresses are pointers: publish a keyed hash, never the value
         self._sock_key = os.urandom(16)
+        # process fields and lineage docs by pid, valid for one table generation
+        self._generation = -1
+        self._procs: dict[int, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
 
     def sock_id(self, skaddr: int) -> str:
         return hashlib.blake2b(
@@ -121,7 +98,53 @@ class Renderer:
         }
         return out
 
-    def render(self, ev: Event, p: Process) -> dict[str, Any]:
+    def _process(
+        self, p: Process, lineage: list[Process]
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Process fields and lineage doc; names and parents change only with the generation."""
+        gen = self.table.generation
+        if gen != self._generation:
+            self._generation = gen
+            self._procs.clear()
+        got = self._procs.get(p.pid)
+        if got is None:
+            got = self._procs[p.pid] = (
+                self.process_fields(p),
+                [{"pid": a.pid, "name": a.name, "entity_id": a.entity_id} for a in lineage],
+            )
+        return got
+
+    def base(self, dataset: str, action: str, kind: str = "metric") -> dict[str, Any]:
+        """The skeleton of one of the monitor's own lines, stamped now."""
+        return {
+            "@timestamp": self.clock.now_iso(),
+            "event": {"kind": kind, "dataset": dataset, "action": action},
+            "host": self.host,
+        }
+
+    def context(self, ae: AttributedEvent) -> dict[str, Any]:
+        """host, process (with thread) and rl (with lineage) of an attributed event."""
+        doc: dict[str, Any] = {"host": self.host}
+        rl = dict(ae.rl.as_doc())
+        p = ae.process
+        if p is None:
+            rl["lineage"] = []
+        else:
+            proc_fields, lineage_doc = self._process(p, ae.lineage)
+            proc = dict(proc_fields)
+            ev = ae.event
+            if ev.tid != ev.pid and ev.pid == p.pid:
+                proc["thread"] = {"id": ev.tid}
+            doc["process"] = proc
+            rl["lineage"] = lineage_doc
+        doc["rl"] = rl
+        return doc
+
+    def render(self, ae: AttributedEvent) -> dict[str, Any]:
+        """The line of an event (memoised on the event: alerts copy their context from it)."""
+        if ae.rendered is not None:
+            return ae.rendered
+        ev = ae.event
         action = ev.action
         categories, types, dataset = CATEGORY[action]
         doc: dict[str, Any] = {
@@ -133,47 +156,133 @@ class Renderer:
                 "action": action,
                 "dataset": dataset,
             },
-            "host": self.host,
         }
-        gen = self.table.generation
-        cache = p.render_cache
-        if cache is None or cache[0] != gen:
-            # names, parents and lineage change only with fork/exec/exit: reuse in between
-            lineage = self.table.lineage(p)
-            cache = p.render_cache = (
-                gen,
-                (
-                    lineage,
-                    self.process_fields(p),
-                    [{"pid": a.pid, "name": a.name, "entity_id": a.entity_id} for a in lineage],
-                ),
-            )
-        lineage, proc_fields, lineage_doc = cache[1]
-        proc = dict(proc_fields)
-        if ev.tid != ev.pid:
-            proc["thread"] = {"id": ev.tid}
-        doc["process"] = proc
-        att = self.attributor
-        if att is None:
-            rl = dict(self.table.rl_block(p, ev.tagset_id, ev.tag_origin, lineage))
-        else:
-            rl = att.rl_block(ev, p, lineage)
-        rl["lineage"] = lineage_doc
-        doc["rl"] = rl
-        extra = getattr(self, "_" + action)(ev, doc)
+        doc.update(self.context(ae))
+        extra = getattr(self, "_" + action)(ae, doc)
         if ev.cgroup_id:
             extra.setdefault("cgroup_id", ev.cgroup_id)
-            ident = att.identity(ev.cgroup_id) if att is not None else None
+            ident = ae.cgroup
             if ident is not None:
                 extra["cgroup"] = {"id": ev.cgroup_id, "path": ident.path}
                 if ident.container_id:
                     doc["container"] = {"id": ident.container_id}
         doc["rlguard"] = extra
+        ae.rendered = doc
+        return doc
+
+    def render_alert(self, f: Finding) -> dict[str, Any]:
+        """The alert line: the rule, the evidence and the triggering event's context."""
+        rule = f.rule
+        sev = f.severity
+        ae = f.trigger
+        src = self.render(ae) if ae.event.action in CATEGORY else self.context(ae)
+        doc: dict[str, Any] = {
+            "@timestamp": self.clock.now_iso(),
+            "event": {
+                "kind": "alert",
+                "category": ["intrusion_detection"],
+                "type": ["indicator"],
+                "action": rule.id,
+                "dataset": "rlguard.alert",
+                "severity": SEVERITY_SCORE[sev],
+                "reason": f"{rule.name}: " + "; ".join(s.detail for s in f.signals)[:400],
+            },
+            "rule": {
+                "id": rule.id,
+                "name": rule.name,
+                "description": rule.description,
+                "category": rule.category,
+                "ruleset": "rlguard",
+            },
+            "threat": {
+                "framework": "MITRE ATT&CK",
+                "technique": [{"id": t[0], "name": t[1]} for t in rule.techniques],
+            },
+        }
+        for key in ("host", "process", "rl", "destination", "source", "network", "dns"):
+            if key in src:
+                doc[key] = src[key]
+        doc["rlguard"] = {
+            "alert": {
+                "severity": sev,
+                "subject": f.subject,
+                "evidence": [s.as_dict() for s in f.signals],
+                "trigger": {
+                    "action": ae.event.action,
+                    "@timestamp": self.clock.iso(ae.event.ts_ns),
+                },
+                **f.extra,
+            }
+        }
+        return doc
+
+    # -- the monitor's own records ---------------------------------------------------------
+
+    def render_registry(self, rec: RegistryRecord) -> dict[str, Any]:
+        """The ``rlguard.episode`` line of one registry message."""
+        reg: dict[str, Any] = {"client": rec.peer}
+        if rec.bindings:
+            reg["bindings"] = rec.bindings
+        if rec.status:
+            reg["status"] = rec.status
+        if rec.meta:
+            reg["meta"] = rec.meta
+        if rec.warnings:
+            reg["warnings"] = list(rec.warnings)
+        return {
+            "@timestamp": iso_wall(rec.wall_ns),
+            "event": {
+                "kind": "event",
+                "category": ["session"],
+                "type": ["start" if rec.is_start else "end"],
+                "action": rec.op,
+                "dataset": "rlguard.episode",
+            },
+            "rl": {
+                "episode_id": rec.episode_id,
+                "run_id": rec.run_id,
+                "trajectory_id": rec.trajectory_id,
+                "sandbox_id": rec.sandbox_id,
+                "source": "registry",
+            },
+            "rlguard": {"registry": reg},
+            "host": self.host,
+        }
+
+    def render_registry_error(self, err: RegistryRefusals) -> dict[str, Any]:
+        return {
+            "@timestamp": iso_wall(err.wall_ns),
+            "event": {"kind": "metric", "action": "registry_error", "dataset": "rlguard.registry"},
+            "rlguard": {
+                "registry": {
+                    "error": err.error,
+                    "client": err.client,
+                    "errors_since_last_record": err.errors_since_last_record,
+                    "errors_total": err.errors_total,
+                }
+            },
+            "host": self.host,
+        }
+
+    def render_gpu_holders(self, snapshot: dict[str, Any]) -> dict[str, Any]:
+        """The ``gpu_holders`` line: holders' start times on the wall clock."""
+        iso = self.clock.iso
+        for dev in snapshot["devices"]:
+            dev["holders"] = [
+                {
+                    ("since" if k == "since_ns" else k): (iso(v) if k == "since_ns" else v)
+                    for k, v in h.items()
+                }
+                for h in dev["holders"]
+            ]
+        doc = self.base("rlguard.gpu", "gpu_holders")
+        doc["rlguard"] = {"gpu": snapshot}
         return doc
 
     # one method per action: fills ECS fields in doc, returns rlguard.* detail
 
-    def _exec(self, ev: ExecEvent, doc: dict[str, Any]) -> dict[str, Any]:
+    def _exec(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        ev = cast(ExecEvent, ae.event)
         detail: dict[str, Any] = {"exec": {"args_truncated": ev.args_truncated}}
         for bit, name in (
             (EXEC_ENV_SCAN_TRUNCATED, "env_scan_truncated"),
@@ -189,18 +298,13 @@ class Renderer:
             ]
         return detail
 
-    def _fork(self, ev: ForkEvent, doc: dict[str, Any]) -> dict[str, Any]:
-        # the subject is the new child; the forking process is its parent
-        child = self.table.procs.get(ev.child_pid)
-        if child is not None:
-            doc["process"] = self.process_fields(child)
-            doc["rl"]["lineage"] = [
-                {"pid": a.pid, "name": a.name, "entity_id": a.entity_id}
-                for a in self.table.lineage(child)
-            ]
-        return {"fork": {"parent_tid": ev.tid}}
+    def _fork(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        # the subject is the new child (its process fields and lineage); the forking
+        # process is its parent
+        return {"fork": {"parent_tid": ae.event.tid}}
 
-    def _exit(self, ev: ExitEvent, doc: dict[str, Any]) -> dict[str, Any]:
+    def _exit(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        ev = cast(ExitEvent, ae.event)
         proc = doc["process"]
         proc["exit_code"] = ev.exit_code if ev.exit_code >= 0 else None
         detail: dict[str, Any] = {"exit": {}}
@@ -208,7 +312,8 @@ class Renderer:
             detail["exit"]["signal"] = ev.exit_signal
         return detail
 
-    def _gpu_open(self, ev: GpuOpenEvent, doc: dict[str, Any]) -> dict[str, Any]:
+    def _gpu_open(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        ev = cast(GpuOpenEvent, ae.event)
         doc["file"] = {"path": ev.path}
         if ev.fd >= 0:
             doc["event"]["outcome"] = "success"
@@ -225,7 +330,8 @@ class Renderer:
             gpu["rdev"] = f"{os.major(ev.rdev)}:{os.minor(ev.rdev)}"
         return {"gpu": gpu}
 
-    def _gpu_close(self, ev: GpuCloseEvent, doc: dict[str, Any]) -> dict[str, Any]:
+    def _gpu_close(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        ev = cast(GpuCloseEvent, ae.event)
         if ev.path:
             doc["file"] = {"path": ev.path}
         gpu: dict[str, Any] = {"fd": ev.fd, "via": ev.via}
@@ -233,14 +339,16 @@ class Renderer:
             gpu["last_fd"] = ev.last_fd
         return {"gpu": gpu}
 
-    def _dup(self, ev: Any, doc: dict[str, Any]) -> dict[str, Any]:
+    def _dup(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        ev = cast(DupEvent, ae.event)
         return {"dup": {"oldfd": ev.oldfd, "newfd": ev.newfd}}
 
     @staticmethod
     def _net_type(family: int) -> str:
         return "ipv6" if family == 10 else "ipv4"
 
-    def _connect(self, ev: ConnectEvent, doc: dict[str, Any]) -> dict[str, Any]:
+    def _connect(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        ev = cast(ConnectEvent, ae.event)
         doc["destination"] = {"ip": ev.daddr, "port": ev.dport}
         doc["network"] = {"transport": ev.transport, "type": self._net_type(ev.family)}
         result = errno_name(ev.ret)
@@ -250,16 +358,19 @@ class Renderer:
             doc["event"]["outcome"] = "unknown"
         else:
             doc["event"]["outcome"] = "failure"
-        return {
-            "connect": {
-                "fd": ev.fd if ev.fd >= 0 else None,
-                "result": result,
-                "errno": -ev.ret if ev.ret < 0 else 0,
-                "via": "kernel" if ev.flags & CONNECT_KERNEL else "syscall",
-                "socket_type": SOCK_TYPES.get(ev.sock_type),
-                "cookie": ev.cookie or None,
-            }
+        connect: dict[str, Any] = {
+            "fd": ev.fd if ev.fd >= 0 else None,
+            "result": result,
+            "errno": -ev.ret if ev.ret < 0 else 0,
+            "via": "kernel" if ev.flags & CONNECT_KERNEL else "syscall",
+            "socket_type": SOCK_TYPES.get(ev.sock_type),
+            "cookie": ev.cookie or None,
         }
+        if ae.connect_count is not None:
+            connect["count"] = ae.connect_count
+        if ae.summary:
+            connect["summary"] = True
+        return {"connect": connect}
 
     def _five_tuple(
         self,
@@ -281,17 +392,9 @@ class Renderer:
             net["community_id"] = community_id_v1(saddr, daddr, sport, dport, proto)
         doc["network"] = net
 
-    def _tcp_state(self, ev: TcpStateEvent, doc: dict[str, Any]) -> dict[str, Any]:
+    def _tcp_state(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        ev = cast(TcpStateEvent, ae.event)
         self._five_tuple(doc, ev.family, ev.saddr, ev.sport, ev.daddr, ev.dport, 6)
-        if not ev.owner_known:
-            # softirq context, no recorded owner: no process to name
-            doc.pop("process", None)
-            doc["rl"] = {
-                **{r + "_id": None for r in ("episode", "worker", "run", "trajectory", "sandbox")},
-                "tags": {},
-                "source": "none",
-                "lineage": [],
-            }
         tcp = {
             "old_state": TCP_STATES.get(ev.oldstate, str(ev.oldstate)),
             "new_state": TCP_STATES.get(ev.newstate, str(ev.newstate)),
@@ -312,7 +415,8 @@ class Renderer:
             "preview": printable_preview(data, len(data)),
         }
 
-    def _send(self, ev: SendEvent, doc: dict[str, Any]) -> dict[str, Any]:
+    def _send(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        ev = cast(SendEvent, ae.event)
         self._five_tuple(doc, ev.family, ev.saddr, ev.sport, ev.daddr, ev.dport, 6)
         detail: dict[str, Any] = {
             "payload": self.payload(ev.data, ev.payload_len),
@@ -322,10 +426,11 @@ class Renderer:
             detail["socket"]["owner_differs"] = True
         return detail
 
-    def _dns(self, ev: DnsEvent, doc: dict[str, Any]) -> dict[str, Any]:
+    def _dns(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        ev = cast(DnsEvent, ae.event)
         self._five_tuple(doc, ev.family, ev.saddr, ev.sport, ev.daddr, ev.dport, 17)
         doc["network"]["protocol"] = "dns"
-        q = parse_dns_message(ev.data)
+        q = ae.dns
         if q is not None:
             doc["dns"] = {
                 "id": str(q.id),

@@ -8,22 +8,29 @@ hide which output is losing lines.
 
 Sink names come from each sink's ``name`` attribute (NdjsonSink: "file" or "stdout",
 SiemSink: "siem"), else the class name; a repeated name gets "-2", "-3"...
+
+Each document is serialised once here, and the line goes to every sink that takes lines
+(``write_line``): one ``orjson.dumps`` per line, however many outputs there are.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
+from monitor.sinks.base import LineSink, Reopenable, Sink, sink_name
+
 
 class FanoutSink:
     """Writes to every sink in ``sinks``; the interface of a single sink."""
 
-    def __init__(self, *sinks: Any) -> None:
+    def __init__(self, *sinks: Sink) -> None:
         if not sinks:
             raise ValueError("FanoutSink needs at least one sink")
         self.sinks: dict[str, Any] = {}
         for sink in sinks:
-            base = str(getattr(sink, "name", "") or type(sink).__name__.lower())
+            base = sink_name(sink)
             name, n = base, 1
             while name in self.sinks:
                 n += 1
@@ -32,24 +39,29 @@ class FanoutSink:
         self.failures: dict[str, int] = dict.fromkeys(self.sinks, 0)
         self._refused: dict[str, int] = dict.fromkeys(self.sinks, 0)  # writes that raised
         self._errors: dict[str, str] = {}
+        self._line_sinks = {n: isinstance(k, LineSink) for n, k in self.sinks.items()}
 
     def _call(self, name: str, sink: Any, method: str, *args: Any) -> Any:
         try:
             result = getattr(sink, method)(*args)
         except Exception as exc:  # one broken output must not take the others down
             self.failures[name] += 1
-            if method == "write":
+            if method.startswith("write"):
                 self._refused[name] += 1  # that sink never got the line: it is lost
             self._errors[name] = f"{method}: {type(exc).__name__}: {exc}"[:300]
             return None
-        if method != "write":
+        if not method.startswith("write"):
             self._errors.pop(name, None)  # a good flush/reopen clears an old failure
         return result
 
     def write(self, doc: dict[str, Any]) -> None:
-        """Give ``doc`` to every sink."""
+        """Serialise ``doc`` once and give the line to every sink."""
+        line = orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE)
         for name, sink in self.sinks.items():
-            self._call(name, sink, "write", doc)
+            if self._line_sinks[name]:
+                self._call(name, sink, "write_line", line, doc)
+            else:
+                self._call(name, sink, "write", doc)
 
     def flush(self) -> bool:
         """Flush every sink; True only if all of them took everything."""
@@ -61,7 +73,8 @@ class FanoutSink:
     def reopen(self) -> None:
         """Reopen every sink (SIGHUP): only flags and file reopens, signal-safe."""
         for name, sink in self.sinks.items():
-            self._call(name, sink, "reopen")
+            if isinstance(sink, Reopenable):
+                self._call(name, sink, "reopen")
 
     def close(self) -> None:
         """Close every sink, even when one of them fails to."""

@@ -147,9 +147,13 @@ class LiveSocketSink:
 
     def write(self, doc: dict[str, Any]) -> None:
         """Queue one document for every connected client (cheap when there are none)."""
+        if self._clients:
+            self.write_line(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE), doc)
+
+    def write_line(self, line: bytes, doc: dict[str, Any]) -> None:
+        """Queue one serialised document (the fan-out serialises once for every sink)."""
         if not self._clients:
             return
-        line = orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE)
         if self._batch_bytes + len(line) > self.max_queue_bytes:
             # no flush for a long time: every client would overflow anyway
             self._batch_dropped += 1

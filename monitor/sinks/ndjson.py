@@ -140,7 +140,10 @@ class NdjsonSink:
 
     def write(self, doc: dict[str, Any]) -> None:
         """Queue one document as one line; written by the next flush()."""
-        line = orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE)
+        self.write_line(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE), doc)
+
+    def write_line(self, line: bytes, doc: dict[str, Any]) -> None:
+        """Queue one serialised document (the fan-out serialises once for every sink)."""
         if len(self._pending) + len(line) > MAX_PENDING_BYTES:
             self.lines_lost += 1  # reported in the metric stream
             return

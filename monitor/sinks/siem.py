@@ -511,7 +511,10 @@ class SiemSink:
 
     def write(self, doc: dict[str, Any]) -> None:
         """Queue one document; the sender thread delivers it."""
-        line = orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE)
+        self.write_line(orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE), doc)
+
+    def write_line(self, line: bytes, doc: dict[str, Any]) -> None:
+        """Queue one serialised document (the fan-out serialises once for every sink)."""
         meta = syslog_meta(doc) if self.endpoint.syslog else None
         with self._lock:
             if self._closing:

@@ -1,4 +1,4 @@
-"""Which episode an event belongs to, and which source said so.
+"""Which episode an event belongs to, and which source said so: the one attribution path.
 
 Precedence, strongest first (docs/registry.md):
 
@@ -16,23 +16,39 @@ attribution and reported (``rl.conflict`` and the RLG-ATTR-001 alert): a forged 
 itself suspicious.  Birth: a process keeps the episode that was active for its parent (thread)
 when it was forked, so a miner started in episode 17 is still episode 17's when it phones home
 during episode 19.
+
+Every consumer gets its context from here: event lines (:meth:`Attributor.attribute`) and the
+subjects of rules that are not raised by a record, such as a GPU still held after its
+episode ended (:meth:`Attributor.context_of`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 from monitor.config import AttributionConfig
-from monitor.sensor.events import Event, ExecEvent, ForkEvent
+from monitor.sensor.dns import parse_dns_message
+from monitor.sensor.events import DnsEvent, Event, ExecEvent, ForkEvent
+from monitor.state.attributed import (
+    NO_CONTEXT,
+    AttributedEvent,
+    Binding,
+    Conflict,
+    Origin,
+    RlContext,
+)
 from monitor.state.cgroups import CgroupIdentity, CgroupResolver
-from monitor.state.process_table import ROLES, Process, ProcessTable
+from monitor.state.process_table import ROLES, SEED_TAGSET_BASE, Process, ProcessTable
 from monitor.state.registry.state import Episode, Registry
 
 MAX_OVERRIDES = 65536
 BIRTHS_PRUNE_MIN = 4096  # births held before the first pruning pass
+TAG_CONTEXTS_MAX = 4096  # tag-only contexts kept between table expiries
 RAY_PREFIX = "ray::"
+
+__all__ = ["Attributor", "Birth", "Conflict"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,22 +58,6 @@ class Birth:
     episode: Episode
     source: str  # "registry" or "cgroup"
     via: str  # "thread", "process", "ancestor", "cgroup"
-
-
-@dataclass(frozen=True, slots=True)
-class Conflict:
-    """Own environment tags that contradict a stronger source."""
-
-    source: str  # the stronger source that was kept
-    roles: dict[str, tuple[str | None, str | None]]  # role -> (own value, kept value)
-    forged_tagset_id: int
-    kept: tuple[int, int] | None  # (tagset_id, origin) used instead, for lineage conflicts
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "kept_source": self.source,
-            "roles": {r: {"own_env": a, "kept": b} for r, (a, b) in self.roles.items()},
-        }
 
 
 class Attributor:
@@ -77,9 +77,13 @@ class Attributor:
         # forged tagset id -> the conflict it came from (descendants inherit the forged tags)
         self.overrides: OrderedDict[int, Conflict] = OrderedDict()
         self.conflicts = 0
-        # Ray titles by pid, valid for one table generation only (see _ray_title)
+        # the context the tags alone give, by (tagset, origin, own, via lineage)
+        self._tag_contexts: dict[tuple[int, int, bool, bool], RlContext] = {}
+        # lineages and Ray titles by pid, valid for one table generation only: names and
+        # parents change only with fork/exec/exit, which bump the generation
+        self._generation = -1
+        self._lineages: dict[int, list[Process]] = {}
         self._ray_cache: dict[int, str | None] = {}
-        self._ray_generation = -1
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -117,21 +121,38 @@ class Attributor:
         ident = self.identity(cgroup_id)
         return reg.for_cgroup(ident, ts_ns) if ident is not None else None
 
-    def _stronger(self, p: Process, ev: Event) -> tuple[Episode, str, str] | None:
+    def _stronger(
+        self, p: Process, tid: int, ts_ns: int, cgroup_id: int
+    ) -> tuple[Episode, str, str] | None:
         reg = self.registry
         if not self.births and (reg is None or not (reg.has_tasks() or reg.cgroup_bindings)):
             return None  # nothing was ever bound: the common case without a trainer registry
         if reg is not None and reg.has_tasks():
-            hit = reg.for_task(p.pid, ev.tid, ev.ts_ns)
+            hit = reg.for_task(p.pid, tid, ts_ns)
             if hit is not None:
                 return hit[0], "registry", hit[1]
         b = self.birth_of(p)
         if b is not None:
             return b.episode, b.source, b.via
-        ep = self._cgroup_episode(ev.cgroup_id, ev.ts_ns)
+        ep = self._cgroup_episode(cgroup_id, ts_ns)
         if ep is not None:
             return ep, "cgroup", "cgroup"
         return None
+
+    def _fresh_generation(self) -> None:
+        gen = self.table.generation
+        if gen != self._generation:
+            self._generation = gen
+            self._lineages.clear()
+            self._ray_cache.clear()
+
+    def lineage(self, p: Process) -> list[Process]:
+        """Ancestors, nearest first (cached for the table's current generation)."""
+        self._fresh_generation()
+        got = self._lineages.get(p.pid)
+        if got is None:
+            got = self._lineages[p.pid] = self.table.lineage(p)
+        return got
 
     # -- process life cycle ---------------------------------------------------------------
 
@@ -168,7 +189,7 @@ class Attributor:
         if own is None:
             return None
         own_roles = self.table.role_values(own)
-        stronger = self._stronger(p, ev)
+        stronger = self._stronger(p, ev.tid, ev.ts_ns, ev.cgroup_id)
         if stronger is not None:
             ep, source, _via = stronger
             kept_roles = {k.removesuffix("_id"): v for k, v in ep.rl_fields().items()}
@@ -199,61 +220,137 @@ class Attributor:
         self.conflicts += 1
         return c
 
-    # -- the rl block ---------------------------------------------------------------------
+    def expire(self) -> None:
+        """Once a second: forget tag contexts whose origin names may have gone stale."""
+        if len(self._tag_contexts) > TAG_CONTEXTS_MAX:
+            self._tag_contexts.clear()
 
-    def rl_block(self, ev: Event, p: Process, lineage: list[Process]) -> dict[str, Any]:
-        tagset_id, origin = ev.tagset_id, ev.tag_origin
+    # -- attribution ----------------------------------------------------------------------
+
+    def attribute(
+        self, ev: Event, p: Process | None, parent: Process | None = None
+    ) -> AttributedEvent:
+        """The typed event: subject, lineage, episode context, cgroup identity, parsed DNS."""
+        ident = self.identity(ev.cgroup_id)
+        if p is None:  # a TCP state change in softirq with no recorded owner
+            return AttributedEvent(ev, None, None, [], NO_CONTEXT, ident)
+        lineage = self.lineage(p)
+        if parent is None and p.ppid:
+            parent = self.table.procs.get(p.ppid)
+        rl = self._context(p, lineage, ev.tagset_id, ev.tag_origin, ev.tid, ev.ts_ns, ident, ev)
+        dns = parse_dns_message(ev.data) if isinstance(ev, DnsEvent) else None
+        return AttributedEvent(ev, p, parent, lineage, rl, ident, dns)
+
+    def context_of(self, p: Process, ts_ns: int) -> RlContext:
+        """The context of a process now, for a subject no record raised (same precedence)."""
+        ident = self.identity(p.cgroup_id)
+        return self._context(
+            p, self.lineage(p), p.tagset_id, p.tag_origin, p.pid, ts_ns, ident, None
+        )
+
+    def _context(
+        self,
+        p: Process,
+        lineage: list[Process],
+        tagset_id: int,
+        origin: int,
+        tid: int,
+        ts_ns: int,
+        ident: CgroupIdentity | None,
+        ev: Event | None,
+    ) -> RlContext:
         conflict = self.overrides.get(tagset_id) if tagset_id else None
         if conflict is not None and conflict.kept is not None:
             tagset_id, origin = conflict.kept
-        block = dict(self.table.rl_block(p, tagset_id, origin, lineage))
+        rl = self._tag_context(p, tagset_id, origin, lineage)
+        changes: dict[str, object] = {}
         if conflict is not None:
-            block["source"] = "inherited"
-            block["conflict"] = conflict.as_dict()
-        stronger = self._stronger(p, ev)
+            changes.update(source="inherited", conflict=conflict)
+        stronger = self._stronger(p, tid, ts_ns, p.cgroup_id if ev is None else ev.cgroup_id)
         if stronger is not None:
             ep, source, via = stronger
             for k, v in ep.rl_fields().items():
                 if v is not None:
-                    block[k] = v
-            block["source"] = source
-            block["binding"] = {"via": via, "episode_start_ns": ep.start_ns}
-        ident = self.identity(ev.cgroup_id)
-        if ident is not None and block.get("sandbox_id") is None and ident.sandbox_id:
-            block["sandbox_id"] = ident.sandbox_id
-        if block["source"] == "none" or (
-            block.get("episode_id") is None and stronger is None and "heuristic" not in block
-        ):
-            self._heuristics(ev, p, lineage, block)
-        return block
+                    changes[k] = v
+            changes["source"] = source
+            changes["binding"] = Binding(via, ep.start_ns)
+        sandbox = changes.get("sandbox_id", rl.sandbox_id)
+        if ident is not None and sandbox is None and ident.sandbox_id:
+            changes["sandbox_id"] = ident.sandbox_id
+        if changes:
+            rl = dataclasses.replace(rl, _doc=None, **changes)  # type: ignore[arg-type]
+        if rl.source == "none" or (rl.episode_id is None and stronger is None):
+            heuristic = self._heuristic(p, lineage, rl, ev)
+            if heuristic is not None:
+                rl = heuristic
+        return rl
 
-    def _heuristics(
-        self, ev: Event, p: Process, lineage: list[Process], block: dict[str, Any]
-    ) -> None:
+    def _tag_context(
+        self, p: Process, tagset_id: int, tag_origin: int, lineage: list[Process]
+    ) -> RlContext:
+        """What the kernel's tags say: the tagset of the record, else the nearest ancestor's."""
+        via_lineage = False
+        if not tagset_id:
+            for anc in lineage:
+                if anc.tagset_id:
+                    tagset_id, tag_origin = anc.tagset_id, anc.tag_origin
+                    via_lineage = True
+                    break
+        own = tag_origin == p.pid
+        key = (tagset_id, tag_origin, own, via_lineage)
+        cached = self._tag_contexts.get(key)
+        if cached is not None:
+            return cached
+        ts = self.table.tagset(tagset_id) if tagset_id else None
+        if ts is None:
+            rl = NO_CONTEXT
+        else:
+            if via_lineage:
+                source = "lineage"
+            elif tagset_id >= SEED_TAGSET_BASE and own:
+                source = "proc_environ"
+            elif own:
+                source = "own_env"
+            else:
+                source = "inherited"
+            o = self.table.procs.get(tag_origin)
+            roles = self.table.role_values(ts)
+            rl = RlContext(
+                episode_id=roles["episode"],
+                worker_id=roles["worker"],
+                run_id=roles["run"],
+                trajectory_id=roles["trajectory"],
+                sandbox_id=roles["sandbox"],
+                tags=dict(ts.values),
+                tags_truncated=tuple(sorted(ts.truncated)),
+                source=source,
+                origin=Origin(tag_origin, o.entity_id if o else None, o.name if o else None),
+            )
+        self._tag_contexts[key] = rl
+        return rl
+
+    def _heuristic(
+        self, p: Process, lineage: list[Process], rl: RlContext, ev: Event | None
+    ) -> RlContext | None:
         wanted = self.config.heuristics
         if "ray_title" in wanted:
-            title = ev.comm if ev.comm.startswith(RAY_PREFIX) else self._ray_title(p, lineage)
+            comm = ev.comm if ev is not None else p.name
+            title = comm if comm.startswith(RAY_PREFIX) else self._ray_title(p, lineage)
             if title is not None:
-                if block.get("worker_id") is None:
-                    block["worker_id"] = title[len(RAY_PREFIX) :] or None
-                block["source"] = "heuristic"
-                block["heuristic"] = "ray_title"
-                return
-        if "iflow_env" in wanted and block.get("tags", {}).get("IFLOW_ENV") == "train":
-            if all(block.get(r + "_id") is None for r in ROLES):
-                block["source"] = "heuristic"
-                block["heuristic"] = "iflow_env"
+                worker = rl.worker_id
+                if worker is None:
+                    worker = title[len(RAY_PREFIX) :] or None
+                return dataclasses.replace(
+                    rl, worker_id=worker, source="heuristic", heuristic="ray_title", _doc=None
+                )
+        if "iflow_env" in wanted and rl.tags.get("IFLOW_ENV") == "train":
+            if all(rl.role(r) is None for r in ROLES):
+                return dataclasses.replace(rl, source="heuristic", heuristic="iflow_env", _doc=None)
+        return None
 
     def _ray_title(self, p: Process, lineage: list[Process]) -> str | None:
-        # names change only with fork/exec/exit, which bump the table's generation: the
-        # cache holds the current generation's titles only.  Entries of older generations
-        # could never hit again, and kept by pid they pinned ~100 bytes per pid ever seen
-        # (a process churn left megabytes of scattered small objects behind)
-        gen = self.table.generation
-        if gen != self._ray_generation:
-            self._ray_cache.clear()
-            self._ray_generation = gen
-        elif p.pid in self._ray_cache:
+        self._fresh_generation()
+        if p.pid in self._ray_cache:
             return self._ray_cache[p.pid]
         title = next(
             (n for n in (p.name, *(a.name for a in lineage)) if n.startswith(RAY_PREFIX)), None

@@ -10,11 +10,11 @@ were already running have lineage too.  It never reads /proc per event.
 from __future__ import annotations
 
 import gc
-import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
+from monitor.clock import boottime_ns
 from monitor.config import TagsConfig
 from monitor.sensor.events import Event, ExecEvent, ExitEvent, ForkEvent, TagsetEvent
 
@@ -29,10 +29,6 @@ def read_boot_id() -> str:
             return fh.read().strip()
     except OSError:
         return "unknown-boot"
-
-
-def boottime_ns() -> int:
-    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
 
 
 @dataclass(slots=True)
@@ -56,8 +52,7 @@ class Process:
     exit_signal: int | None = None
     # how we learned of it: fork, exec (no fork seen), proc (seeded), event (stub)
     seen_via: str = "event"
-    # rendered process/lineage fields, valid while the table's generation is unchanged
-    render_cache: tuple[int, Any] | None = None
+    cgroup_id: int = 0  # of its latest record
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +102,7 @@ class ProcessTable:
         exit_grace_s: float = 5.0,
         max_entries: int = 200_000,
         max_exited: int = 8192,
+        tagset_fallback: Callable[[int], Tagset | None] | None = None,
     ) -> None:
         self.tags = tags
         self.keys: list[str] = list(tags.keys)
@@ -124,14 +120,13 @@ class ProcessTable:
         # exactly the table's exited entries, so expiry and eviction are O(1) at the front
         self._exited: OrderedDict[int, int] = OrderedDict()
         self._high_water = 0  # most entries since the last compaction
-        self._rl_cache: dict[tuple[int, int, bool, bool], dict[str, Any]] = {}
         self._next_seed_id = SEED_TAGSET_BASE + 1
         self.evicted = 0  # entries dropped because the table held max_entries
         self.exited_evicted = 0  # exited entries dropped before their grace (max_exited)
         # bumped on every change that can alter a rendered name, parent or lineage
         self.generation = 0
-        # callback to fetch a tagset the stream did not carry (kernel map lookup)
-        self.tagset_fallback: Any = None
+        # fetches a tagset the stream did not carry (the kernel map)
+        self.tagset_fallback = tagset_fallback
 
     # -- identity --------------------------------------------------------------
 
@@ -257,6 +252,7 @@ class ProcessTable:
             gid=ev.gid,
             tagset_id=ev.tagset_id,
             tag_origin=ev.tag_origin,
+            cgroup_id=ev.cgroup_id,
         )
         self._insert(p)
         return p
@@ -288,6 +284,7 @@ class ProcessTable:
             # the kernel's view of tags is authoritative
             p.tagset_id = ev.tagset_id or p.tagset_id
             p.tag_origin = ev.tag_origin if ev.tagset_id else p.tag_origin
+            p.cgroup_id = ev.cgroup_id or p.cgroup_id
         return p
 
     def on_fork(self, ev: ForkEvent) -> Process:
@@ -308,6 +305,7 @@ class ProcessTable:
             tagset_id=ev.tagset_id,
             tag_origin=ev.tag_origin,
             seen_via="fork",
+            cgroup_id=ev.cgroup_id,
         )
         self._insert(child)
         return child
@@ -325,6 +323,7 @@ class ProcessTable:
         p.uid, p.gid = ev.uid, ev.gid
         p.tagset_id, p.tag_origin = ev.tagset_id, ev.tag_origin
         p.own_tag_mask = ev.own_tag_mask
+        p.cgroup_id = ev.cgroup_id
         return p
 
     def on_exit(self, ev: ExitEvent) -> Process:
@@ -354,8 +353,6 @@ class ProcessTable:
             n += 1
         if n:
             self.generation += 1
-        if len(self._rl_cache) > 4096:
-            self._rl_cache.clear()
         size = len(self.procs)
         self._high_water = max(self._high_water, size)
         if n and self._high_water > COMPACT_MIN and size * 4 < self._high_water:
@@ -365,7 +362,7 @@ class ProcessTable:
             self.procs = dict(self.procs)
             self._exited = OrderedDict(self._exited)  # a copy keeps the exit order
             self._high_water = size
-            gc.collect()  # rendered docs of the expired form cycles: free them now
+            gc.collect()  # cycles among the expired entries: free them now
             trim_heap()
         return n
 
@@ -395,61 +392,12 @@ class ProcessTable:
                 self._put_tagset(tagset_id, ts)
         return ts
 
-    def _lineage_tags(self, p: Process, lineage: list[Process] | None) -> tuple[int, int]:
-        """The nearest ancestor's tagset, for a process the kernel saw untagged."""
-        for anc in self.lineage(p) if lineage is None else lineage:
-            if anc.tagset_id:
-                return anc.tagset_id, anc.tag_origin
-        return 0, 0
-
     def role_values(self, ts: Tagset) -> dict[str, str | None]:
         """Each role's value in a tagset: the first of the role's keys that is present."""
         return {
             role: next((ts.values[k] for k in getattr(self.tags, role) if k in ts.values), None)
             for role in ROLES
         }
-
-    def rl_block(
-        self, p: Process, tagset_id: int, tag_origin: int, lineage: list[Process] | None = None
-    ) -> dict[str, Any]:
-        """The `rl` object: episode, worker, run, trajectory, sandbox and provenance."""
-        via_lineage = False
-        if not tagset_id:
-            tagset_id, tag_origin = self._lineage_tags(p, lineage)
-            via_lineage = bool(tagset_id)
-        own = tag_origin == p.pid
-        key = (tagset_id, tag_origin, own, via_lineage)
-        cached = self._rl_cache.get(key)
-        if cached is not None:
-            return cached
-        block: dict[str, Any] = {r + "_id": None for r in ROLES}
-        ts = self.tagset(tagset_id) if tagset_id else None
-        if ts is None:
-            block["tags"] = {}
-            block["source"] = "none"
-            self._rl_cache[key] = block
-            return block
-        for role, value in self.role_values(ts).items():
-            block[role + "_id"] = value
-        block["tags"] = dict(ts.values)
-        if ts.truncated:
-            block["tags_truncated"] = sorted(ts.truncated)
-        if via_lineage:
-            block["source"] = "lineage"
-        elif tagset_id >= SEED_TAGSET_BASE and own:
-            block["source"] = "proc_environ"
-        elif own:
-            block["source"] = "own_env"
-        else:
-            block["source"] = "inherited"
-        origin = self.procs.get(tag_origin)
-        block["origin"] = {
-            "pid": tag_origin,
-            "entity_id": origin.entity_id if origin else None,
-            "name": origin.name if origin else None,
-        }
-        self._rl_cache[key] = block
-        return block
 
 
 def _safe(text: str) -> str:

@@ -165,10 +165,11 @@ def _summary(kind: str, action: str, doc: dict[str, Any]) -> str:
 
 def _metric_summary(action: str, rg: dict[str, Any]) -> str:
     if action == "stats":
-        out = _d(rg.get("output"))
+        lost = _d(rg.get("output")).get("lines_lost")
+        lost_text = _sum_ints(lost) if isinstance(lost, dict) else clean(lost)
         return (
             f"events {_sum_ints(rg.get('events'))}, kernel drops "
-            f"{clean(rg.get('drops_total'))}, output lost {clean(out.get('lines_lost'))}, "
+            f"{clean(rg.get('drops_total'))}, output lost {lost_text}, "
             f"alerts {_sum_ints(rg.get('alerts'))}"
         )
     if action == "events_dropped":

@@ -2,9 +2,10 @@
 against namespace hosts, seen by a real monitor and attributed to the episode
 set in the launching worker's environment.
 
-Hosts: 198.51.100.2 (the "outside" attacker host: sshd on 22 and 443, a fake
-pool on 3333/443/8080 and [2001:db8:51::2]:3333, DNS, a shell listener) and
-198.51.100.3 (an allowlisted SSH host for git/rsync).  Nothing leaves the machine.
+Hosts, at the free 198.51.100.0/24 and 2001:db8:51::/64 addresses taken at run time:
+the "outside" attacker host (sshd on 22 and 443, a fake pool on 3333/443/8080 and on
+its IPv6 address :3333, DNS, a shell listener) and an allowlisted SSH host for
+git/rsync.  Nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 
 @pytest.fixture(scope="module")
 def attacker() -> Iterator[OutsideHost]:
-    h = OutsideHost(index=2)
+    h = OutsideHost()
     h.up()
     try:
         h.start_sshd(ports=(22, 443))
@@ -46,7 +47,7 @@ def attacker() -> Iterator[OutsideHost]:
 
 @pytest.fixture(scope="module")
 def bastion() -> Iterator[OutsideHost]:
-    h = OutsideHost(index=3)
+    h = OutsideHost()
     h.up()
     try:
         h.start_sshd(ports=(22,))

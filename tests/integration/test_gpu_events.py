@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from monitor.collector import Collector
+from monitor.assembly import build_collector
 from monitor.config import config_from_dict
 from monitor.lab.servers import SERVER
 from tests.support.live import LiveMonitor, MemorySink
@@ -106,7 +106,9 @@ class Lab:
                     "episode_end_grace_s": 0.0,
                     "allow_executables": [f"{self.root}/trainer/bin/*"],
                     "nvml": "off",
-                }
+                },
+                # a private registry socket: the trainer's episode_end starts RLG-GPU-003
+                "registry": {"socket": str(self.root / "registry.sock")},
             }
         )
 
@@ -189,7 +191,7 @@ class Monitor(LiveMonitor):
     def __init__(self, config: Any) -> None:
         self.watched: set[int] = set()
         self.sink = KeepSink(self.watched)
-        self.collector = Collector(config, self.sink, heartbeat=False)
+        self.collector = build_collector(config, self.sink, heartbeat=False)
         self._thread = None
 
     def wait_for(self, pred, timeout: float = WAIT_S, start: int = 0):  # type: ignore[no-untyped-def]
@@ -459,22 +461,20 @@ def test_reconcile_scan_finds_what_the_probe_missed(mon: LiveMonitor, lab: Lab, 
 
 
 def test_gpu_held_after_episode_end(mon: LiveMonitor, lab: Lab) -> None:
+    from monitor.client import episode as trainer_episode
+
     ep = episode()
-    h = lab.holder(ep)
-    other = lab.holder(episode())
+    sock = str(lab.root / "registry.sock")
     start = mon.mark()
-    fd = int(h.cmd("open", lab.node))
-    int(other.cmd("open", lab.node))
-    mon.wait_for(holding(h.pid, [fd]), timeout=WAIT_S, start=start)
-    mon.wait_for(holding(other.pid), timeout=WAIT_S, start=start)
-    # what the episode registry will write when the trainer announces the end
-    mon.collector.sink.write(
-        {
-            "@timestamp": "2026-11-27T08:00:00.000000Z",
-            "event": {"kind": "event", "dataset": "rlguard.episode", "action": "episode_end"},
-            "rl": {"episode_id": ep},
-        }
-    )
+    # the trainer announces the episode (binding nothing: the holder carries its tags),
+    # the holder keeps its GPU past the trainer's episode_end
+    with trainer_episode(ep, bind="none", path=sock, strict=True):
+        h = lab.holder(ep)
+        other = lab.holder(episode())
+        fd = int(h.cmd("open", lab.node))
+        int(other.cmd("open", lab.node))
+        mon.wait_for(holding(h.pid, [fd]), timeout=WAIT_S, start=start)
+        mon.wait_for(holding(other.pid), timeout=WAIT_S, start=start)
     found = mon.wait_for(alert("RLG-GPU-003", h.pid), timeout=WAIT_S, start=start)
     assert found["rl"]["episode_id"] == ep
     assert found["rlguard"]["alert"]["episode_end"]["episode_id"] == ep

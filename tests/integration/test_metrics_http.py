@@ -17,12 +17,14 @@ from typing import Any
 
 import pytest
 
+from monitor.assembly import build_collector
 from monitor.collector import Collector
 from monitor.config import load_config
 from monitor.sensor.probes import Counters
 from monitor.sinks.fanout import FanoutSink
 from monitor.sinks.metrics_http import MetricsServer, parse_listen, render
 from monitor.sinks.ndjson import NdjsonSink
+from tests.support.sensor import FakeSensor
 
 pytestmark = pytest.mark.unit
 
@@ -81,21 +83,15 @@ def parse_exposition(text: str) -> tuple[Series, dict[str, str]]:
     return series, types
 
 
-class FakeSensor:
-    """Just the kernel counters the collector reads for its stats line."""
-
-    def counters(self) -> Counters:
-        return Counters(
-            sent={"exec": 50, "connect": 7},
-            drops={"exec": 2, "connect": 0},
-            misses={"tagset": 3, "sock": 0},
-        )
-
-
 @pytest.fixture
 def collector(tmp_path: Path) -> Iterator[tuple[Collector, FanoutSink]]:
     fan = FanoutSink(NdjsonSink(str(tmp_path / "events.ndjson")), NdjsonSink("/dev/full"))
-    c = Collector(load_config(None), fan, sensor=FakeSensor())  # type: ignore[arg-type]
+    counters = Counters(
+        sent={"exec": 50, "connect": 7},
+        drops={"exec": 2, "connect": 0},
+        misses={"tagset": 3, "sock": 0},
+    )
+    c = build_collector(load_config(None), fan, sensor=FakeSensor(counters), heartbeat=False)
     c.received["exec"] += 48
     c.received["connect"] += 7
     c.engine.alerts_by_rule["reverse-shell"] = 2

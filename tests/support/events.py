@@ -1,12 +1,14 @@
-"""Header fields for typed events built in unit tests, and the rl block of one."""
+"""Header fields for typed events built in unit tests, their attributed form and rl block."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from monitor.sensor.events import Event
+    from monitor.state.attributed import AttributedEvent
     from monitor.state.attribution import Attributor
-    from monitor.state.process_table import ProcessTable
+    from monitor.state.process_table import Process, ProcessTable
 
 
 def hdr(
@@ -44,4 +46,27 @@ def rl_at(table: ProcessTable, att: Attributor, pid: int, ts: int) -> dict[str, 
         protocol=6,
         daddr="127.0.0.1",
     )
-    return att.rl_block(ev, p, table.lineage(p))
+    return att.attribute(ev, p).rl.as_doc()
+
+
+def attributed(
+    table: ProcessTable,
+    ev: Event,
+    p: Process | None,
+    parent: Process | None = None,
+    attributor: Attributor | None = None,
+) -> AttributedEvent:
+    """The attributed event the collector would build (tags only, unless an attributor)."""
+    from monitor.config import load_config
+    from monitor.state.attribution import Attributor
+
+    att = attributor or Attributor(table, load_config(None).attribution)
+    return att.attribute(ev, p, parent)
+
+
+def rl_of(table: ProcessTable, p: Process, tagset_id: int, origin: int) -> dict[str, Any]:
+    """The rl block of a record of ``p`` carrying (tagset_id, origin) in its header."""
+    from monitor.sensor.events import ExitEvent
+
+    ev = ExitEvent(**{**hdr(p.pid, ppid=p.ppid), "tagset_id": tagset_id, "tag_origin": origin})
+    return attributed(table, ev, p).rl.as_doc()

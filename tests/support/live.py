@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from monitor.collector import Collector
+from monitor.assembly import build_collector
 from monitor.config import Config
 
 Doc = dict[str, Any]
@@ -70,7 +70,7 @@ class MemorySink:
 class LiveMonitor:
     def __init__(self, config: Config, ledger: bool = False) -> None:
         self.sink = MemorySink()
-        self.collector = Collector(config, self.sink, heartbeat=False, ledger=ledger)
+        self.collector = build_collector(config, self.sink, heartbeat=False, ledger=ledger)
         self._thread: threading.Thread | None = None
 
     def start(self) -> LiveMonitor:

@@ -7,11 +7,14 @@ import dataclasses
 import orjson
 import pytest
 
+from monitor.clock import Clock
 from monitor.config import load_config
-from monitor.detectors.engine import DetectionEngine, render_alert
+from monitor.detectors.engine import DetectionEngine
 from monitor.detectors.iocs import build_iocs
 from monitor.sensor.events import ConnectEvent, DupEvent, ExecEvent, ForkEvent, SendEvent
+from monitor.sinks.ecs import Renderer
 from monitor.state.process_table import ProcessTable
+from tests.support.events import attributed
 from tests.support.events import hdr as base_hdr
 
 pytestmark = pytest.mark.unit
@@ -37,12 +40,12 @@ class World:
             **hdr(pid, argv[0].rsplit("/", 1)[-1][:15], ppid), filename=argv[0], argv=argv
         )
         p = self.table.on_exec(ev)
-        return self.engine.observe(ev, p, {"@timestamp": "t"}, self.table.procs.get(p.ppid))
+        return self.engine.observe(attributed(self.table, ev, p))
 
     def fork(self, parent: int, child: int) -> None:
         ev = ForkEvent(**hdr(parent, self.table.procs[parent].name), child_pid=child)
         c = self.table.on_fork(ev)
-        self.engine.observe(ev, c, None, self.table.procs[parent])
+        self.engine.observe(attributed(self.table, ev, c, self.table.procs[parent]))
 
     def connect(self, pid: int, ip: str, port: int, fd: int = 3, transport: int = 1) -> list:
         p = self.table.procs[pid]
@@ -56,7 +59,7 @@ class World:
             sock_type=transport,
             protocol=6,
         )
-        return self.engine.observe(ev, self.table.process_for(ev), {})
+        return self.engine.observe(attributed(self.table, ev, self.table.process_for(ev)))
 
     def send(self, pid: int, ip: str, port: int, data: bytes) -> list:
         p = self.table.procs[pid]
@@ -69,12 +72,12 @@ class World:
             payload_len=len(data),
             owner_pid=pid,
         )
-        return self.engine.observe(ev, self.table.process_for(ev), {})
+        return self.engine.observe(attributed(self.table, ev, self.table.process_for(ev)))
 
     def dup(self, pid: int, old: int, new: int) -> list:
         p = self.table.procs[pid]
         ev = DupEvent(**hdr(pid, p.name), oldfd=old, newfd=new)
-        return self.engine.observe(ev, self.table.process_for(ev), {})
+        return self.engine.observe(attributed(self.table, ev, self.table.process_for(ev)))
 
 
 def ids(findings: list) -> list[str]:
@@ -189,17 +192,13 @@ def test_alert_document_shape() -> None:
     w = World()
     w.exec(95, ["/tmp/y"])
     f = w.send(95, OUTSIDE, 3333, b'{"id":1,"method":"mining.authorize","params":["w","x"]}\n')[0]
-    f.doc = {
-        "@timestamp": "2026-11-27T00:00:00.000000Z",
-        "process": {"pid": 95},
-        "rl": {"episode_id": "ep"},
-        "destination": {"ip": OUTSIDE, "port": 3333},
-    }
-    doc = render_alert(f, "2026-11-27T00:00:00.001000Z")
+    doc = Renderer(w.table, Clock()).render_alert(f)
     assert doc["event"]["kind"] == "alert" and doc["event"]["severity"] == 99
     assert doc["rule"]["id"] == "RLG-MIN-001"
     assert doc["threat"]["technique"][0]["id"] == "T1496"
-    assert doc["rl"]["episode_id"] == "ep" and doc["destination"]["port"] == 3333
+    assert doc["process"]["pid"] == 95 and doc["rl"]["source"] == "none"
+    assert doc["destination"] == {"ip": OUTSIDE, "port": 3333}
+    assert doc["rlguard"]["alert"]["trigger"]["action"] == "send"
     assert doc["rlguard"]["alert"]["severity"] == "critical"
     assert doc["rlguard"]["alert"]["evidence"][0]["kind"] == "payload"
     orjson.loads(orjson.dumps(doc))

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from monitor.clock import Clock
 from monitor.config import GPU_MAX_PATTERNS, GPU_PATTERN_LEN, ConfigError, load_config, parse_config
 from monitor.detectors import gpu as rules
-from monitor.detectors.engine import DetectionEngine, Finding, render_alert
+from monitor.detectors.engine import DetectionEngine, Finding
+from monitor.detectors.gpu_driver import GpuRuleDriver
 from monitor.detectors.iocs import build_iocs
 from monitor.detectors.rules import load_rules
 from monitor.detectors.signals import Signal
@@ -26,10 +28,13 @@ from monitor.sensor.events import (
     TagsetEvent,
 )
 from monitor.sensor.probes import gpu_probe_patterns
-from monitor.sinks.tap import TapSink
-from monitor.state.gpu import GpuMonitor, HolderTable, Holding, Nvml, ScanResult
+from monitor.sinks.ecs import Renderer
+from monitor.state.attribution import Attributor
+from monitor.state.cgroups import CgroupResolver
+from monitor.state.gpu import GpuHolders, HolderTable, Holding, Nvml, ScanResult
 from monitor.state.process_table import ProcessTable
 from tests.support.events import hdr
+from tests.support.sensor import FakeSensor
 
 pytestmark = pytest.mark.unit
 
@@ -182,15 +187,47 @@ def test_holder_table_bookkeeping() -> None:
 # --- the monitor, as the collector drives it ------------------------------------------------
 
 
-class FakeSensor:
-    def __init__(self) -> None:
-        self.fds: set[tuple[int, int]] = set()
+class GpuFacade:
+    """The holder state and the GPU rule driver, driven as the collector drives them."""
 
-    def gpu_fd_add(self, pid: int, fds: list[int]) -> None:
-        self.fds |= {(pid, fd) for fd in fds}
+    def __init__(self, holders: GpuHolders, rules_: GpuRuleDriver, renderer: Renderer) -> None:
+        self.state = holders
+        self.rules = rules_
+        self.renderer = renderer
+        self.holders = holders.holders
 
-    def gpu_fd_remove(self, pid: int, fds: list[int], whole_process: bool = False) -> None:
-        self.fds -= {(pid, fd) for fd in fds}
+    @property
+    def cfg(self) -> Any:
+        return self.state.cfg
+
+    def observe(self, ae: Any) -> list[Finding]:
+        held = self.state.apply(ae)
+        return self.rules.on_open(ae, held) if held is not None else []
+
+    def escalate(self, findings: list[Finding]) -> list[Finding]:
+        return self.rules.escalate(findings)
+
+    def episode_ended(self, episode_id: str, ts_ns: int) -> list[Finding]:
+        return self.rules.episode_ended(episode_id, ts_ns)
+
+    def tick(self) -> tuple[list[dict[str, Any]], list[Finding]]:
+        snap = self.state.snapshot_due()
+        docs = [self.renderer.render_gpu_holders(snap)] if snap is not None else []
+        return docs, self.rules.tick()
+
+    def reconcile(self, scan: ScanResult) -> list[Any]:
+        return self.state.reconcile(scan)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.state.snapshot()
+
+    def stats(self) -> dict[str, Any]:
+        return self.state.stats()
+
+    def reconfigure(self, cfg: Any) -> bool:
+        restart = self.state.reconfigure(cfg)
+        self.rules.reconfigure(self.state.cfg)
+        return restart
 
 
 class World:
@@ -209,15 +246,14 @@ class World:
         )
         self.sensor = FakeSensor()
         self.docs: list[dict[str, Any]] = []
-        self.gpu = GpuMonitor(
-            cfg,
-            self.table,
-            self.engine,
-            lambda ds, action: {"event": {"kind": "metric", "dataset": ds, "action": action}},
-            lambda ns: f"t{ns}",
-            self.sensor,
-        )
-        self.gpu.rdevs = {os.makedev(195, 0): DEV}
+        self.att = Attributor(self.table, CFG.attribution)
+        cgroups = CgroupResolver()
+        state = GpuHolders(cfg, self.table, cgroups, self.sensor)
+        state.rdevs = {os.makedev(195, 0): DEV}
+        clock = Clock()
+        self.renderer = Renderer(self.table, clock)
+        driver = GpuRuleDriver(cfg, state, self.engine, self.att, cgroups, clock)
+        self.gpu = GpuFacade(state, driver, self.renderer)
         self._tagset = 1000
 
     def exec(self, pid: int, exe: str, ppid: int = 1, episode: str | None = None) -> None:
@@ -240,12 +276,12 @@ class World:
             parent = self.table.procs[ppid]
             tagset, origin = parent.tagset_id, parent.tag_origin
         ev = ExecEvent(**hdr(pid, ppid, tagset=tagset, origin=origin, comm=exe[-15:]), filename=exe)
-        self.gpu.observe(ev, self.table.on_exec(ev), None)
+        self.gpu.observe(self.att.attribute(ev, self.table.on_exec(ev)))
 
     def fork(self, parent: int, child: int) -> None:
         p = self.table.procs[parent]
         ev = ForkEvent(**hdr(parent, tagset=p.tagset_id, origin=p.tag_origin), child_pid=child)
-        self.gpu.observe(ev, self.table.on_fork(ev), None)
+        self.gpu.observe(self.att.attribute(ev, self.table.on_fork(ev)))
 
     def open(self, pid: int, fd: int, path: str = DEV, flags: int = 0) -> list[Finding]:
         p = self.table.procs[pid]
@@ -255,17 +291,17 @@ class World:
             open_flags=flags,
             path=path,
         )
-        return self.gpu.observe(ev, self.table.process_for(ev), None)
+        return self.gpu.observe(self.att.attribute(ev, self.table.process_for(ev)))
 
     def close(self, pid: int, fd: int) -> None:
         ev = GpuCloseEvent(**hdr(pid), fd=fd, last_fd=fd)
-        self.gpu.before_render(ev)
+        self.gpu.state.name_close(ev)
         assert ev.path == DEV
-        self.gpu.observe(ev, self.table.process_for(ev), None)
+        self.gpu.observe(self.att.attribute(ev, self.table.process_for(ev)))
 
     def exit(self, pid: int) -> None:
         ev = ExitEvent(**hdr(pid))
-        self.gpu.observe(ev, self.table.on_exit(ev), None)
+        self.gpu.observe(self.att.attribute(ev, self.table.on_exit(ev)))
 
 
 def test_open_close_exit_and_the_kernel_fd_set() -> None:
@@ -279,9 +315,9 @@ def test_open_close_exit_and_the_kernel_fd_set() -> None:
     w.close(100, 5)
     assert [h.fd for h in w.gpu.holders.of(100)] == [6]
     w.fork(100, 101)
-    assert [h.fd for h in w.gpu.holders.of(101)] == [6] and (101, 6) in w.sensor.fds
+    assert [h.fd for h in w.gpu.holders.of(101)] == [6] and (101, 6) in w.sensor.gpu_fds
     w.exit(101)
-    assert w.gpu.holders.of(101) == [] and (101, 6) not in w.sensor.fds
+    assert w.gpu.holders.of(101) == [] and (101, 6) not in w.sensor.gpu_fds
     w.exit(100)
     assert len(w.gpu.holders) == 0
     assert w.gpu.snapshot()["devices"] == []
@@ -294,7 +330,7 @@ def test_agent_child_of_an_episode_raises_gpu_001_once() -> None:
     w.exec(200, "/usr/bin/python3", ppid=100)  # the agent's code
     found = w.open(200, 4)
     assert [f.rule.id for f in found] == ["RLG-GPU-001"]
-    alert = render_alert(found[0], "now")
+    alert = w.renderer.render_alert(found[0])
     assert alert["rlguard"]["alert"]["gpu"]["device"] == DEV
     assert w.open(200, 5) == []  # same process and device: no second alert
 
@@ -306,14 +342,14 @@ def test_exec_ends_close_on_exec_fds() -> None:
     w.open(100, 5)
     w.exec(100, "/usr/bin/true")
     assert [h.fd for h in w.gpu.holders.of(100)] == [5]
-    assert (100, 4) not in w.sensor.fds
+    assert (100, 4) not in w.sensor.gpu_fds
 
 
 def mining_finding(w: World, pid: int, confidence: str = "high") -> Finding:
     p = w.table.procs[pid]
     sig = Signal("payload", "stratum.mining.subscribe", "mining.subscribe", confidence)  # type: ignore[arg-type]
     ev = GpuCloseEvent(**hdr(pid))  # any event: only its action is rendered
-    return Finding(RULES["RLG-MIN-001"], p.entity_id, [sig], ev, p, {"@timestamp": "t"})
+    return Finding(RULES["RLG-MIN-001"], p.entity_id, [sig], w.att.attribute(ev, p))
 
 
 def test_holder_with_a_mining_alert_raises_gpu_002_either_order() -> None:
@@ -347,23 +383,8 @@ def test_episode_end_with_a_holder_left_raises_gpu_003() -> None:
     assert [(f.rule.id, f.process.pid) for f in found] == [("RLG-GPU-003", 100)]
     assert found[0].rule.severity(found[0].signals) == "high"
     assert found[0].event.action == "episode_end"
-    # through the stream: an episode_end record goes past the tap
-    sink: list[dict[str, Any]] = []
-
-    class Sink:
-        lines_written = 3
-
-        def write(self, doc: dict[str, Any]) -> None:
-            sink.append(doc)
-
-    tap = TapSink(Sink(), w.gpu.on_document)
-    tap.write(
-        {
-            "event": {"kind": "event", "dataset": "rlguard.episode", "action": "episode_end"},
-            "rl": {"episode_id": "ep-10"},
-        }
-    )
-    assert tap.lines_written == 3 and len(sink) == 1
+    # the registry's episode_end schedules the check for after the grace (0 s here)
+    w.gpu.rules.on_episode_end("ep-10", 1)
     _docs, later = w.gpu.tick()
     assert [(f.rule.id, f.process.pid) for f in later] == [("RLG-GPU-003", 101)]
     w.close(100, 4)
@@ -371,7 +392,7 @@ def test_episode_end_with_a_holder_left_raises_gpu_003() -> None:
 
 
 def test_reconcile_adds_missed_and_ends_stale_holdings(monkeypatch: pytest.MonkeyPatch) -> None:
-    import monitor.state.gpu as gpu_mod
+    import monitor.state.gpu.holders as gpu_mod
 
     w = World()
     w.exec(100, "/usr/bin/python3", episode="ep-1")
@@ -389,13 +410,13 @@ def test_reconcile_adds_missed_and_ends_stale_holdings(monkeypatch: pytest.Monke
         (100, 3, "scan", "/tmp/elsewhere/nv", rdev)
     ]
     assert [(e.pid, e.fd, e.via) for e in closes] == [(101, 9, "scan")]
-    found = w.gpu.observe(opens[0], w.table.procs[100], None)
+    found = w.gpu.observe(w.att.attribute(opens[0], w.table.procs[100]))
     assert w.gpu.holders.get(100, 3).device == DEV  # by device number
-    assert (100, 3) in w.sensor.fds  # the kernel now reports its close()
+    assert (100, 3) in w.sensor.gpu_fds  # the kernel now reports its close()
     names = {s.name for s in found[0].signals}
     assert {"gpu.open_not_seen", "gpu.other_node"} <= names
     assert found[0].rule.severity(found[0].signals) == "high"
-    w.gpu.observe(closes[0], w.table.procs[101], None)
+    w.gpu.observe(w.att.attribute(closes[0], w.table.procs[101]))
     assert w.gpu.holders.of(101) == []
     # a second pass finds nothing new
     assert w.gpu.reconcile(ScanResult(started_ns=10**15, found=dict(live), pids={100})) == []
@@ -445,7 +466,7 @@ def test_reconfigure_applies_allowlists_devices_need_a_restart() -> None:
 
 
 def test_reconcile_drops_holdings_of_vanished_processes(monkeypatch: pytest.MonkeyPatch) -> None:
-    import monitor.state.gpu as gpu_mod
+    import monitor.state.gpu.holders as gpu_mod
 
     w = World()
     w.exec(100, "/usr/bin/python3")
@@ -453,7 +474,7 @@ def test_reconcile_drops_holdings_of_vanished_processes(monkeypatch: pytest.Monk
     del w.table.procs[100]  # expired from the process table, exit record lost
     monkeypatch.setattr(gpu_mod, "fd_device", lambda pid, fd: None)
     assert w.gpu.reconcile(ScanResult(started_ns=10**15)) == []
-    assert len(w.gpu.holders) == 0 and (100, 4) not in w.sensor.fds
+    assert len(w.gpu.holders) == 0 and (100, 4) not in w.sensor.gpu_fds
 
 
 def test_allowlist_process_paths_silences_gpu_alerts_too() -> None:

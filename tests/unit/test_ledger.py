@@ -33,6 +33,7 @@ from monitor.sinks.ledger import (
     read_episodes,
 )
 from monitor.sinks.tap import TapSink
+from tests.support.sensor import FakeSensor
 
 pytestmark = pytest.mark.unit
 
@@ -900,32 +901,15 @@ def test_trainer_filter_waits_for_a_verdict(db: Path, tmp_path: Path) -> None:
 # --- wired into the collector ------------------------------------------------------------------
 
 
-class FakeSensor:
-    """Only what Collector.step() and close() call: no kernel."""
-
-    load_seconds = 0.0
-
-    def drain(self) -> list[bytes]:
-        return []
-
-    def counters(self) -> Any:
-        from monitor.sensor.probes import Counters
-
-        return Counters(sent={}, drops={}, misses={})
-
-    def close(self) -> None:
-        pass
-
-
 def test_collector_keeps_a_ledger_and_writes_its_verdicts(tmp_path: Path) -> None:
-    from monitor.collector import Collector
+    from monitor.assembly import build_collector
     from monitor.config import parse_config
 
     config = parse_config(
         f'[service]\nstate_dir = "{tmp_path / "state"}"\n[ledger]\nverdict_grace_s = 0.0\n'
     )
     inner = Inner()
-    c = Collector(config, inner, sensor=FakeSensor(), heartbeat=False, ledger=True)  # type: ignore[arg-type]
+    c = build_collector(config, inner, sensor=FakeSensor(), heartbeat=False, ledger=True)
     assert isinstance(c.sink, TapSink) and c.ledger is not None
     assert c.ledger.path == str(tmp_path / "state" / "episodes.db")
     now = time.time_ns()
@@ -935,7 +919,7 @@ def test_collector_keeps_a_ledger_and_writes_its_verdicts(tmp_path: Path) -> Non
     c.step()
     (line,) = [d for d in inner.docs if d["event"].get("dataset") == "rlguard.verdict"]
     assert v(line)["verdict"] == "drop"
-    assert c.sink.lines_written == 3  # counters are the inner sink's
+    assert c.sink.lines_written == {"file": 3}  # counters are the inner sink's, by name
     c.close()
     assert c.ledger.closed
     assert [e["verdict"] for e in read_episodes(str(tmp_path / "state" / "episodes.db"))] == [
@@ -944,14 +928,14 @@ def test_collector_keeps_a_ledger_and_writes_its_verdicts(tmp_path: Path) -> Non
 
 
 def test_collector_ledger_is_opt_in_beside_the_service_and_can_be_disabled(tmp_path: Path) -> None:
-    from monitor.collector import Collector
+    from monitor.assembly import build_collector
     from monitor.config import parse_config
 
     config = parse_config(f'[service]\nstate_dir = "{tmp_path}"\n')
-    c = Collector(config, Inner(), sensor=FakeSensor(), heartbeat=False)  # type: ignore[arg-type]
-    assert c.ledger is None and c.sink.observers == (c.gpu.on_document,)  # demo, LiveMonitor
+    c = build_collector(config, Inner(), sensor=FakeSensor(), heartbeat=False)
+    assert c.ledger is None and not isinstance(c.sink, TapSink)  # demo, LiveMonitor
     off = parse_config(f'[service]\nstate_dir = "{tmp_path}"\n[ledger]\nenabled = false\n')
-    c = Collector(off, Inner(), sensor=FakeSensor(), heartbeat=False, ledger=True)  # type: ignore[arg-type]
+    c = build_collector(off, Inner(), sensor=FakeSensor(), heartbeat=False, ledger=True)
     assert c.ledger is None
     assert not (tmp_path / "episodes.db").exists()
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from monitor.config import load_config
 from monitor.sensor.events import ExecEvent, ExitEvent, ForkEvent, TagsetEvent
 from monitor.state.process_table import ProcessTable
-from tests.support.events import hdr
+from tests.support.events import hdr, rl_of
 
 pytestmark = pytest.mark.unit
 
@@ -44,14 +44,14 @@ def test_roles_and_provenance() -> None:
             argv=["python3", "train.py"],
         )
     )
-    rl = t.rl_block(worker, 77, 100)
+    rl = rl_of(t, worker, 77, 100)
     assert rl["episode_id"] == "ep-1"
     assert rl["worker_id"] == "3"
     assert rl["run_id"] == "r"
     assert rl["trajectory_id"] is None
     assert rl["source"] == "own_env"
     child = t.on_fork(ForkEvent(**hdr(100, tagset=77, origin=100, ts=2000), child_pid=101))
-    rl2 = t.rl_block(child, 77, 100)
+    rl2 = rl_of(t, child, 77, 100)
     assert rl2["source"] == "inherited"
     assert rl2["origin"]["pid"] == 100
     assert rl2["origin"]["entity_id"] == worker.entity_id
@@ -62,7 +62,7 @@ def test_episode_alias_precedence() -> None:
     # RL_EPISODE_ID is listed before EPISODE_ID and TASK_ID: it wins
     t.on_tagset(tagset_event(5, 10, {"TASK_ID": "t", "EPISODE_ID": "e", "RL_EPISODE_ID": "rl"}))
     p = t.on_exec(ExecEvent(**hdr(10, tagset=5, origin=10), filename="/x", argv=["x"]))
-    assert t.rl_block(p, 5, 10)["episode_id"] == "rl"
+    assert rl_of(t, p, 5, 10)["episode_id"] == "rl"
 
 
 def test_untagged_process_falls_back_to_lineage() -> None:
@@ -71,7 +71,7 @@ def test_untagged_process_falls_back_to_lineage() -> None:
     t.on_exec(ExecEvent(**hdr(50, tagset=9, origin=50), filename="/a", argv=["a"]))
     # the kernel lost the child's state (e.g. forked before seeding): no tagset in header
     orphan = t.on_exec(ExecEvent(**hdr(51, ppid=50), filename="/b", argv=["b"]))
-    rl = t.rl_block(orphan, 0, 0)
+    rl = rl_of(t, orphan, 0, 0)
     assert rl["episode_id"] == "ep-l"
     assert rl["source"] == "lineage"
 
@@ -79,7 +79,7 @@ def test_untagged_process_falls_back_to_lineage() -> None:
 def test_no_tags() -> None:
     t = table()
     p = t.on_exec(ExecEvent(**hdr(60), filename="/a", argv=["a"]))
-    rl = t.rl_block(p, 0, 0)
+    rl = rl_of(t, p, 0, 0)
     assert rl["source"] == "none" and rl["episode_id"] is None and rl["tags"] == {}
 
 

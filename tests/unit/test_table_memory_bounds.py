@@ -16,6 +16,8 @@ from monitor.sensor.events import ExecEvent, ExitEvent, ForkEvent
 from monitor.state.attribution import Attributor
 from monitor.state.process_table import ProcessTable
 from tests.support.events import hdr, rl_at
+from tests.support.live import MemorySink
+from tests.support.sensor import FakeSensor
 
 pytestmark = pytest.mark.unit
 
@@ -176,44 +178,15 @@ def test_a_drain_stops_after_a_bounded_batch() -> None:
     assert len(s._batch) == DRAIN_MAX
 
 
-class _BatchedSensor:
-    """Hands out records in full batches, the way a bounded drain() does."""
-
-    load_seconds = 0.0
-
-    def __init__(self, batches: list[int]) -> None:
-        self.batches = batches
-        self.calls = 0
-
-    def drain(self) -> list[bytes]:
-        self.calls += 1
-        return [b"x"] * (self.batches.pop(0) if self.batches else 0)
-
-    def counters(self) -> object:
-        from monitor.sensor.probes import Counters
-
-        return Counters(sent={}, drops={}, misses={})
-
-    def close(self) -> None:
-        pass
-
-
-class _NullSink:
-    def write(self, doc: dict) -> None:
-        pass
-
-    def flush(self) -> bool:
-        return True
-
-
 def test_close_drains_what_the_ring_still_holds_batch_by_batch() -> None:
-    from monitor.collector import Collector
+    from monitor.assembly import build_collector
     from monitor.sensor.probes import DRAIN_MAX
 
-    sensor = _BatchedSensor([DRAIN_MAX, DRAIN_MAX, 7, DRAIN_MAX])
-    c = Collector(CFG, _NullSink(), sensor=sensor, heartbeat=False)  # type: ignore[arg-type]
+    sensor = FakeSensor()
+    sensor.batches = [[b"x"] * n for n in (DRAIN_MAX, DRAIN_MAX, 7, DRAIN_MAX)]
+    c = build_collector(CFG, MemorySink(), sensor=sensor, heartbeat=False)
     c.close()
-    assert sensor.calls == 3  # stops at the first batch that was not full
+    assert sensor.drain_calls == 3  # stops at the first batch that was not full
     assert c.undecodable == 2 * DRAIN_MAX + 7  # no decoder without start(): counted
 
 

@@ -17,10 +17,10 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
-from monitor.state.process_table import boottime_ns
+from monitor.clock import boottime_ns
 from monitor.state.registry.protocol import ProtocolError, parse_message, reply
+from monitor.state.registry.records import RegistryRefusals
 from monitor.state.registry.state import Registry
 from monitor.unix_socket import listen_group_socket
 
@@ -230,19 +230,15 @@ class RegistryServer:
         if now - self._last_error_record < ERROR_RECORD_INTERVAL_S:
             return
         self._last_error_record = now
-        doc: dict[str, Any] = {
-            "event": {"kind": "metric", "action": "registry_error", "dataset": "rlguard.registry"},
-            "rlguard": {
-                "registry": {
-                    "error": self.last_error,
-                    "client": c.peer if c else None,
-                    "errors_since_last_record": self._errors_since_record,
-                    "errors_total": self.errors,
-                }
-            },
-        }
+        rec = RegistryRefusals(
+            wall_ns=time.time_ns(),
+            error=self.last_error,
+            client=c.peer if c else None,
+            errors_since_last_record=self._errors_since_record,
+            errors_total=self.errors,
+        )
         self._errors_since_record = 0
-        self.registry.pending.append((time.time_ns(), doc))
+        self.registry.pending.append(rec)
 
 
 def _peer(sock: socket.socket) -> dict[str, int]:

@@ -22,6 +22,7 @@ import orjson
 
 from monitor.state.cgroups import CgroupIdentity, normalise_path
 from monitor.state.registry.protocol import Message, ProtocolError
+from monitor.state.registry.records import RegistryRecord, RegistryRefusals
 
 MAX_OPEN_EPISODES = 65536
 MAX_PENDING_RECORDS = 10000
@@ -93,7 +94,7 @@ class Registry:
         self.runs: dict[str, dict[str, Any]] = {}
         self.run_of_client: dict[int, str] = {}
         self.version = 0  # bumped on every change; readers key caches on it
-        self.pending: deque[tuple[int, dict[str, Any]]] = deque()
+        self.pending: deque[RegistryRecord | RegistryRefusals] = deque()
         self.pending_dropped = 0
         self.lock = threading.Lock()  # writers only
         self.messages = 0
@@ -132,7 +133,7 @@ class Registry:
             self.messages += 1
             out = getattr(self, "_" + msg.op)(msg, now_ns, peer or {})
             self.version += 1
-            self._record(msg, wall_ns, peer or {}, out)
+            self._record(msg, now_ns, wall_ns, peer or {}, out)
             return out
 
     def _hello(self, msg: Message, now_ns: int, peer: dict[str, int]) -> dict[str, Any]:
@@ -201,24 +202,15 @@ class Registry:
         return {"episode_id": ep.episode_id, "run_id": ep.run_id}
 
     def _record(
-        self, msg: Message, wall_ns: int, peer: dict[str, int], out: dict[str, Any]
+        self, msg: Message, now_ns: int, wall_ns: int, peer: dict[str, int], out: dict[str, Any]
     ) -> None:
-        """Queue the stream record for this message (written by the collector)."""
+        """Queue the typed record of this message (the collector passes it on)."""
         if msg.op == "hello":
             return
         ep = self.episodes.get(msg.episode_id or "")
-        rl: dict[str, Any] = (
-            ep.rl_fields()
-            if ep is not None and msg.op.startswith("episode")
-            else {
-                "episode_id": None,
-                "run_id": msg.run_id,
-                "trajectory_id": None,
-                "sandbox_id": None,
-            }
-        )
-        rl["source"] = "registry"
-        reg: dict[str, Any] = {"client": peer}
+        ids: tuple[str | None, str | None, str | None, str | None] = (None, msg.run_id, None, None)
+        if ep is not None and msg.op.startswith("episode"):
+            ids = (ep.episode_id, ep.run_id, ep.trajectory_id, ep.sandbox_id)
         bindings = {
             k: v
             for k, v in (
@@ -231,29 +223,24 @@ class Registry:
             )
             if v
         }
-        if bindings:
-            reg["bindings"] = bindings
-        if msg.status:
-            reg["status"] = msg.status
-        if msg.meta:
-            reg["meta"] = msg.meta
-        if out.get("warnings"):
-            reg["warnings"] = out["warnings"]
-        doc = {
-            "event": {
-                "kind": "event",
-                "category": ["session"],
-                "type": ["start" if msg.op.endswith("start") else "end"],
-                "action": msg.op,
-                "dataset": "rlguard.episode",
-            },
-            "rl": rl,
-            "rlguard": {"registry": reg},
-        }
+        rec = RegistryRecord(
+            op=msg.op,
+            wall_ns=wall_ns,
+            boot_ns=now_ns,
+            episode_id=ids[0],
+            run_id=ids[1],
+            trajectory_id=ids[2],
+            sandbox_id=ids[3],
+            peer=dict(peer),
+            bindings=bindings,
+            status=msg.status,
+            meta=msg.meta or None,
+            warnings=tuple(out.get("warnings") or ()),
+        )
         if len(self.pending) >= MAX_PENDING_RECORDS:
             self.pending_dropped += 1
             return
-        self.pending.append((wall_ns, doc))
+        self.pending.append(rec)
 
     def expire(self, now_ns: int) -> int:
         """Forget bindings of episodes that ended more than retain_s ago."""

@@ -12,11 +12,11 @@ Facts come from three places:
   node made with mknod elsewhere, io_uring opens, fds passed over sockets,
   holdings from before start-up) and ends holdings the stream missed. It is
   the only place that reads /proc, never per event;
-- NVML (``nvidia-ml-py``, optional, imported lazily): per-process GPU memory
-  and utilisation for the ``gpu_holders`` metric.
+- NVML (monitor/state/gpu/nvml.py): per-process GPU memory and utilisation for
+  the ``gpu_holders`` metric.
 
-:class:`GpuMonitor` turns them into documents and findings; the rules
-themselves are pure functions in :mod:`monitor.detectors.gpu`.
+:class:`GpuHolders` keeps the table in step with the attributed stream; the GPU
+rules that judge its facts are driven by monitor/detectors/gpu_driver.py.
 """
 
 from __future__ import annotations
@@ -25,14 +25,11 @@ import dataclasses
 import os
 import stat
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Protocol
 
+from monitor.clock import boottime_ns
 from monitor.config import GpuConfig
-from monitor.detectors import gpu as rules
-from monitor.detectors.engine import DetectionEngine, Finding
 from monitor.sensor.events import (
     O_CLOEXEC,
     Event,
@@ -43,12 +40,21 @@ from monitor.sensor.events import (
     GpuOpenEvent,
 )
 from monitor.sensor.probes import device_numbers
+from monitor.state.attributed import AttributedEvent
 from monitor.state.cgroups import CgroupResolver, proc_cgroup_path
-from monitor.state.process_table import Process, ProcessTable, boottime_ns
+from monitor.state.gpu.nvml import Nvml
+from monitor.state.process_table import Process, ProcessTable
 
 MAX_HOLDERS_REPORTED = 256  # holder entries per gpu_holders record
 CHANGE_METRIC_MIN_S = 1.0  # a change is reported at most this often
-MAX_REMEMBERED_ALERTS = 4096
+
+
+class GpuFdPort(Protocol):
+    """The sensor's set of GPU fds, so that the kernel reports their close()."""
+
+    def gpu_fd_add(self, pid: int, fds: list[int]) -> None: ...
+
+    def gpu_fd_remove(self, pid: int, fds: list[int], whole_process: bool = False) -> None: ...
 
 
 # --- the table ------------------------------------------------------------------------
@@ -218,164 +224,30 @@ def scan_proc(rdevs: set[int], max_fds: int, skip: frozenset[int] = frozenset())
     return res
 
 
-# --- NVML --------------------------------------------------------------------------------
+# --- the state keeper --------------------------------------------------------------------
 
 
-class Nvml:
-    """Per-process GPU memory and utilisation through NVML, when nvidia-ml-py loads."""
+class GpuHolders:
+    """Keeps the holder table in step with the attributed stream and the /proc scan.
 
-    def __init__(self, mode: str = "auto") -> None:
-        self.mode = mode
-        self.present = False
-        self.error: str | None = None
-        self._nv: Any = None
-        self._last_ts: dict[int, int] = {}
-
-    def start(self) -> None:
-        if self.mode == "off":
-            self.error = "off in the config ([gpu] nvml)"
-            return
-        try:
-            import pynvml  # nvidia-ml-py, the optional "gpu" extra
-        except ImportError:
-            self.error = "nvidia-ml-py is not installed (pip install 'rlguard[gpu]')"
-            return
-        try:
-            pynvml.nvmlInit()
-        except Exception as exc:  # NVMLError: no driver, no GPU
-            self.error = f"NVML did not initialise: {exc}"
-            return
-        self._nv = pynvml
-        self.present = True
-
-    def close(self) -> None:
-        if self._nv is not None:
-            try:
-                self._nv.nvmlShutdown()
-            except Exception:
-                pass
-            self._nv = None
-            self.present = False
-
-    def sample(self) -> tuple[list[dict[str, Any]], dict[tuple[int, int], dict[str, Any]]]:
-        """(per-GPU figures, {(minor, pid): {memory_bytes, sm_util, mem_util}})."""
-        nv = self._nv
-        if nv is None:
-            return [], {}
-        gpus: list[dict[str, Any]] = []
-        procs: dict[tuple[int, int], dict[str, Any]] = {}
-        try:
-            count = nv.nvmlDeviceGetCount()
-        except Exception as exc:
-            self.error = f"nvmlDeviceGetCount: {exc}"
-            return [], {}
-        for i in range(count):
-            try:
-                h = nv.nvmlDeviceGetHandleByIndex(i)
-                minor = int(nv.nvmlDeviceGetMinorNumber(h))
-                mem = nv.nvmlDeviceGetMemoryInfo(h)
-                util = nv.nvmlDeviceGetUtilizationRates(h)
-                name = nv.nvmlDeviceGetName(h)
-            except Exception as exc:
-                self.error = f"GPU {i}: {exc}"
-                continue
-            gpus.append(
-                {
-                    "index": i,
-                    "minor": minor,
-                    "name": name.decode() if isinstance(name, bytes) else str(name),
-                    "memory_used_bytes": int(mem.used),
-                    "memory_total_bytes": int(mem.total),
-                    "util_percent": int(util.gpu),
-                }
-            )
-            running: list[Any] = []
-            for fn in (
-                "nvmlDeviceGetComputeRunningProcesses",
-                "nvmlDeviceGetGraphicsRunningProcesses",
-            ):
-                try:
-                    running += list(getattr(nv, fn)(h))
-                except Exception:
-                    pass
-            for p in running:
-                used = getattr(p, "usedGpuMemory", None)
-                entry = procs.setdefault((minor, int(p.pid)), {"memory_bytes": 0})
-                if isinstance(used, int):
-                    entry["memory_bytes"] += used
-            try:
-                samples = nv.nvmlDeviceGetProcessUtilization(h, self._last_ts.get(i, 0))
-            except Exception:
-                samples = []
-            for s in samples:
-                entry = procs.setdefault((minor, int(s.pid)), {"memory_bytes": None})
-                entry["sm_util"] = int(s.smUtil)
-                entry["mem_util"] = int(s.memUtil)
-                self._last_ts[i] = max(self._last_ts.get(i, 0), int(s.timeStamp))
-        return gpus, procs
-
-
-def nvml_status(mode: str = "auto") -> tuple[bool, str]:
-    """(present, detail) for `rlguard check`: is NVML usable here?"""
-    n = Nvml(mode)
-    n.start()
-    if not n.present:
-        return False, n.error or "absent"
-    try:
-        count = n._nv.nvmlDeviceGetCount()
-        version = n._nv.nvmlSystemGetDriverVersion()
-        if isinstance(version, bytes):
-            version = version.decode()
-        return True, f"NVML present: driver {version}, {count} GPU(s)"
-    except Exception as exc:
-        return True, f"NVML present ({exc})"
-    finally:
-        n.close()
-
-
-# --- the monitor -------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class EpisodeEnd(Event):
-    """An episode_end record of the episode registry, as the trigger of RLG-GPU-003."""
-
-    action: ClassVar[str] = "episode_end"
-    episode_id: str = ""
-
-
-DocBase = Callable[[str, str], dict[str, Any]]
-
-
-class GpuMonitor:
-    """Keeps the holder table in step with the stream and raises the GPU rules.
-
-    The collector calls :meth:`observe` for every event (after the detection
-    engine), :meth:`escalate` with the engine's findings, :meth:`on_document`
-    for every document it writes (episode records), :meth:`scan_now` /
-    :meth:`reconcile` around a drain, and :meth:`tick` once per loop.
+    The collector calls :meth:`apply` for every attributed event, :meth:`name_close` before
+    a close line is rendered, :meth:`scan_now` / :meth:`reconcile` around a drain, and
+    :meth:`snapshot_due` once per loop (the ``gpu_holders`` line).
     """
 
     def __init__(
         self,
         cfg: GpuConfig,
         table: ProcessTable,
-        engine: DetectionEngine,
-        base: DocBase,
-        iso: Callable[[int], str],
-        sensor: Any = None,
-        cgroups: CgroupResolver | None = None,
+        cgroups: CgroupResolver,
+        sensor: GpuFdPort | None = None,
     ) -> None:
         self.cfg = cfg
         self.enabled = bool(cfg.devices)
         self.table = table
-        self.engine = engine
-        self.base = base
-        self.iso = iso
+        self.cgroups = cgroups
         self.sensor = sensor
-        self.allow = rules.GpuAllowlist.from_config(cfg)
         self.holders = HolderTable()
-        self.cgroups = cgroups if cgroups is not None else CgroupResolver()
         self.nvml = Nvml(cfg.nvml)
         self.rdevs: dict[int, str] = {}
         self.self_pid = os.getpid()
@@ -385,10 +257,6 @@ class GpuMonitor:
         self._last_scan = time.monotonic()
         self.last_scan: ScanResult | None = None
         self.scans = 0
-        # (due, episode, ts_ns); appended by on_document, maybe from another thread
-        self._pending_ends: deque[tuple[float, str, int]] = deque()
-        # mining/tunnel alerts per entity: (rule id, category, severity, finding)
-        self._alerts: OrderedDict[str, list[tuple[str, str, str, Finding]]] = OrderedDict()
         self.nvml_gpus: list[dict[str, Any]] = []
         self.nvml_procs: dict[tuple[int, int], dict[str, Any]] = {}
 
@@ -411,22 +279,7 @@ class GpuMonitor:
         """Apply a reloaded [gpu] section; True when the devices or probes changed (restart)."""
         devices_changed = (cfg.devices, cfg.probes) != (self.cfg.devices, self.cfg.probes)
         self.cfg = dataclasses.replace(cfg, devices=self.cfg.devices, probes=self.cfg.probes)
-        self.allow = rules.GpuAllowlist.from_config(self.cfg)
         return devices_changed
-
-    # -- attribution helpers -----------------------------------------------------------
-
-    def _subject(self, p: Process, cgroup_id: int = 0) -> rules.Subject:
-        rl = self.table.rl_block(p, p.tagset_id, p.tag_origin)
-        cg = self.cgroups.path(cgroup_id) if self.allow.cgroups and cgroup_id else None
-        return rules.Subject(
-            pid=p.pid,
-            name=p.name,
-            executable=p.executable,
-            episode_id=rl.get("episode_id"),
-            worker_id=rl.get("worker_id"),
-            cgroup=cg,
-        )
 
     def device_of(self, path: str, rdev: int | None) -> str:
         """The configured device a holding is on: by device number when known."""
@@ -436,12 +289,13 @@ class GpuMonitor:
 
     # -- the stream ----------------------------------------------------------------------
 
-    def observe(self, ev: Event, p: Process, doc: dict[str, Any] | None) -> list[Finding]:
-        """Update the table with one attributed event; returns GPU findings."""
-        if not self.enabled or ev.pid == self.self_pid:
-            return []
+    def apply(self, ae: AttributedEvent) -> Holding | None:
+        """Update the table with one attributed event; returns a holding it opened."""
+        ev, p = ae.event, ae.process
+        if not self.enabled or ev.pid == self.self_pid or p is None:
+            return None
         if isinstance(ev, GpuOpenEvent):
-            return self._open(ev, p, doc or {})
+            return self._open(ev, p, ae)
         if isinstance(ev, GpuCloseEvent):
             if ev.is_range:
                 gone = self.holders.remove_range(ev.pid, ev.fd, ev.last_fd)
@@ -452,30 +306,25 @@ class GpuMonitor:
                 if one is not None and ev.via == "scan":
                     self._kernel_forget(ev.pid, [ev.fd])
             self._changed |= bool(gone)
-            return []
-        if isinstance(ev, ForkEvent):
-            child = self.table.procs.get(ev.child_pid)
-            if child is not None and ev.pid in self.holders.by_pid:
-                got = self.holders.copy_to_child(ev.pid, child.pid, child.entity_id, ev.ts_ns)
+        elif isinstance(ev, ForkEvent):
+            if ev.pid in self.holders.by_pid:
+                got = self.holders.copy_to_child(ev.pid, p.pid, p.entity_id, ev.ts_ns)
                 if got and self.sensor is not None:
-                    self.sensor.gpu_fd_add(child.pid, [h.fd for h in got])
+                    self.sensor.gpu_fd_add(p.pid, [h.fd for h in got])
                 self._changed = True
-            return []
-        if isinstance(ev, ExecEvent):
+        elif isinstance(ev, ExecEvent):
             gone = self.holders.on_exec(ev.pid)
             if gone:
                 self._kernel_forget(ev.pid, [h.fd for h in gone])
                 self._changed = True
-            return []
-        if isinstance(ev, ExitEvent):
+        elif isinstance(ev, ExitEvent):
             gone = self.holders.remove_process(ev.pid)
             if gone:
                 self._kernel_forget(ev.pid, [h.fd for h in gone], whole=True)
                 self._changed = True
-            return []
-        return []
+        return None
 
-    def before_render(self, ev: Event) -> None:
+    def name_close(self, ev: Event) -> None:
         """Name the node on a close line (the kernel record carries only the fd)."""
         if isinstance(ev, GpuCloseEvent) and not ev.path and not ev.is_range:
             h = self.holders.get(ev.pid, ev.fd)
@@ -486,170 +335,27 @@ class GpuMonitor:
         if self.sensor is not None:
             self.sensor.gpu_fd_remove(pid, fds, whole_process=whole)
 
-    def _open(self, ev: GpuOpenEvent, p: Process, doc: dict[str, Any]) -> list[Finding]:
+    def _open(self, ev: GpuOpenEvent, p: Process, ae: AttributedEvent) -> Holding | None:
         if ev.fd < 0:
-            return []  # a failed open holds nothing (the line shows the attempt)
-        rl = doc.get("rl") or self.table.rl_block(p, p.tagset_id, p.tag_origin)
-        device = self.device_of(ev.path, ev.rdev)
+            return None  # a failed open holds nothing (the line shows the attempt)
         h = Holding(
             pid=ev.pid,
             fd=ev.fd,
             entity_id=p.entity_id,
-            device=device,
+            device=self.device_of(ev.path, ev.rdev),
             path=ev.path,
             since_ns=ev.ts_ns,
             via=ev.via,
             cloexec=bool(ev.open_flags & O_CLOEXEC),
             rdev=ev.rdev,
-            episode_id=rl.get("episode_id"),
-            worker_id=rl.get("worker_id"),
+            episode_id=ae.rl.episode_id,
+            worker_id=ae.rl.worker_id,
         )
         self.holders.add(h)
         self._changed = True
         if ev.via.startswith("scan") and self.sensor is not None:
             self.sensor.gpu_fd_add(ev.pid, [ev.fd])  # so that its close() is seen
-        out: list[Finding] = []
-        s = self._subject(p, ev.cgroup_id)
-        parent_p = self.table.procs.get(p.ppid)
-        parent = self._subject(parent_p) if parent_p is not None else None
-        sigs = rules.open_signals(s, parent, ev.path, device, ev.via, self.allow)
-        if sigs and not self.engine.iocs.is_allowed_process(p.executable):  # [allowlist]
-            out += self.engine.report(
-                "RLG-GPU-001",
-                f"{p.entity_id}/{device}",
-                sigs,
-                ev,
-                p,
-                doc,
-                {"gpu": {"device": device, "path": ev.path, "fd": ev.fd, "via": ev.via}},
-            )
-        # a process that already raised a mining or tunnel alert now holds a GPU
-        for rule_id, category, severity, f in list(self._alerts.get(p.entity_id, [])):
-            out += self._gpu002(rule_id, category, severity, f, p)
-        return out
-
-    # -- RLG-GPU-002 -------------------------------------------------------------------------
-
-    def escalate(self, findings: list[Finding]) -> list[Finding]:
-        """Findings of mining or tunnel rules whose process holds a GPU -> RLG-GPU-002."""
-        if not self.enabled:
-            return []
-        out: list[Finding] = []
-        for f in findings:
-            if not rules.escalates(f.rule.category):
-                continue
-            sev = f.rule.severity(f.signals)
-            key = f.process.entity_id
-            seen = self._alerts.setdefault(key, [])
-            self._alerts.move_to_end(key)
-            if len(seen) < 16:
-                seen.append((f.rule.id, f.rule.category, sev, f))
-            if len(self._alerts) > MAX_REMEMBERED_ALERTS:
-                self._alerts.popitem(last=False)
-            if self.holders.of(f.process.pid):
-                out += self._gpu002(f.rule.id, f.rule.category, sev, f, f.process)
-        return out
-
-    def _gpu002(
-        self, rule_id: str, category: str, severity: str, f: Finding, p: Process
-    ) -> list[Finding]:
-        held = self.holders.of(p.pid)
-        if not held or held[0].entity_id != p.entity_id:
-            return []
-        devices = sorted({h.device for h in held})
-        sig = rules.holder_alert_signal(rule_id, category, severity, devices)
-        return self.engine.report(
-            "RLG-GPU-002",
-            f"{p.entity_id}/{rule_id}",
-            [sig, *f.signals[:8]],
-            f.event,
-            p,
-            f.doc,
-            {
-                "raises": {"rule": rule_id, "severity": severity, "subject": f.subject},
-                "gpu": {"devices": devices, "fds": sorted(h.fd for h in held)},
-            },
-        )
-
-    # -- RLG-GPU-003 -------------------------------------------------------------------------
-
-    def on_document(self, doc: dict[str, Any]) -> None:
-        """The one hook for the episode registry: an episode_end record schedules the check."""
-        ev = doc.get("event")
-        if not isinstance(ev, dict) or ev.get("dataset") != "rlguard.episode":
-            return
-        if ev.get("action") != "episode_end" or not self.enabled:
-            return
-        rl = doc.get("rl")
-        ep = rl.get("episode_id") if isinstance(rl, dict) else None
-        if isinstance(ep, str) and ep:
-            due = time.monotonic() + self.cfg.episode_end_grace_s
-            self._pending_ends.append((due, ep, boottime_ns()))
-
-    def episode_ended(self, episode_id: str, ts_ns: int) -> list[Finding]:
-        """RLG-GPU-003 for every process of ``episode_id`` that still holds a GPU."""
-        out: list[Finding] = []
-        now = boottime_ns()
-        for pid, held in sorted(self.holders.held_by_episode(episode_id).items()):
-            p = self.table.procs.get(pid)
-            if p is None or p.exited_ns is not None:
-                continue
-            s = self._subject(p)
-            allowed = rules.allowed_reason(s, self.allow) is not None
-            devices = sorted({h.device for h in held})
-            sig = rules.held_after_end_signal(
-                s, episode_id, devices, allowed, max(0.0, (now - ts_ns) / 1e9)
-            )
-            trigger = EpisodeEnd(
-                pid=p.pid,
-                tid=p.pid,
-                ppid=p.ppid,
-                ts_ns=ts_ns,
-                cgroup_id=0,
-                tagset_id=p.tagset_id,
-                tag_origin=p.tag_origin,
-                uid=p.uid or 0,
-                gid=p.gid or 0,
-                flags=0,
-                comm=p.name,
-                episode_id=episode_id,
-            )
-            doc = self._process_doc(p)
-            out += self.engine.report(
-                "RLG-GPU-003",
-                f"{p.entity_id}/{episode_id}",
-                [sig],
-                trigger,
-                p,
-                doc,
-                {
-                    "episode_end": {"episode_id": episode_id, "@timestamp": self.iso(ts_ns)},
-                    "gpu": {"devices": devices, "fds": sorted(h.fd for h in held)},
-                },
-            )
-        return out
-
-    def _process_doc(self, p: Process) -> dict[str, Any]:
-        lineage = self.table.lineage(p)
-        rl = dict(self.table.rl_block(p, p.tagset_id, p.tag_origin, lineage))
-        rl["lineage"] = [{"pid": a.pid, "name": a.name, "entity_id": a.entity_id} for a in lineage]
-        parent = self.table.procs.get(p.ppid)
-        return {
-            "@timestamp": self.iso(boottime_ns()),
-            "process": {
-                "pid": p.pid,
-                "entity_id": p.entity_id,
-                "name": p.name,
-                "executable": p.executable,
-                "args": p.args,
-                "parent": {
-                    "pid": p.ppid,
-                    "entity_id": parent.entity_id if parent else p.parent_entity_id,
-                    "name": parent.name if parent else None,
-                },
-            },
-            "rl": rl,
-        }
+        return h
 
     # -- the reconcile scan ------------------------------------------------------------------
 
@@ -713,7 +419,7 @@ class GpuMonitor:
     def _synthetic_open(
         self, pid: int, fd: int, rdev: int, link: str, p: Process | None, at_start: bool
     ) -> GpuOpenEvent:
-        cg = proc_cgroup_path(pid) if self.allow.cgroups else None
+        cg = proc_cgroup_path(pid) if self.cfg.allow_cgroups else None
         try:
             flags = _fdinfo_flags(pid, fd)
         except OSError:
@@ -739,35 +445,31 @@ class GpuMonitor:
             path=h.path,
         )
 
-    # -- periodic work -----------------------------------------------------------------------
+    # -- the holders line ----------------------------------------------------------------------
 
-    def tick(self) -> tuple[list[dict[str, Any]], list[Finding]]:
-        """Due episode-end checks and the gpu_holders metric; (documents, findings)."""
-        if not self.enabled:
-            return [], []
+    def snapshot_due(self) -> dict[str, Any] | None:
+        """The table to report now (periodically, or soon after a change), else None."""
+        if not self.enabled or (not self.rdevs and not self.holders.by_pid):
+            return None  # no GPU device on this host: no empty tables every 10 s
         now = time.monotonic()
-        findings: list[Finding] = []
-        ends = self._pending_ends
-        while ends and ends[0][0] <= now:  # the grace is constant: due in order
-            _, ep, ts = ends.popleft()
-            findings += self.episode_ended(ep, ts)
-        docs: list[dict[str, Any]] = []
-        if not self.rdevs and not self.holders.by_pid:
-            return docs, findings  # no GPU device on this host: no empty tables every 10 s
         periodic = now - self._last_metric >= self.cfg.metrics_interval_s
         on_change = self._changed and now - self._last_change_metric >= CHANGE_METRIC_MIN_S
-        if periodic or on_change:
-            if periodic:
-                self._last_metric = now
-                if self.nvml.present:
-                    self.nvml_gpus, self.nvml_procs = self.nvml.sample()
-            self._last_change_metric = now
-            self._changed = False
-            docs.append(self.holders_doc())
-        return docs, findings
+        if not (periodic or on_change):
+            return None
+        if periodic:
+            self._last_metric = now
+            if self.nvml.present:
+                self.nvml_gpus, self.nvml_procs = self.nvml.sample()
+        self._last_change_metric = now
+        self._changed = False
+        return self.snapshot()
 
     def snapshot(self) -> dict[str, Any]:
-        """The holder table, grouped by device then process, with NVML figures."""
+        """The holder table, grouped by device then process, with NVML figures.
+
+        ``since`` is the holding's start on the kernel clock (``since_ns``); the renderer
+        adds the wall-clock form.
+        """
         groups: dict[str, dict[int, list[Holding]]] = {}
         for h in self.holders.holdings():
             groups.setdefault(h.device, {}).setdefault(h.pid, []).append(h)
@@ -792,7 +494,7 @@ class GpuMonitor:
                     "episode_id": first.episode_id,
                     "worker_id": first.worker_id,
                     "fds": sorted(h.fd for h in held),
-                    "since": self.iso(first.since_ns),
+                    "since_ns": first.since_ns,
                     "via": first.via,
                 }
                 if any(h.path != device for h in held):
@@ -837,11 +539,6 @@ class GpuMonitor:
         if minor is not None and (minor, pid) in self.nvml_procs:
             return dict(self.nvml_procs[(minor, pid)])
         return None
-
-    def holders_doc(self) -> dict[str, Any]:
-        doc = self.base("rlguard.gpu", "gpu_holders")
-        doc["rlguard"] = {"gpu": self.snapshot()}
-        return doc
 
     def stats(self) -> dict[str, Any]:
         """Small figures for the stats line and /metrics."""
