@@ -25,6 +25,7 @@ from monitor.sinks.ledger import (
     SCHEMA_VERSION,
     EpisodeLedger,
     LedgerError,
+    SqliteStore,
     format_table,
     iso,
     json_line,
@@ -633,7 +634,8 @@ def test_read_only_directory_is_reported(read_only_dir: Path) -> None:
 def test_full_disk_is_reported_and_recovered(db: Path) -> None:
     led = EpisodeLedger(db, cfg(), now_ns=at(0))
     assert led.persisting and led.due(at(0)) == []
-    conn = led._conn
+    assert isinstance(led.store, SqliteStore)
+    conn = led.store.conn
     assert conn is not None
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages}")  # SQLITE_FULL from here on
