@@ -21,7 +21,6 @@ from monitor.service.systemd import Heartbeat
 from monitor.sinks.ecs import Renderer
 from monitor.sinks.fanout import FanoutSink
 from monitor.sinks.ledger import ledger_for
-from monitor.sinks.tap import TapSink
 from monitor.state.attribution import Attributor
 from monitor.state.cgroups import CgroupResolver
 from monitor.state.gpu import GpuHolders
@@ -81,10 +80,9 @@ def build_collector(
     engine = DetectionEngine(build_iocs(config.detectors, config.allowlist))
     gpu = GpuHolders(config.gpu, table, cgroups, sensor)
     gpu_rules = GpuRuleDriver(config.gpu, gpu, engine, attributor, cgroups, clock)
-    episode_ledger = ledger_for(config) if (heartbeat if ledger is None else ledger) else None
+    keep_ledger = heartbeat if ledger is None else ledger
+    episode_ledger = ledger_for(config, renderer.host) if keep_ledger else None
     output = sink if isinstance(sink, FanoutSink) else FanoutSink(sink)
-    if episode_ledger is not None:
-        output = TapSink(output, episode_ledger.observe)  # type: ignore[assignment]
     return Collector(
         config,
         output=output,

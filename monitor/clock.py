@@ -50,5 +50,9 @@ class Clock:
             prefix = self._prefixes[sec] = _second(sec)
         return f"{prefix}.{rem // 1000:06d}Z"
 
+    def now_wall_ns(self) -> int:
+        """Now on the wall clock, as this clock stamps lines."""
+        return boottime_ns() + self.offset_ns
+
     def now_iso(self) -> str:
         return self.iso(boottime_ns())

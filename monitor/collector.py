@@ -167,6 +167,8 @@ class Collector:
                 },
             )
         )
+        if self.ledger is not None:
+            self.ledger.on_started(self.clock.now_wall_ns())
         self._report_gap()
         self._start_registry()
         self.sink.flush()
@@ -204,6 +206,8 @@ class Collector:
             if rec.op == "episode_end" and rec.episode_id:
                 self.gpu_rules.on_episode_end(rec.episode_id, rec.boot_ns)
             self.sink.write(self.renderer.render_registry(rec))
+            if self.ledger is not None:
+                self.ledger.on_registry(rec)
 
     def _report_gap(self) -> None:
         """After a restart, say when monitoring stopped and when it resumed."""
@@ -218,6 +222,10 @@ class Collector:
             doc["event"]["start"] = iso_wall(gap["stopped_at_ns"])
             doc["event"]["end"] = iso_wall(now)
             self.sink.write(doc)
+            if self.ledger is not None:
+                self.ledger.on_gap(
+                    gap["stopped_at_ns"], gap["resumed_at_ns"], gap["same_boot"], now
+                )
         err = self.heartbeat.beat(self.table.boot_id)
         if err:
             self._note("heartbeat_failed", err)
@@ -347,6 +355,8 @@ class Collector:
             stats = self._metrics()
             self.last_stats = stats["rlguard"]  # read by the metrics endpoint's thread
             self.sink.write(stats)
+            if self.ledger is not None:
+                self.ledger.on_stats(self.undecodable, self.clock.now_wall_ns())
             if self.heartbeat is not None:
                 self.heartbeat.beat(self.table.boot_id)
         if self.ledger is not None:
@@ -371,6 +381,8 @@ class Collector:
             self.gpu.name_close(ae.event)
             doc = self.renderer.render(ae)
             self.sink.write(doc)
+            if self.ledger is not None:
+                self.ledger.on_event(ae, self.clock.wall_ns(ae.event.ts_ns))
         findings = self.engine.observe(ae)
         conflict, self._conflict = self._conflict, None
         if conflict is not None and ae.process is not None:
@@ -392,9 +404,12 @@ class Collector:
         return doc
 
     def _write_findings(self, findings: list[Finding]) -> None:
+        now = self.clock.now_wall_ns()
         for f in findings:
             self.sink.write(self.renderer.render_alert(f))
             self.alerts_written += 1
+            if self.ledger is not None:
+                self.ledger.on_finding(f, now)
         self.sink.flush()  # alerts leave at once, not at the end of the batch
 
     # -- one handler per record type ----------------------------------------------------
@@ -480,6 +495,8 @@ class Collector:
             ae = self.attributor.attribute(ev, p)
             ae.connect_count, ae.summary = n, True
             self.sink.write(self.renderer.render(ae))
+            if self.ledger is not None:
+                self.ledger.on_event(ae, self.clock.wall_ns(ev.ts_ns))
 
     def _report_error(self, exc: Exception, raw: bytes) -> None:
         self.errors += 1
@@ -492,6 +509,8 @@ class Collector:
             "errors_total": self.errors,
         }
         self.sink.write(doc)
+        if self.ledger is not None:
+            self.ledger.on_record_error(self.clock.now_wall_ns())
 
     # -- metrics -------------------------------------------------------------------------
 
@@ -518,6 +537,8 @@ class Collector:
                 "message": "the kernel could not queue these events (ring buffer full)",
             }
             self.sink.write(doc)
+            if self.ledger is not None:
+                self.ledger.on_drops(sum(delta.values()), self.clock.now_wall_ns())
         self._last_drops = dict(counters.drops)
 
     def _metrics(self) -> dict[str, Any]:

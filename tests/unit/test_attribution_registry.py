@@ -100,7 +100,7 @@ def test_bindings_are_intervals_by_thread_then_process() -> None:
     assert hit is not None and hit[0].episode_id == "b"  # the thread falls back to the process
     with pytest.raises(ProtocolError, match="already ended"):
         reg.apply(msg('{"op":"episode_end","episode_id":"a"}'), 21 * S, 0)
-    actions = [d["event"]["action"] for _, d in reg.pending]
+    actions = [r.op for r in reg.pending]
     assert actions == ["run_start", "episode_start", "episode_start", "episode_end"]
 
 

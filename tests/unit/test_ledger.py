@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,10 @@ from typer.testing import CliRunner
 
 from monitor.cli import app
 from monitor.config import LedgerConfig, load_config
+from monitor.detectors.engine import Finding
+from monitor.detectors.rules import Rule
+from monitor.detectors.signals import Signal
+from monitor.sensor.events import ConnectEvent, DnsEvent, ExecEvent, ForkEvent, SendEvent
 from monitor.sinks.ledger import (
     DROP_LOOKBACK_NS,
     SCHEMA_VERSION,
@@ -33,7 +37,9 @@ from monitor.sinks.ledger import (
     parse_since,
     read_episodes,
 )
-from monitor.sinks.tap import TapSink
+from monitor.state.attributed import AttributedEvent, RlContext
+from monitor.state.registry.records import RegistryRecord
+from tests.support.events import hdr
 from tests.support.sensor import FakeSensor
 
 pytestmark = pytest.mark.unit
@@ -54,78 +60,61 @@ def at(sec: float) -> int:
     return T0 + int(sec * S)
 
 
-def rec(action: str, eid: str | None, sec: float, run: str | None = "run-1", **extra: Any) -> dict:
-    dataset = {"dns": "rlguard.dns", "exec": "rlguard.process", "fork": "rlguard.process"}.get(
-        action, "rlguard.network"
-    )
-    doc = {
-        "@timestamp": iso(at(sec)),
-        "event": {"kind": "event", "action": action, "dataset": dataset},
-        "host": {"hostname": "h"},
-        "rl": {"episode_id": eid, "run_id": run, "trajectory_id": None, "source": "own_env"},
-    }
-    doc.update(extra)
-    return doc
+# what the collector hands the ledger, built as typed records: each helper returns a
+# feeder that gives one record to a ledger (feed() runs them)
+Input = Callable[[EpisodeLedger], None]
+EVENTS = {"connect": ConnectEvent, "dns": DnsEvent, "send": SendEvent, "exec": ExecEvent}
 
 
-def connect(eid: str | None, sec: float, ip: str = "127.0.0.1", port: int = 80) -> dict:
+def rec(action: str, eid: str | None, sec: float, run: str | None = "run-1", **extra: Any) -> Input:
+    cls = EVENTS.get(action, ForkEvent)
+    fields = {"daddr": extra["destination"]["ip"]} if "destination" in extra else {}
+    ev = cls(**hdr(1), **fields)
+    ae = AttributedEvent(ev, None, None, [], RlContext(episode_id=eid, run_id=run))
+    return lambda led: led.on_event(ae, at(sec))
+
+
+def connect(eid: str | None, sec: float, ip: str = "127.0.0.1", port: int = 80) -> Input:
     return rec("connect", eid, sec, destination={"ip": ip, "port": port})
 
 
-def alert(eid: str | None, sec: float, rule: str = "RLG-MIN-001", sev: str = "critical") -> dict:
-    return {
-        "@timestamp": iso(at(sec)),
-        "event": {"kind": "alert", "action": rule, "dataset": "rlguard.alert", "severity": 99},
-        "rule": {"id": rule},
-        "rl": {"episode_id": eid, "run_id": "run-1"},
-        "rlguard": {"alert": {"severity": sev}},
-    }
+def _finding(eid: str | None, rule: str, sev: str) -> Finding:
+    r = Rule(rule, rule, "", "mining", (), {"low": sev, "medium": sev, "high": sev}, ())
+    trigger = AttributedEvent(
+        ConnectEvent(**hdr(1)), None, None, [], RlContext(episode_id=eid, run_id="run-1")
+    )
+    return Finding(r, "subject", [Signal("payload", "x", "x", "high")], trigger)
 
 
-def reg(action: str, eid: str | None, sec: float, run: str = "run-1", **registry: Any) -> dict:
-    return {
-        "@timestamp": iso(at(sec)),
-        "event": {"kind": "event", "dataset": "rlguard.episode", "action": action},
-        "rl": {
-            "run_id": run,
-            "episode_id": eid,
-            "trajectory_id": f"traj-{eid}" if eid else None,
-            "sandbox_id": None,
-            "source": "registry",
-        },
-        "rlguard": {"registry": registry},
-    }
+def alert(eid: str | None, sec: float, rule: str = "RLG-MIN-001", sev: str = "critical") -> Input:
+    f = _finding(eid, rule, sev)
+    return lambda led: led.on_finding(f, at(sec))
 
 
-def dropped(sec: float, n: int = 5) -> dict:
-    return {
-        "@timestamp": iso(at(sec)),
-        "event": {"kind": "metric", "dataset": "rlguard.sensor", "action": "events_dropped"},
-        "rlguard": {"drops": {"delta": {"connect": n}, "total": {"connect": n}}},
-    }
+def reg(action: str, eid: str | None, sec: float, run: str = "run-1", **registry: Any) -> Input:
+    r = RegistryRecord(
+        op=action,
+        wall_ns=at(sec),
+        boot_ns=at(sec),
+        episode_id=eid,
+        run_id=run,
+        trajectory_id=f"traj-{eid}" if eid else None,
+        sandbox_id=None,
+        status=registry.get("status"),
+    )
+    return lambda led: led.on_registry(r)
 
 
-def gap(lo: float, hi: float, same_boot: bool = True) -> dict:
-    return {
-        "@timestamp": iso(at(hi)),
-        "event": {
-            "kind": "metric",
-            "dataset": "rlguard.lifecycle",
-            "action": "monitoring_gap",
-            "start": iso(at(lo)),
-        },
-        "rlguard": {
-            "gap": {"stopped_at_ns": at(lo), "resumed_at_ns": at(hi), "same_boot": same_boot}
-        },
-    }
+def dropped(sec: float, n: int = 5) -> Input:
+    return lambda led: led.on_drops(n, at(sec))
 
 
-def stats(sec: float, undecodable: int) -> dict:
-    return {
-        "@timestamp": iso(at(sec)),
-        "event": {"kind": "metric", "dataset": "rlguard.sensor", "action": "stats"},
-        "rlguard": {"undecodable": undecodable, "errors": 0},
-    }
+def gap(lo: float, hi: float, same_boot: bool = True) -> Input:
+    return lambda led: led.on_gap(at(lo), at(hi), same_boot, at(hi))
+
+
+def stats(sec: float, undecodable: int) -> Input:
+    return lambda led: led.on_stats(undecodable, at(sec))
 
 
 @pytest.fixture
@@ -133,9 +122,9 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "state" / "episodes.db"
 
 
-def feed(ledger: EpisodeLedger, *docs: dict) -> None:
-    for d in docs:
-        ledger.observe(d)
+def feed(ledger: EpisodeLedger, *records: Input) -> None:
+    for give in records:
+        give(ledger)
 
 
 def verdicts(out: list[dict]) -> list[dict]:
@@ -151,15 +140,15 @@ def episode(ledger: EpisodeLedger, eid: str) -> dict:
     return next(e for e in read_episodes(ledger.path) if e["episode_id"] == eid)
 
 
-def run_episode(ledger: EpisodeLedger, eid: str, start: float, end: float, *docs: dict) -> None:
-    feed(ledger, reg("episode_start", eid, start), *docs, reg("episode_end", eid, end))
+def run_episode(ledger: EpisodeLedger, eid: str, start: float, end: float, *records: Input) -> None:
+    feed(ledger, reg("episode_start", eid, start), *records, reg("episode_end", eid, end))
 
 
 # --- verdict rules ---------------------------------------------------------------------------
 
 
 def test_clean_episode_is_kept_after_the_grace_period(db: Path) -> None:
-    led = EpisodeLedger(db, cfg(), now_ns=at(0))
+    led = EpisodeLedger(db, cfg(), now_ns=at(0), host={"hostname": "h"})
     run_episode(
         led,
         "ep-1",
@@ -370,13 +359,13 @@ def test_late_alert_revises_the_verdict(db: Path) -> None:
     run_episode(led, "ep", 1, 5, connect("ep", 2))
     (first,) = verdicts(led.due(at(5 + GRACE)))
     assert (v(first)["verdict"], v(first)["revision"]) == ("keep", 1)
-    led.observe(alert("ep", 40, "RLG-MIN-001", "critical"))  # a late finding
+    feed(led, alert("ep", 40, "RLG-MIN-001", "critical"))  # a late finding
     (second,) = verdicts(led.due(at(40)))
     assert (v(second)["verdict"], v(second)["revision"]) == ("drop", 2)
     assert v(second)["reasons"] == ["alert:RLG-MIN-001:critical"]
-    led.observe(alert("ep", 41, "RLG-MIN-001", "critical"))  # nothing new to say
+    feed(led, alert("ep", 41, "RLG-MIN-001", "critical"))  # nothing new to say
     assert verdicts(led.due(at(42))) == []
-    led.observe(connect("ep", 43))  # a count alone does not revise
+    feed(led, connect("ep", 43))  # a count alone does not revise
     assert verdicts(led.due(at(44))) == []
     assert episode(led, "ep")["counts"]["connects"] == 2
     hist = sqlite3.connect(db).execute(
@@ -389,7 +378,7 @@ def test_alert_within_the_grace_period_is_in_the_first_verdict(db: Path) -> None
     led = EpisodeLedger(db, cfg(), now_ns=at(0))
     run_episode(led, "ep", 1, 5)
     assert led.due(at(6)) == []
-    led.observe(alert("ep", 7, "RLG-TUN-001", "high"))
+    feed(led, alert("ep", 7, "RLG-TUN-001", "high"))
     (out,) = verdicts(led.due(at(5 + GRACE)))
     assert (v(out)["verdict"], v(out)["revision"]) == ("review", 1)
 
@@ -467,7 +456,7 @@ def test_state_and_revisions_survive_a_restart(db: Path) -> None:
     stored = episode(led, "done")
     assert stored["revision"] == 1 and stored["verdict"] == "review"
     assert stored["counts"]["connects"] == 1 and stored["counts"]["external_destinations"] == 1
-    led.observe(alert("done", 60, "RLG-MIN-001", "critical"))
+    feed(led, alert("done", 60, "RLG-MIN-001", "critical"))
     (revised,) = verdicts(led.due(at(60)))
     assert v(revised)["revision"] == 2
     feed(led, reg("episode_end", "open", 70))
@@ -530,7 +519,7 @@ def test_flagged_is_exactly_the_episodes_with_critical_alerts(db: Path) -> None:
     run_episode(led, "late", 1, 5)
     run_episode(led, "clean", 1, 5, alert("clean", 2, "C", "low"))
     led.due(at(100))
-    led.observe(alert("late", 200, "D", "critical"))
+    feed(led, alert("late", 200, "D", "critical"))
     led.due(at(200))
     assert {e["episode_id"] for e in read_episodes(str(db), flagged=True)} == {"crit", "late"}
     assert all(e["flagged"] for e in read_episodes(str(db), flagged=True))
@@ -671,19 +660,11 @@ def test_missing_database_is_a_clear_error(tmp_path: Path) -> None:
         read_episodes(str(tmp_path / "none.db"))
 
 
-def test_malformed_records_are_ignored(db: Path) -> None:
+def test_records_without_an_episode_or_content_change_nothing(db: Path) -> None:
     led = EpisodeLedger(db, cfg(), now_ns=at(0))
-    for junk in (
-        {},
-        {"event": "x"},
-        {"event": {"kind": "alert"}, "rl": {"episode_id": 5}},
-        {"event": {"kind": "metric", "action": "monitoring_gap"}, "rlguard": {"gap": "x"}},
-        {"event": {"kind": "metric", "action": "events_dropped"}, "rlguard": {"drops": 1}},
-        {"event": {"action": "connect"}, "rl": {"episode_id": "e"}, "destination": "x"},
-        {"event": {"dataset": "rlguard.episode", "action": "episode_end"}, "rl": None},
-    ):
-        led.observe(junk)  # type: ignore[arg-type]
-    assert led.observe_errors == 0
+    feed(led, rec("connect", None, 1), rec("exec", "", 2), dropped(3, 0), gap(5, 4), stats(6, 0))
+    feed(led, reg("episode_end", None, 7), reg("run_end", None, 8), alert(None, 9))
+    assert led.episodes == {} and led.observe_errors == 0
     led.close()
 
 
@@ -706,18 +687,18 @@ def test_episodes_in_memory_are_bounded(db: Path) -> None:
     led.due(at(200))
     assert len(led.episodes) <= 10
     for i in range(30):  # tag-only episodes, all still open
-        led.observe(rec("exec", f"tag-{i}", 300 + i))
+        feed(led, rec("exec", f"tag-{i}", 300 + i))
     out = verdicts(led.due(at(340)))  # none idle for 60 s yet
     assert len(led.episodes) <= 30
     assert len(out) == 20  # the longest idle were ended early and judged
-    led.observe(connect("done-3", 500, "203.0.113.1"))  # comes back from the database
-    led.observe(alert("done-3", 500))
+    feed(led, connect("done-3", 500, "203.0.113.1"))  # comes back from the database
+    feed(led, alert("done-3", 500))
     (revised,) = [d for d in verdicts(led.due(at(501))) if d["rl"]["episode_id"] == "done-3"]
     assert (v(revised)["revision"], v(revised)["counts"]["connects"]) == (2, 1)
     assert len(read_episodes(str(db))) == 80
 
 
-# --- the tap ---------------------------------------------------------------------------------
+# --- wired into the collector -----------------------------------------------------------------
 
 
 class Inner:
@@ -742,24 +723,6 @@ class Inner:
         self.calls.append("close")
 
 
-def test_tap_forwards_everything_and_feeds_the_ledger(db: Path) -> None:
-    inner = Inner()
-    led = EpisodeLedger(db, cfg(), now_ns=at(0))
-    tap = TapSink(inner, led.observe)
-    tap.write(reg("episode_start", "ep", 1))
-    tap.write(connect("ep", 2))
-    tap.write(reg("episode_end", "ep", 3))
-    for doc in led.due(at(3 + GRACE)):
-        tap.write(doc)  # verdict lines go through the tap as well, and are not counted
-    assert tap.flush() is True
-    tap.reopen()
-    assert tap.lines_written == 3 and tap.name == "file"
-    assert [d["event"]["action"] for d in inner.docs][-1] == "episode_verdict"
-    assert episode(led, "ep")["counts"]["events"] == 1
-    tap.close()
-    assert inner.calls == ["flush", "reopen", "close"]
-
-
 # --- output ----------------------------------------------------------------------------------
 
 HOSTILE = "ep-\x1b[31mred\x1b]0;pwned\x07-\u202eevil\u200b-\x9b2J"
@@ -767,7 +730,7 @@ HOSTILE = "ep-\x1b[31mred\x1b]0;pwned\x07-\u202eevil\u200b-\x9b2J"
 
 def test_table_and_json_never_carry_terminal_control(db: Path) -> None:
     led = EpisodeLedger(db, cfg(), now_ns=at(0))
-    feed(led, {**reg("episode_start", HOSTILE, 1, run="run-\x1b[2J")})
+    feed(led, reg("episode_start", HOSTILE, 1, run="run-\x1b[2J"))
     feed(led, alert(HOSTILE, 2, "RLG-\x1bX", "critical"), reg("episode_end", HOSTILE, 3))
     led.due(at(100))
     found = read_episodes(str(db))
@@ -787,7 +750,7 @@ def test_table_shows_provisional_and_revised_verdicts(db: Path) -> None:
     led = EpisodeLedger(db, cfg(), now_ns=at(0))
     run_episode(led, "done", 1, 5)
     led.due(at(100))
-    led.observe(alert("done", 101, "RLG-MIN-001"))
+    feed(led, alert("done", 101, "RLG-MIN-001"))
     feed(led, reg("episode_start", "open", 102), dropped(103))
     led.due(at(103))
     table = format_table(read_episodes(str(db)))
@@ -853,7 +816,7 @@ def test_trainer_filter_example_reads_the_database_and_the_stream(db: Path, tmp_
     feed(led, reg("episode_start", "running", 6))
     stream = tmp_path / "events.ndjson"
     lines = led.due(at(100))
-    led.observe(alert("good", 101))  # a late finding: revision 2 says drop
+    feed(led, alert("good", 101))  # a late finding: revision 2 says drop
     lines += led.due(at(101))
     stream.write_text("".join(json.dumps(d) + "\n" for d in lines) + '{"partial": ')
     batch = [{"episode_id": e, "n": i} for i, e in enumerate(["bad", "unsure", "good", "running"])]
@@ -912,16 +875,19 @@ def test_collector_keeps_a_ledger_and_writes_its_verdicts(tmp_path: Path) -> Non
     )
     inner = Inner()
     c = build_collector(config, inner, sensor=FakeSensor(), heartbeat=False, ledger=True)
-    assert isinstance(c.sink, TapSink) and c.ledger is not None
+    assert c.ledger is not None and c.registry is not None
     assert c.ledger.path == str(tmp_path / "state" / "episodes.db")
     now = time.time_ns()
-    for doc in (reg("episode_start", "ep", 0), alert("ep", 1), reg("episode_end", "ep", 2)):
-        doc["@timestamp"] = iso(now - 5 * S)
-        c.sink.write(doc)
+    for op in ("episode_start", "episode_end"):  # as the registry thread queues them
+        c.registry.pending.append(
+            RegistryRecord(op, now - 5 * S, 0, "ep", "run-1", None, None, status="ok")
+        )
+    c.ledger.on_finding(_finding("ep", "RLG-MIN-001", "critical"), now - 5 * S)
     c.step()
     (line,) = [d for d in inner.docs if d["event"].get("dataset") == "rlguard.verdict"]
     assert v(line)["verdict"] == "drop"
-    assert c.sink.lines_written == {"file": 3}  # counters are the inner sink's, by name
+    # the registry's two lines and the verdict, counted by output name
+    assert c.sink.lines_written == {"file": 3}
     c.close()
     assert c.ledger.closed
     assert [e["verdict"] for e in read_episodes(str(tmp_path / "state" / "episodes.db"))] == [
@@ -935,7 +901,7 @@ def test_collector_ledger_is_opt_in_beside_the_service_and_can_be_disabled(tmp_p
 
     config = parse_config(f'[service]\nstate_dir = "{tmp_path}"\n')
     c = build_collector(config, Inner(), sensor=FakeSensor(), heartbeat=False)
-    assert c.ledger is None and not isinstance(c.sink, TapSink)  # demo, LiveMonitor
+    assert c.ledger is None  # demo, LiveMonitor
     off = parse_config(f'[service]\nstate_dir = "{tmp_path}"\n[ledger]\nenabled = false\n')
     c = build_collector(off, Inner(), sensor=FakeSensor(), heartbeat=False, ledger=True)
     assert c.ledger is None

@@ -1,12 +1,13 @@
 """The ledger's observer: it watches the stream and decides each episode's verdict.
 
-A pure consumer of the records the collector writes (the same dicts that become
-NDJSON lines) plus a wall clock. Per episode it keeps the window, counts (events,
-execs, connects, DNS queries, distinct external destinations), the alerts by rule,
-the coverage (events the kernel dropped, monitoring gaps, undecodable records
-during the window) and a verdict (the rules are in model.py).
+A consumer of typed records (attributed events, findings, the registry's episode
+lifecycle, drops and gaps) plus a wall clock; the collector hands it each one. Per
+episode it keeps the window, counts (events, execs, connects, DNS queries, distinct
+external destinations), the alerts by rule, the coverage (events the kernel dropped,
+monitoring gaps, undecodable records during the window) and a verdict (the rules are
+in model.py).
 
-Records count for the episode named by their own ``rl.episode_id``, never by
+Records count for the episode their attribution names (``rl.episode_id``), never by
 time: a background process born in episode 1 that connects during episode 2
 counts for episode 1 (the attribution stage decides; the ledger only adds).
 
@@ -15,8 +16,8 @@ episode's end (announced by the registry, or inferred after ``idle_end_s`` witho
 a record for episodes known only from env tags), and again, with ``revision`` + 1,
 whenever a later record changes the verdict or its reasons.
 
-``observe()`` only touches dicts; rows go to the store (store.py) in one transaction
-per second at most from ``due()``. A store that cannot be opened or written
+The ``on_*`` methods only touch memory; rows go to the store (store.py) in one
+transaction per second at most from ``due()``. A store that cannot be opened or written
 (read-only path, full disk, corrupt file) never stops the monitor: the ledger
 reports it once as a ``ledger_error`` line, keeps its state in memory, still writes
 verdict lines, and retries. docs/ledger.md has the rest.
@@ -34,13 +35,11 @@ from typing import TYPE_CHECKING, Any
 
 from monitor.sinks.ledger.model import (
     DEFAULT_INTERNAL,
-    EPISODE_DATASET,
     NS,
     SEVERITIES,
     VERDICT_DATASET,
     Episode,
     iso,
-    parse_iso,
 )
 from monitor.sinks.ledger.store import (
     EpisodeStore,
@@ -52,6 +51,9 @@ from monitor.sinks.ledger.store import (
 
 if TYPE_CHECKING:
     from monitor.config import Config, LedgerConfig
+    from monitor.detectors.engine import Finding
+    from monitor.state.attributed import AttributedEvent
+    from monitor.state.registry.records import RegistryRecord
 
 _S = NS
 # The collector reads the kernel's drop counters once a second, so a drop reported at T
@@ -66,10 +68,6 @@ EVICT_AFTER_NS = 60 * _S  # an ended episode stays in memory at least this long
 MAX_HISTORY = 10000  # verdict lines waiting for the verdicts table while it cannot be written
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -78,11 +76,13 @@ def _str_or_none(value: Any) -> str | None:
 
 
 class EpisodeLedger:
-    """Per-episode state fed by ``observe(doc)``; verdict lines come out of ``due()``.
+    """Per-episode state fed by the ``on_*`` methods; verdict lines come out of ``due()``.
 
     ``store`` keeps the rows: an ``EpisodeStore``, or a path for the SQLite store (its
     directory is created); ``config`` the ``[ledger]`` section. ``internal_networks``
-    (CIDRs) decide which destinations are external.
+    (CIDRs) decide which destinations are external; ``host`` is the ECS host object of
+    the verdict lines.  Every ``on_*`` method takes the record's wall-clock time and
+    never raises.
     """
 
     def __init__(
@@ -91,6 +91,7 @@ class EpisodeLedger:
         config: LedgerConfig,
         internal_networks: Iterable[str] = DEFAULT_INTERNAL,
         now_ns: int | None = None,
+        host: dict[str, Any] | None = None,
     ) -> None:
         self.store: EpisodeStore = (
             SqliteStore(store) if isinstance(store, (str, os.PathLike)) else store
@@ -108,7 +109,7 @@ class EpisodeLedger:
         self._out: list[dict[str, Any]] = []  # ledger_error lines waiting for due()
         # verdict lines not yet in the verdicts table (bounded: the episode row keeps the last)
         self._history: list[VerdictRow] = []
-        self._host: dict[str, Any] | None = None
+        self._host = host
         self._last_stats: tuple[int, int] | None = None  # (ts, undecodable) of the last stats
         self._error: str | None = None  # the database problem last reported
         self._retry_ns = 0
@@ -240,44 +241,58 @@ class EpisodeLedger:
             ep.due_ns = ts if ep.due_ns is None else min(ep.due_ns, ts)
             self._check.add(ep.episode_id)
 
-    def observe(self, doc: dict[str, Any]) -> None:
-        """Account one record. Never raises; O(1) for event lines."""
+    def _guard(self, what: Any, *args: Any) -> None:
         try:
-            self._observe(doc)
-        except Exception:  # a malformed record must never reach the collector's loop
+            what(*args)
+        except Exception:  # a bug here must never reach the collector's loop
             self.observe_errors += 1
 
-    def _observe(self, doc: dict[str, Any]) -> None:
-        ev = doc.get("event")
-        if not isinstance(ev, dict):
-            return
-        dataset = ev.get("dataset")
-        if dataset == VERDICT_DATASET:
-            return  # our own lines come back through the tap
-        if self._host is None and isinstance(doc.get("host"), dict):
-            self._host = doc["host"]
-        action = ev.get("action")
-        if ev.get("kind") == "metric" or dataset in ("rlguard.sensor", "rlguard.lifecycle"):
-            self._on_metric(doc, dataset, action)
-            return
-        if dataset == EPISODE_DATASET:
-            self._on_registry(doc, action, parse_iso(doc.get("@timestamp")) or time.time_ns())
-            return
-        rl = doc.get("rl")
-        if not isinstance(rl, dict):
-            return
-        eid = rl.get("episode_id")
-        if not isinstance(eid, str) or not eid:
-            return
-        ts = parse_iso(doc.get("@timestamp")) or time.time_ns()
+    def on_event(self, ae: AttributedEvent, wall_ns: int) -> None:
+        """Count one event line for its episode. O(1)."""
+        self._guard(self._on_event, ae, wall_ns)
+
+    def on_finding(self, f: Finding, wall_ns: int) -> None:
+        """An alert for the episode of the event that raised it."""
+        self._guard(self._on_finding, f, wall_ns)
+
+    def on_registry(self, rec: RegistryRecord) -> None:
+        """The trainer started or ended an episode or a run."""
+        self._guard(self._on_registry, rec)
+
+    def on_drops(self, n: int, wall_ns: int) -> None:
+        """The kernel dropped ``n`` records since the last report (within the last second)."""
+        if n > 0:
+            self._guard(self._count_recent, "dropped", n, wall_ns)
+
+    def on_record_error(self, wall_ns: int) -> None:
+        """A record could not be handled: every episode open then lost it."""
+        self._guard(self._count_recent, "record_errors", 1, wall_ns)
+
+    def on_gap(self, stopped_at_ns: int, resumed_at_ns: int, same_boot: bool, wall_ns: int) -> None:
+        """The monitor was not running from ``stopped_at_ns`` to ``resumed_at_ns``."""
+        self._guard(self._on_gap, stopped_at_ns, resumed_at_ns, same_boot, wall_ns)
+
+    def on_started(self, wall_ns: int) -> None:
+        """A new monitor process: its counters start at 0."""
+        self._last_stats = (wall_ns, 0)
+
+    def on_stats(self, undecodable: int, wall_ns: int) -> None:
+        """Undecodable records so far: those since the last stats count for its episodes."""
+        self._guard(self._on_stats, undecodable, wall_ns)
+
+    def _touch(self, rl: Any, ts: int) -> Episode | None:
+        """The episode a record names, brought up to date with the record's time."""
+        eid = rl.episode_id
+        if not eid:
+            return None
         ep = self._episode(eid, ts)
         if ep.events < 16:  # the ids come with the first records; later ones repeat them
             if ep.run_id is None:
-                ep.run_id = _str_or_none(rl.get("run_id"))
+                ep.run_id = _str_or_none(rl.run_id)
             if ep.trajectory_id is None:
-                ep.trajectory_id = _str_or_none(rl.get("trajectory_id"))
+                ep.trajectory_id = _str_or_none(rl.trajectory_id)
             if ep.sandbox_id is None:
-                ep.sandbox_id = _str_or_none(rl.get("sandbox_id"))
+                ep.sandbox_id = _str_or_none(rl.sandbox_id)
         if ts > ep.last_seen_ns:
             ep.last_seen_ns = ts
         if ts < ep.start_ns and ep.source != "registry":
@@ -285,32 +300,30 @@ class EpisodeLedger:
         if (
             ep.end_ns is not None
             and ep.source != "registry"
-            and ep.end_reason
-            in (
-                "idle",
-                "evicted",
-            )
+            and ep.end_reason in ("idle", "evicted")
         ):
             ep.end_ns = ep.end_reason = ep.due_ns = None  # active again: its end was a guess
         self._dirty.add(eid)
-        if ev.get("kind") == "alert":
-            self._on_alert(ep, doc, ts)
+        return ep
+
+    def _on_event(self, ae: AttributedEvent, ts: int) -> None:
+        ep = self._touch(ae.rl, ts)
+        if ep is None:
             return
         ep.events += 1
+        action = ae.event.action
         if action == "exec":
             ep.execs += 1
         elif action == "connect":
             ep.connects += 1
-            self._destination(ep, doc)
+            self._destination(ep, getattr(ae.event, "daddr", None))
         elif action == "dns":
             ep.dns += 1
-            self._destination(ep, doc)
+            self._destination(ep, getattr(ae.event, "daddr", None))
         elif action == "send":
-            self._destination(ep, doc)
+            self._destination(ep, getattr(ae.event, "daddr", None))
 
-    def _destination(self, ep: Episode, doc: dict[str, Any]) -> None:
-        dst = doc.get("destination")
-        ip = dst.get("ip") if isinstance(dst, dict) else None
+    def _destination(self, ep: Episode, ip: str | None) -> None:
         if not isinstance(ip, str) or ip in ep.destinations or not self._external(ip):
             return
         if len(ep.destinations) >= self.config.max_destinations:
@@ -331,11 +344,12 @@ class EpisodeLedger:
             self._external_cache[ip] = got
         return got
 
-    def _on_alert(self, ep: Episode, doc: dict[str, Any], ts: int) -> None:
-        rule = _dict(doc.get("rule"))
-        rule_id = str(rule.get("id") or doc["event"].get("action") or "unknown")[:200]
-        alert = _dict(_dict(doc.get("rlguard")).get("alert"))
-        sev = alert.get("severity")
+    def _on_finding(self, f: Finding, ts: int) -> None:
+        ep = self._touch(f.trigger.rl, ts)
+        if ep is None:
+            return
+        rule_id = f.rule.id[:200]
+        sev = f.severity
         if sev not in SEVERITIES:
             sev = "high"  # an alert we cannot grade is at least worth a look
         seen = ep.alerts.get(rule_id)
@@ -349,20 +363,21 @@ class EpisodeLedger:
             ep.critical_alerts += 1
         self._changed(ep, ts)
 
-    def _on_registry(self, doc: dict[str, Any], action: Any, ts: int) -> None:
-        rl = _dict(doc.get("rl"))
-        eid = _str_or_none(rl.get("episode_id"))
+    def _on_registry(self, rec: RegistryRecord) -> None:
+        ts = rec.wall_ns
+        action = rec.op
+        eid = rec.episode_id
         if action == "run_end":
-            run = _str_or_none(rl.get("run_id"))
+            run = rec.run_id
             for ep in self.episodes.values():
                 if ep.end_ns is None and run is not None and ep.run_id == run:
                     self._end(ep, max(ts, ep.start_ns), "run_end", ts)
             return
-        if eid is None or action not in ("episode_start", "episode_end"):
+        if not eid or action not in ("episode_start", "episode_end"):
             return
         ep = self._episode(eid, ts)
         for key in ("run_id", "trajectory_id", "sandbox_id"):
-            value = _str_or_none(rl.get(key))
+            value = _str_or_none(getattr(rec, key))
             if value is not None:
                 setattr(ep, key, value)
         ep.last_seen_ns = max(ep.last_seen_ns, ts)
@@ -376,8 +391,7 @@ class EpisodeLedger:
                 ep.start_seen = False  # the registry ended an episode we never saw begin
                 self._changed(ep, ts)
             ep.source = "registry"
-            status = _dict(_dict(doc.get("rlguard")).get("registry")).get("status")
-            ep.status = None if status is None else str(status)[:200]
+            ep.status = None if rec.status is None else str(rec.status)[:200]
             self._end(ep, max(ts, ep.start_ns), "registry", ts)
         self._dirty.add(eid)
 
@@ -388,40 +402,24 @@ class EpisodeLedger:
         self._check.add(ep.episode_id)
         self._dirty.add(ep.episode_id)
 
-    def _on_metric(self, doc: dict[str, Any], dataset: Any, action: Any) -> None:
-        ts = parse_iso(doc.get("@timestamp")) or time.time_ns()
-        detail = _dict(doc.get("rlguard"))
-        if action == "events_dropped":
-            delta = _dict(_dict(detail.get("drops")).get("delta"))
-            n = sum(v for v in delta.values() if isinstance(v, int) and v > 0)
-            if n:
-                for ep in self._overlapping(ts - DROP_LOOKBACK_NS, ts):
-                    ep.dropped += n
-        elif action == "monitoring_gap":
-            gap = _dict(detail.get("gap"))
-            lo, hi = gap.get("stopped_at_ns"), gap.get("resumed_at_ns")
-            if not isinstance(lo, int) or not isinstance(hi, int):
-                return
-            self._load_range(lo, hi)
-            for ep in self._overlapping(lo, hi):
-                ep.add_gap(lo, hi)
-                if gap.get("same_boot") is False and ep.end_ns is None:
-                    # the host rebooted: every process of the episode is gone
-                    self._end(ep, max(ep.last_seen_ns, lo), "reboot", ts)
-        elif action == "record_error":
-            for ep in self._overlapping(ts - DROP_LOOKBACK_NS, ts):
-                ep.record_errors += 1
-        elif action == "started":
-            self._last_stats = (ts, 0)  # a new monitor process: its counters start at 0
-        elif action == "stats":
-            undecodable = detail.get("undecodable")
-            if not isinstance(undecodable, int):
-                return
-            last = self._last_stats
-            self._last_stats = (ts, undecodable)
-            if last is not None and undecodable > last[1]:
-                for ep in self._overlapping(last[0], ts):
-                    ep.undecodable += undecodable - last[1]
+    def _count_recent(self, counter: str, n: int, ts: int) -> None:
+        for ep in self._overlapping(ts - DROP_LOOKBACK_NS, ts):
+            setattr(ep, counter, getattr(ep, counter) + n)
+
+    def _on_gap(self, lo: int, hi: int, same_boot: bool, ts: int) -> None:
+        self._load_range(lo, hi)
+        for ep in self._overlapping(lo, hi):
+            ep.add_gap(lo, hi)
+            if same_boot is False and ep.end_ns is None:
+                # the host rebooted: every process of the episode is gone
+                self._end(ep, max(ep.last_seen_ns, lo), "reboot", ts)
+
+    def _on_stats(self, undecodable: int, ts: int) -> None:
+        last = self._last_stats
+        self._last_stats = (ts, undecodable)
+        if last is not None and undecodable > last[1]:
+            for ep in self._overlapping(last[0], ts):
+                ep.undecodable += undecodable - last[1]
 
     def _overlapping(self, lo: int, hi: int) -> Iterator[Episode]:
         for ep in list(self.episodes.values()):
@@ -610,8 +608,8 @@ def ledger_path(cfg: Config) -> str:
     return cfg.ledger.path or str(Path(cfg.service.state_dir) / "episodes.db")
 
 
-def ledger_for(cfg: Config) -> EpisodeLedger | None:
+def ledger_for(cfg: Config, host: dict[str, Any] | None = None) -> EpisodeLedger | None:
     """The ledger ``rlguard run`` keeps, or None when ``[ledger] enabled = false``."""
     if not cfg.ledger.enabled:
         return None
-    return EpisodeLedger(ledger_path(cfg), cfg.ledger, cfg.allowlist.internal_networks)
+    return EpisodeLedger(ledger_path(cfg), cfg.ledger, cfg.allowlist.internal_networks, host=host)
