@@ -2,7 +2,7 @@
 
 The kernel folds identical connects (same process image, fd, destination,
 type and result) within a short window into a count (``connect_folds`` in
-probes/rlguard.bpf.c).  The first connect of a key is always sent in full; a
+probes/connect.bpf.h).  The first connect of a key is always sent in full; a
 later record of the same key carries the key's running count.  Here each
 connect line gets ``rlguard.connect.count``: the connects it stands for (1
 for an ordinary record, more when folded ones precede it), and an idle fold

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import re
 import stat
 import threading
 import time
@@ -25,6 +26,8 @@ PROBES_DIR = Path(
     os.environ.get("RLGUARD_PROBES_DIR", Path(__file__).resolve().parents[2] / "probes")
 )
 PROGRAM = "rlguard.bpf.c"
+# a quoted include: one of the program's own files, spliced by program_text()
+LOCAL_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
 
 TRACEFS_CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 CGROUP2_CANDIDATES = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
@@ -86,6 +89,38 @@ TAG_VALUE_LEN = 64
 # records per drain(): a full 16 MiB ring is ~200k records, ~22 MiB as Python bytes
 # all alive at once; a bounded batch keeps that peak (and the heap it fragments) small
 DRAIN_MAX = 8192
+
+
+def program_text(path: Path | None = None) -> str:
+    """The kernel program as one text, its own files spliced in where it includes them.
+
+    bcc rewrites only the main file it compiles (map method calls, tracepoint
+    contexts, the section of each program): code in an #include'd file would
+    compile unrewritten.  So a quoted include that names a file (relative to
+    the including file, then to the probes folder) is replaced by that file's
+    text, each file once, between #line markers that keep compile errors
+    pointing at the file and line they come from.  Angle includes are left to
+    the compiler; a quoted one that names no file is too, and it reports it.
+    """
+    seen: set[Path] = set()
+
+    def spliced(src: Path) -> list[str]:
+        seen.add(src)
+        name = str(src).replace("\\", "\\\\").replace('"', '\\"')  # a C string literal
+        out = [f'#line 1 "{name}"']
+        for lineno, line in enumerate(src.read_text().splitlines(), start=1):
+            m = LOCAL_INCLUDE.match(line)
+            candidates = (src.parent / m.group(1), PROBES_DIR / m.group(1)) if m else ()
+            inc = next((c.resolve() for c in candidates if c.is_file()), None)
+            if inc is None:
+                out.append(line)
+                continue
+            if inc not in seen:
+                out += spliced(inc)
+            out.append(f'#line {lineno + 1} "{name}"')
+        return out
+
+    return "\n".join(spliced((path or PROBES_DIR / PROGRAM).resolve())) + "\n"
 
 
 def device_numbers(patterns: tuple[str, ...]) -> dict[int, str]:
@@ -231,7 +266,6 @@ class Sensor:
     def cflags(self, tracefs: str) -> list[str]:
         p = self.probes
         flags = [
-            f"-I{PROBES_DIR}",
             f"-DRLG_RING_PAGES={p.ring_pages}",
             f"-DRLG_FIRST_BYTES={p.first_bytes}",
             f"-DRLG_MAX_ARGS={p.max_args}",
@@ -291,8 +325,9 @@ class Sensor:
         self._cgroup2 = cgroup2
         src = PROBES_DIR / PROGRAM
         try:
+            text = program_text(src)
             # TRACEPOINT_PROBE functions are attached by bcc during construction
-            return BPF(src_file=str(src).encode(), cflags=self.cflags(tracefs))
+            return BPF(text=text.encode(), cflags=self.cflags(tracefs))
         except Exception as exc:  # bcc raises bare Exception
             raise SensorError(f"compiling/loading {src} failed: {exc}") from exc
 

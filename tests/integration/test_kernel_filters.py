@@ -2,7 +2,7 @@
 
 The kernel programs leave out tcp_state records that repeat a connect's
 result or describe teardown steps, and fold identical connects into counts
-(probes/rlguard.bpf.c, docs/coverage.md).  These tests check that everything
+(probes/tcp_state.bpf.h, probes/connect.bpf.h, docs/coverage.md).  These tests check that everything
 the records and detectors need still arrives, and that folded connects are
 all accounted for.  Loopback only; no timing assertions.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from monitor.config import load_config
 from monitor.sensor import probes
 from monitor.sensor.probes import Sensor, SensorError
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -45,3 +47,42 @@ def test_a_compile_error_in_the_thread_is_raised_by_load(
     with pytest.raises(SensorError, match="failed"):
         s.load()
     s.close()
+
+
+def test_a_copy_of_the_probes_compiles_from_any_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # as installed: the probes folder somewhere else, the command run from anywhere
+    copy = tmp_path / "site-packages" / "probes"
+    shutil.copytree(probes.PROBES_DIR, copy)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.setattr(probes, "PROBES_DIR", copy)
+    monkeypatch.chdir(elsewhere)
+    # the copy is what compiles: the text names no file of the checkout
+    assert str(REPO / "probes") not in probes.program_text()
+    cfg = load_config(None)
+    s = Sensor(cfg.probes, list(cfg.tags.keys))
+    try:
+        s.load()
+        assert "exec" in s.layouts()
+    finally:
+        s.close()
+
+
+def test_a_compile_error_in_an_included_file_names_that_file_and_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    copy = tmp_path / "probes"
+    shutil.copytree(probes.PROBES_DIR, copy)
+    broken = copy / "lib" / "emit.bpf.h"
+    lines = broken.read_text().splitlines()
+    broken.write_text("\n".join([*lines, "int this is not C;", ""]))
+    monkeypatch.setattr(probes, "PROBES_DIR", copy)
+    cfg = load_config(None)
+    s = Sensor(cfg.probes, list(cfg.tags.keys))
+    with pytest.raises(SensorError, match="failed"):
+        s.load()
+    s.close()
+    # clang's diagnostics go to stderr, placed by the #line markers
+    assert f"{broken}:{len(lines) + 1}:" in capfd.readouterr().err

@@ -568,11 +568,11 @@ def test_example_sets_every_key_and_is_commented() -> None:
 
 def _header_defines() -> dict[str, int]:
     defines: dict[str, int] = {}
-    for name in ("rlguard.h", "rlguard.bpf.c"):
-        path = REPO / "probes" / name
-        if path.exists():
-            for m in re.finditer(r"^#define (RLG_\w+) (\d+)\b", path.read_text(), re.M):
-                defines.setdefault(m.group(1), int(m.group(2)))
+    # the layouts header first: its defaults are the ones the program sees
+    paths = sorted((REPO / "probes").rglob("*.[ch]"), key=lambda p: p.name != "rlguard.h")
+    for path in paths:
+        for m in re.finditer(r"^#define (RLG_\w+) (\d+)\b", path.read_text(), re.M):
+            defines.setdefault(m.group(1), int(m.group(2)))
     return defines
 
 

@@ -1,0 +1,60 @@
+/* Maps more than one hook family uses: the ring buffer and its counters, the
+ * layout carriers, per-process state (lineage, tags, exit status, exec
+ * generation) and per-connection state (the pending connect, fresh sockets,
+ * socket owners).  Maps one family alone uses live in its file. */
+
+BPF_RINGBUF_OUTPUT(events, RLG_RING_PAGES);
+BPF_PERCPU_ARRAY(sent, u64, RLG_EV_TYPE_MAX);
+BPF_PERCPU_ARRAY(drops, u64, RLG_EV_TYPE_MAX);
+BPF_PERCPU_ARRAY(misses, u64, RLG_MISS_MAX);
+BPF_PERCPU_ARRAY(quiet, u64, RLG_QUIET_MAX);
+
+/* Layout carriers: never written, they only give bcc the C types so that
+ * user space decodes records with the layouts defined in rlguard.h. */
+BPF_ARRAY(layout_header, struct rlg_header, 1);
+BPF_ARRAY(layout_exec, struct rlg_exec_event, 1);
+BPF_ARRAY(layout_fork, struct rlg_fork_event, 1);
+BPF_ARRAY(layout_exit, struct rlg_exit_event, 1);
+BPF_ARRAY(layout_connect, struct rlg_connect_event, 1);
+BPF_ARRAY(layout_tcp_state, struct rlg_tcp_state_event, 1);
+BPF_ARRAY(layout_send, struct rlg_send_event, 1);
+BPF_ARRAY(layout_dns, struct rlg_dns_event, 1);
+BPF_ARRAY(layout_tagset, struct rlg_tagset_event, 1);
+BPF_ARRAY(layout_dup, struct rlg_dup_event, 1);
+
+/* tgid -> lineage and tags, inherited at fork, replaced by an exec with own tags. */
+BPF_HASH(proc_state, u32, struct rlg_proc_state, 131072);
+BPF_TABLE("lru_hash", u64, struct rlg_tagset, tagsets, 16384);
+
+struct rlg_exit_info {
+    int code;
+    int sig;
+};
+BPF_TABLE("lru_hash", u32, struct rlg_exit_info, exit_info, 16384);
+
+/* a connect() in progress, per thread: the record being built, the socket
+ * it made (seen at SYN_SENT) and the SYN_SENT -> ESTABLISHED / CLOSE record
+ * seen inside the syscall, held until the result is known (a blocking
+ * connect's result already says it).  One entry per thread, written in
+ * place and kept (inactive) after the call: no map update per connect. */
+struct rlg_pending_connect {
+    struct rlg_connect_event ev;
+    u64 sk;
+    u32 has_held;
+    u32 active;     /* between sys_enter and sys_exit; the entry stays for the next call */
+    struct rlg_tcp_state_event held;
+};
+BPF_TABLE("lru_hash", u32, struct rlg_pending_connect, pending_connect, 4096);
+
+/* tgid -> boot ns of its last exec (part of the connect fold key) */
+BPF_TABLE("lru_hash", u32, u64, exec_gen, 65536);
+
+/* socket cookie of a new outbound TCP connection whose first payload is still to come */
+struct rlg_fresh {
+    u32 owner_pid;
+    u32 pad;
+};
+BPF_TABLE("lru_hash", u64, struct rlg_fresh, fresh_tcp, 65536);
+
+/* kernel socket address -> the header of the task that started the connection */
+BPF_TABLE("lru_hash", u64, struct rlg_header, sock_owner, 65536);
