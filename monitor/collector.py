@@ -16,9 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from monitor.config import Config, ConfigError, load_config
+from monitor.detectors import tag_conflict
 from monitor.detectors.engine import DetectionEngine, Finding, render_alert
 from monitor.detectors.iocs import build_iocs
-from monitor.detectors.signals import Signal, bounded
+from monitor.detectors.rules import RuleError, load_rules
 from monitor.sensor.events import (
     SEND_OWNER_DIFFERS,
     ConnectEvent,
@@ -92,7 +93,8 @@ class Collector:
         )
         self.table.tagset_fallback = self._kernel_tagset
         self.renderer = Renderer(self.table)
-        self.engine = DetectionEngine(build_iocs(config.detectors, config.allowlist))
+        iocs = build_iocs(config.detectors, config.allowlist)
+        self.engine = DetectionEngine(iocs, load_rules(settings=config.rules))
         att = config.attribution
         self.cgroups = CgroupResolver(att.container_patterns, att.sandbox_patterns)
         self.registry: Registry | None = None
@@ -233,13 +235,15 @@ class Collector:
                 self._note("reopen_failed", f"{exc.strerror}")
         try:
             new = load_config(self.config.source)
-        except ConfigError as exc:
+            rules = load_rules(settings=new.rules)
+        except (ConfigError, RuleError) as exc:
             self._note("config_reload_failed", f"kept the running config: {exc}")
             self.sink.flush()
             return False
         from monitor.detectors.iocs import build_iocs
 
         self.engine.iocs = build_iocs(new.detectors, new.allowlist)
+        self.engine.rules = rules
         restart = [
             name
             for name in ("probes", "tags", "process_table", "service", "siem", "ledger")
@@ -250,7 +254,7 @@ class Collector:
         self.config = new
         self._note(
             "config_reloaded",
-            "detectors, allowlist and output settings applied"
+            "detectors, allowlist, rules and output settings applied"
             + (f"; changes to {', '.join(restart)} take effect after a restart" if restart else ""),
         )
         self.sink.flush()
@@ -410,18 +414,9 @@ class Collector:
     def _conflict_findings(
         self, ev: Event, p: Process, doc: dict[str, Any], c: Conflict
     ) -> list[Finding]:
-        signals = [
-            Signal(
-                "env",
-                f"tag_conflict.{role}",
-                bounded(f"own {role} {own!r} != {c.source} {kept!r}"),
-                "high",
-            )
-            for role, (own, kept) in c.roles.items()
-        ]
-        return self.engine.report(
-            "RLG-ATTR-001", p.entity_id, signals, ev, p, doc, {"conflict": c.as_dict()}
-        )
+        signals = tag_conflict.conflict_signals(c)
+        rule = tag_conflict.RULE_TAG_CONFLICT
+        return self.engine.report(rule, p.entity_id, signals, ev, p, doc, {"conflict": c.as_dict()})
 
     def _gpu_step(self, scan: ScanResult | None) -> None:
         """Reconcile the GPU holder table with a scan; episode-end checks; holder metrics."""

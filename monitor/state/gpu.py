@@ -515,7 +515,7 @@ class GpuMonitor:
         sigs = rules.open_signals(s, parent, ev.path, device, ev.via, self.allow)
         if sigs and not self.engine.iocs.is_allowed_process(p.executable):  # [allowlist]
             out += self.engine.report(
-                "RLG-GPU-001",
+                rules.RULE_OPEN_IN_EPISODE,
                 f"{p.entity_id}/{device}",
                 sigs,
                 ev,
@@ -559,7 +559,7 @@ class GpuMonitor:
         devices = sorted({h.device for h in held})
         sig = rules.holder_alert_signal(rule_id, category, severity, devices)
         return self.engine.report(
-            "RLG-GPU-002",
+            rules.RULE_HOLDER_ALERT,
             f"{p.entity_id}/{rule_id}",
             [sig, *f.signals[:8]],
             f.event,
@@ -616,7 +616,7 @@ class GpuMonitor:
             )
             doc = self._process_doc(p)
             out += self.engine.report(
-                "RLG-GPU-003",
+                rules.RULE_HELD_AFTER_END,
                 f"{p.entity_id}/{episode_id}",
                 [sig],
                 trigger,
