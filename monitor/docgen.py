@@ -41,8 +41,9 @@ def configuration_reference() -> str:
         out += [f"## `[{spec.name}]`", "", spec.doc, "", *_field_table(spec.fields), ""]
         e = spec.entries
         if e is not None:
-            table = f'[{spec.name}."{e.example}"]'
-            out += [f"### `{table}`", "", f"{e.doc} Each key is optional.", ""]
+            example = f'`[{spec.name}."{e.example}"]`'
+            out += [f'### `[{spec.name}."<{e.what}>"]`', ""]
+            out += [f"{e.doc} For example {example}; each key is optional.", ""]
             out += [*_field_table(e.fields), ""]
     out += [
         "## The whole file at its defaults",
