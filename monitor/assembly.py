@@ -14,6 +14,7 @@ from monitor.config import Config
 from monitor.detectors.engine import DetectionEngine
 from monitor.detectors.gpu_driver import GpuRuleDriver
 from monitor.detectors.iocs import build_iocs
+from monitor.detectors.rules import load_rules
 from monitor.sensor.events import tag_values
 from monitor.sensor.port import SensorPort
 from monitor.sensor.probes import TAG_VALUE_LEN, Sensor, gpu_probe_patterns
@@ -77,7 +78,9 @@ def build_collector(
     attributor = Attributor(table, att, registry, cgroups)
     clock = Clock()
     renderer = Renderer(table, clock)
-    engine = DetectionEngine(build_iocs(config.detectors, config.allowlist))
+    engine = DetectionEngine(
+        build_iocs(config.detectors, config.allowlist), load_rules(settings=config.rules)
+    )
     gpu = GpuHolders(config.gpu, table, cgroups, sensor)
     gpu_rules = GpuRuleDriver(config.gpu, gpu, engine, attributor, cgroups, clock)
     keep_ledger = heartbeat if ledger is None else ledger

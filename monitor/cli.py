@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from monitor.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from monitor.detectors.rules import RuleSet
 
 app = typer.Typer(
     add_completion=False,
@@ -66,6 +69,7 @@ def run(
 ) -> None:
     """Monitor this host and write one NDJSON line per event."""
     cfg = _load(config)
+    _rules(cfg)  # a catalogue the detectors disagree with stops here, before the compile
     from monitor.sensor.probes import Sensor, SensorError, gpu_probe_patterns
     from monitor.service.preflight import try_mount_tracefs
 
@@ -194,10 +198,22 @@ def check(
     ),
 ) -> None:
     """Preflight: report, line by line, whether the monitor can run here."""
+    from monitor.detectors.rules import RuleError, load_rules
     from monitor.service.preflight import Check, run_checks
 
     cfg = _load(config)
     checks = run_checks()  # report the host as it is: `run` mounts tracefs, `check` does not
+    try:
+        ruleset = load_rules(settings=cfg.rules)
+        enabled = sum(1 for r in ruleset.values() if r.enabled)
+        detail = (
+            f"{len(ruleset)} rules, each raised by its detector; {enabled} enabled, "
+            f"min_severity {ruleset.min_severity}"
+        )
+        checks.append(Check("rules", True, detail))
+    except RuleError as exc:
+        fix = "reinstall rlguard: its rule catalogue and detectors disagree"
+        checks.append(Check("rules", False, str(exc), fix))
     if load and all(c.ok for c in checks if c.required):
         import time
 
@@ -254,20 +270,33 @@ def service_unit() -> None:
     typer.echo(render_unit(sys.prefix, str(DEFAULT_CONFIG)), nl=False)
 
 
+def _rules(cfg: Config) -> RuleSet:
+    """The effective rules (catalogue checked against the detectors, config applied)."""
+    from monitor.detectors.rules import RuleError, load_rules
+
+    try:
+        return load_rules(settings=cfg.rules)
+    except RuleError as exc:
+        typer.echo(f"rlguard: rules error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def rules(
     as_json: bool = typer.Option(False, "--json", help="one JSON object per rule"),
     config: Path | None = ConfigOpt,
 ) -> None:
-    """List every detection rule, its severity, ATT&CK mapping and data sources."""
+    """List every detection rule as the config leaves it: enabled, severity, ATT&CK, data."""
     import orjson
 
     from monitor.detectors.iocs import build_iocs
-    from monitor.detectors.rules import load_rules
 
     cfg = _load(config)
+    ruleset = _rules(cfg)
     iocs = build_iocs(cfg.detectors, cfg.allowlist)
-    for rule in load_rules().values():
+    floor = ruleset.min_severity
+    for rule in ruleset.values():
+        raised = [s for s in rule.severities() if ruleset.raises(s)] if rule.enabled else []
         if as_json:
             typer.echo(
                 orjson.dumps(
@@ -276,7 +305,14 @@ def rules(
                         "name": rule.name,
                         "category": rule.category,
                         "description": rule.description,
+                        "enabled": rule.enabled,
                         "severity": rule.severity_for,
+                        "severity_set_by": rule.severity_set_by,
+                        "severities": list(rule.severities()),
+                        "min_severity": floor,
+                        "raised": raised,
+                        "raised_on": rule.raised_on.replace("`", ""),
+                        "detector": rule.detector,
                         "techniques": [{"id": t, "name": n} for t, n in rule.techniques],
                         "data_sources": list(rule.data_sources),
                     }
@@ -284,13 +320,29 @@ def rules(
             )
             continue
         techs = ", ".join(f"{t} {n}" for t, n in rule.techniques)
-        sev = " ".join(f"{k}->{v}" for k, v in rule.severity_for.items())
+        if rule.severity_set_by == "rules.toml":
+            sev = "by confidence: " + " ".join(f"{k}->{v}" for k, v in rule.severity_for.items())
+        else:
+            sev = f"{rule.severity_for['high']} for every alert ({rule.severity_set_by})"
+        if not rule.enabled:
+            state = f'disabled ([rules."{rule.id}"] enabled = false)'
+        elif not raised:
+            state = f"enabled, but never raised: every alert is below min_severity {floor}"
+        elif len(raised) < len(rule.severities()):
+            state = f"enabled; alerts below min_severity {floor} are not raised"
+        else:
+            state = "enabled"
         typer.echo(f"{rule.id}  {rule.name}")
         typer.echo(f"    {rule.description}")
-        typer.echo(f"    severity by confidence: {sev}")
+        typer.echo(f"    state: {state}")
+        typer.echo(f"    severity {sev}; can be {', '.join(rule.severities())}")
+        typer.echo(f"    raised on: {rule.raised_on.replace('`', '')}")
+        typer.echo(f"    detector: {rule.detector}")
         typer.echo(f"    ATT&CK: {techs}")
         typer.echo(f"    data: {', '.join(rule.data_sources)}")
     if not as_json:
+        enabled = sum(1 for r in ruleset.values() if r.enabled)
+        typer.echo(f"{len(ruleset)} rules, {enabled} enabled; min_severity {floor}")
         sizes = {
             "miner_names": len(iocs.miner_names),
             "miner_flags": len(iocs.miner_flags),
@@ -370,7 +422,10 @@ def demo(
     import threading
     import time
 
+    from monitor.detectors import stratum, tunnel
+
     cfg = _load(None)
+    _rules(cfg)
     _fail_preflight()
     from monitor.assembly import build_collector
     from monitor.lab.incident import Incident
@@ -401,7 +456,7 @@ def demo(
             f"tunnel: {got[:60]!r}\n"
         )
         deadline = time.monotonic() + hold + 5
-        wanted = {"RLG-TUN-001", "RLG-MIN-001"}
+        wanted = {tunnel.RULE_SSH_CONNECT_BACK, stratum.RULE_STRATUM}
         while time.monotonic() < deadline:
             seen = {
                 a["rule"]["id"]
@@ -423,7 +478,7 @@ def demo(
         f"\nrlguard demo: {len(ours)} alerts for {incident.episode} ({', '.join(ids) or 'none'}); "
         "everything the demo created is removed"
     )
-    if not {"RLG-TUN-001", "RLG-MIN-001"} <= set(ids):
+    if not wanted <= set(ids):
         raise typer.Exit(1)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from monitor.detectors import stratum, tunnel
 from monitor.detectors.iocs import Iocs
-from monitor.detectors.rules import SEVERITY_RANK, Rule, load_rules
+from monitor.detectors.rules import SEVERITY_RANK, Rule, RuleSet, load_rules
 from monitor.detectors.signals import Signal, bounded
 from monitor.sensor.events import (
     ConnectEvent,
@@ -116,11 +116,11 @@ class DetectionEngine:
     def __init__(
         self,
         iocs: Iocs,
-        rules: dict[str, Rule] | None = None,
+        rules: RuleSet | None = None,
         read_file: FileReader = read_process_file,
     ) -> None:
         self.iocs = iocs
-        self.rules = rules or load_rules()
+        self.rules = rules if rules is not None else load_rules()
         self.read_file = read_file
         # confirm reverse-shell fds in /proc (off in pure unit tests)
         self.verify_fds = read_file is read_process_file
@@ -198,17 +198,17 @@ class DetectionEngine:
             ssh_argv = tunnel.autossh_ssh_argv(argv)
             sigs += tunnel.autossh_signals(argv, self._ssh_config(ev, ssh_argv))
         if sigs:
-            out += self._finding("RLG-TUN-003", p.entity_id, sigs, ae)
+            out += self._finding(tunnel.RULE_SSH_FORWARD, p.entity_id, sigs, ae)
         tool = tunnel.tunnel_tool_signals(argv, exe, self.iocs)
         if tool:
-            out += self._finding("RLG-TUN-004", p.entity_id, tool, ae)
+            out += self._finding(tunnel.RULE_TUNNEL_TOOL, p.entity_id, tool, ae)
 
         # mining
         cfg_path = stratum.miner_config_path(argv)
         cfg_text = self.read_file(ev.pid, cfg_path) if cfg_path else None
         mining = stratum.miner_argv_signals(argv, exe, self.iocs, cfg_text)
         if mining:
-            out += self._finding("RLG-MIN-002", p.entity_id, mining, ae)
+            out += self._finding(stratum.RULE_MINER_ARGV, p.entity_id, mining, ae)
 
         # reverse shell: a shell started with a socket on stdin/stdout (nc -e,
         # socat exec:, bash -i >& /dev/tcp), or under a relay holding one (pty.spawn)
@@ -225,9 +225,8 @@ class DetectionEngine:
                     bounded(f"{how} = tcp {conn.daddr}:{conn.dport}"),
                     "high",
                 )
-                out += self._finding(
-                    "RLG-SHL-001", p.entity_id, [sig], ae, {"connect_back": _dest(conn)}
-                )
+                back = {"connect_back": _dest(conn)}
+                out += self._finding(tunnel.RULE_REVERSE_SHELL, p.entity_id, [sig], ae, back)
         return out
 
     def _ssh_config(self, ev: ExecEvent, argv: list[str]) -> str | None:
@@ -294,7 +293,7 @@ class DetectionEngine:
                 "high",
             )
             out += self._finding(
-                "RLG-TUN-001",
+                tunnel.RULE_SSH_CONNECT_BACK,
                 p.entity_id,
                 [sig],
                 ae,
@@ -311,9 +310,8 @@ class DetectionEngine:
                     Signal(sig2.kind, sig2.name, bounded(f"{ev.daddr}:{ev.dport}"), "low")
                 )
             if self.iocs.pool_port_connects == "alert":
-                out += self._finding(
-                    "RLG-MIN-004", f"{p.entity_id}/{ev.daddr}:{ev.dport}", [sig2], ae
-                )
+                subject = f"{p.entity_id}/{ev.daddr}:{ev.dport}"
+                out += self._finding(stratum.RULE_POOL_PORT, subject, [sig2], ae)
         return out
 
     def _send(self, ev: SendEvent, p: Process, ae: AttributedEvent) -> list[Finding]:
@@ -330,7 +328,7 @@ class DetectionEngine:
         mining = stratum.stratum_payload_signals(data)
         if mining:
             out += self._finding(
-                "RLG-MIN-001",
+                stratum.RULE_STRATUM,
                 p.entity_id,
                 mining,
                 ae,
@@ -339,7 +337,7 @@ class DetectionEngine:
         shell = tunnel.shell_banner_signal(data)
         if shell is not None and not self.iocs.is_internal(ev.daddr):
             out += self._finding(
-                "RLG-SHL-001",
+                tunnel.RULE_REVERSE_SHELL,
                 p.entity_id,
                 [shell],
                 ae,
@@ -382,7 +380,7 @@ class DetectionEngine:
         if not sigs:
             return []
         return self._finding(
-            "RLG-TUN-002",
+            tunnel.RULE_SSH_PROTOCOL,
             p.entity_id,
             sigs,
             ae,
@@ -396,10 +394,10 @@ class DetectionEngine:
         out: list[Finding] = []
         sig = tunnel.tunnel_dns_signal(q.name, self.iocs)
         if sig is not None:
-            out += self._finding("RLG-TUN-005", f"{p.entity_id}/{q.name}", [sig], ae)
+            out += self._finding(tunnel.RULE_TUNNEL_DNS, f"{p.entity_id}/{q.name}", [sig], ae)
         sig2 = stratum.pool_dns_signal(q.name, self.iocs)
         if sig2 is not None:
-            out += self._finding("RLG-MIN-003", f"{p.entity_id}/{q.name}", [sig2], ae)
+            out += self._finding(stratum.RULE_POOL_DNS, f"{p.entity_id}/{q.name}", [sig2], ae)
         return out
 
     def _dup(self, ev: DupEvent, p: Process, ae: AttributedEvent) -> list[Finding]:
@@ -416,9 +414,8 @@ class DetectionEngine:
                 bounded(f"dup{ev.oldfd}->{ev.newfd}: stdin/stdout = tcp {conn.daddr}:{conn.dport}"),
                 "high",
             )
-            return self._finding(
-                "RLG-SHL-001", p.entity_id, [sig], ae, {"connect_back": _dest(conn)}
-            )
+            back = {"connect_back": _dest(conn)}
+            return self._finding(tunnel.RULE_REVERSE_SHELL, p.entity_id, [sig], ae, back)
         return []
 
     # -- findings ------------------------------------------------------------------
@@ -431,10 +428,16 @@ class DetectionEngine:
         ae: AttributedEvent,
         extra: dict[str, Any] | None = None,
     ) -> list[Finding]:
-        """A finding unless the same (rule, subject) was already reported at least as severe."""
+        """A finding unless the same (rule, subject) was already reported at least as severe.
+
+        The one place findings are made: a disabled rule makes none, and one below the
+        [rules] min_severity is remembered (its evidence counts later) but not raised.
+        """
         rule = self.rules[rule_id]
+        if not rule.enabled:
+            return []
         p = ae.process
-        if rule.category == "mining" and rule_id != "RLG-MIN-004" and p is not None:
+        if rule.category == "mining" and rule_id != stratum.RULE_POOL_PORT and p is not None:
             st = self.state.get(p.entity_id)
             if st is not None and st.pool_ports:
                 # context only: a low signal never raises the severity on its own
@@ -454,10 +457,13 @@ class DetectionEngine:
             signals = merged
         if len(self._alerted) >= MAX_ALERT_KEYS:
             self._alerted.popitem(last=False)
-        self._alerted[key] = (rule.severity(signals), list(signals))
+        sev = rule.severity(signals)
+        self._alerted[key] = (sev, list(signals))
+        if not self.rules.raises(sev):
+            return []
         self.alerts_by_rule[rule_id] = self.alerts_by_rule.get(rule_id, 0) + 1
         f = Finding(rule, subject, list(signals), ae, dict(extra or {}))
-        if prev is not None:
+        if prev is not None and self.rules.raises(prev[0]):  # an alert was written before
             f.extra["follow_up"] = True
             f.extra["previous_severity"] = prev[0]
         return [f]
