@@ -502,7 +502,7 @@ def _finish_ledger(values: dict[str, Any], given: frozenset[str]) -> dict[str, A
         blame = "review_on" if "review_on" in given else "drop_on"
         raise _Invalid(blame, f"{', '.join(both)} listed in both drop_on and review_on")
     if values["url"]:
-        problem = _ledger_url_problem(values["url"])
+        problem = ledger_url_problem(values["url"])
         if problem:
             raise _Invalid("url", problem)
         import importlib.util
@@ -516,7 +516,7 @@ def _finish_ledger(values: dict[str, Any], given: frozenset[str]) -> dict[str, A
     return values
 
 
-def _ledger_url_problem(url: str) -> str | None:
+def ledger_url_problem(url: str) -> str | None:
     """What is wrong with a ``[ledger] url`` (None: nothing), without printing its password."""
     import urllib.parse
 

@@ -176,13 +176,14 @@ def _coverage_cell(cov: dict[str, Any]) -> str:
     return ", ".join(problems) or "ok"
 
 
-def format_table(episodes: list[dict[str, Any]]) -> str:
+def format_table(episodes: list[dict[str, Any]], hosts: bool = False) -> str:
     """A plain-text table; every string from the ledger is escaped (no terminal control).
 
     An episode whose verdict line is not written yet shows its provisional verdict in
-    parentheses; a revised verdict shows its revision (``drop r2``).
+    parentheses; a revised verdict shows its revision (``drop r2``). ``hosts`` adds a
+    HOST column first (the fleet).
     """
-    head = (
+    head: tuple[str, ...] = (
         "EPISODE",
         "RUN",
         "WINDOW (UTC)",
@@ -194,6 +195,8 @@ def format_table(episodes: list[dict[str, Any]]) -> str:
         "VERDICT",
         "REASONS",
     )
+    if hosts:
+        head = ("HOST", *head)
     rows: list[tuple[str, ...]] = []
     for e in episodes:
         crit = sum(1 for a in e["alerts"] if a["severity"] == "critical")
@@ -220,6 +223,8 @@ def format_table(episodes: list[dict[str, Any]]) -> str:
                 _cell(", ".join(reasons), 160) or "-",
             )
         )
+        if hosts:
+            rows[-1] = (_cell(e.get("host") or "-", 32), *rows[-1])
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(widths[i]) for i, h in enumerate(head)).rstrip()]
     for r in rows:
