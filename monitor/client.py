@@ -250,7 +250,13 @@ class VerdictReader:
 
     def _query(self, sql: str, args: list[Any]) -> list[tuple[Any, ...]]:
         if _is_pg(self.url):
-            return [tuple(r) for r in self._connect_pg().execute(sql, args).fetchall()]
+            import psycopg
+
+            try:
+                return [tuple(r) for r in self._connect_pg().execute(sql, args).fetchall()]
+            except psycopg.OperationalError:
+                self.close()  # the server restarted: one new connection, then give up
+                return [tuple(r) for r in self._connect_pg().execute(sql, args).fetchall()]
         path = self.url[len("sqlite://") :] if self.url.startswith("sqlite://") else self.url
         uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
         try:
@@ -401,13 +407,19 @@ class VerdictReader:
 
     def _wait_notify(self, missing: set[str], left: float) -> None:
         """Until a verdict of one of ``missing`` is announced, or ``left`` seconds pass."""
+        import psycopg
+
         conn = self._connect_pg()
-        for note in conn.notifies(timeout=left):
-            if note.payload in missing:
-                # take the burst that came with it before reading
-                for _ in conn.notifies(timeout=0.01):
-                    pass
-                return
+        deadline = time.monotonic() + left
+        try:
+            while (remaining := deadline - time.monotonic()) > 0:
+                # consume the generator whole: it holds the connection's lock while open
+                notes = list(conn.notifies(timeout=remaining, stop_after=1))
+                if any(n.payload in missing for n in notes):
+                    return
+        except psycopg.OperationalError:
+            self.close()  # lost: the caller reads again (reconnecting, LISTEN first)
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 def _silence(last_alive_ns: int | None) -> str:
