@@ -24,6 +24,7 @@ import random
 import sqlite3
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from monitor.sinks.ledger.model import NS, Episode
@@ -83,6 +84,7 @@ class Shipper:
         self.backlog_since_ns: int | None = None  # when the spool was last fully shipped
         self.last_error: str | None = None
         self.last_ship_ns: int | None = None
+        self.batch_s: deque[float] = deque(maxlen=4096)  # commit time of recent batches
         self._notices: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -248,6 +250,7 @@ class Shipper:
                     self._last_alive_sent = alive
                     self._next_heartbeat = now + HEARTBEAT_NS
                 return
+            t0 = time.perf_counter()
             with conn.transaction(), conn.cursor() as cur:
                 if episodes:
                     cur.executemany(EPISODE_UPSERT, episodes)
@@ -260,6 +263,7 @@ class Shipper:
                 )
                 if cur.rowcount != 1:  # another spool took the host over meanwhile
                     raise StoreError(f"host {self.host!r} is now written from another spool")
+            self.batch_s.append(time.perf_counter() - t0)
             self.cursor = last
             self.shipped_rows += len(episodes) + len(verdicts)
             self.last_ship_ns = now
@@ -341,6 +345,7 @@ class Shipper:
             "shipped_seq": self.cursor,
             "failures": self.failures,
             "last_error": self.last_error,
+            "last_batch_ms": round(self.batch_s[-1] * 1000, 3) if self.batch_s else None,
         }
 
 
