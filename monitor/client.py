@@ -254,6 +254,8 @@ class VerdictReader:
 
             try:
                 return [tuple(r) for r in self._connect_pg().execute(sql, args).fetchall()]
+            except psycopg.errors.UndefinedTable:
+                return []  # no host has written yet: nothing known
             except psycopg.OperationalError:
                 self.close()  # the server restarted: one new connection, then give up
                 return [tuple(r) for r in self._connect_pg().execute(sql, args).fetchall()]

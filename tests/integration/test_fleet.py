@@ -202,6 +202,68 @@ def test_writers_replay_their_spool_in_order_and_exactly_once(fleet: Fleet, tmp_
         assert shipped > 0 and alive is not None
 
 
+def test_trainer_is_told_why_and_waits_for_every_host_of_an_episode(fleet: Fleet, tmp_path) -> None:
+    from monitor.client import VerdictReader
+
+    m = uuid.uuid4().hex[:6]
+    a, b = f"why-a-{m}", f"why-b-{m}"
+    quick = dataclasses.replace(load_config(None).ledger, verdict_grace_s=0.0)
+    slow = dataclasses.replace(quick, verdict_grace_s=3600.0)
+    led_a = EpisodeLedger(FleetStore(str(tmp_path / "a.db"), fleet.writer(), a), quick)
+    led_b = EpisodeLedger(FleetStore(str(tmp_path / "b.db"), fleet.writer(), b), slow)
+    now = time.time_ns()
+    shared, running, ended = f"shared-{m}", f"running-{m}", f"ended-{m}"
+    led_a.observe(reg("episode_start", shared, now, "r"))  # one episode, two hosts
+    led_b.observe(reg("episode_start", shared, now, "r"))
+    led_b.observe(alert(shared, now))
+    led_b.observe(reg("episode_start", running, now, "r"))
+    led_b.observe(reg("episode_start", ended, now, "r"))
+    led_b.observe(reg("episode_end", ended, now + 1, "r"))
+    led_a.observe(reg("episode_end", shared, now + 1, "r"))
+    led_a.due()
+    led_b.due()
+    reader = VerdictReader(fleet.reader())
+    try:
+        ids = [shared, running, ended, f"ghost-{m}", f"lost-{m}"]
+        expect = {f"ghost-{m}": b, f"lost-{m}": f"never-{m}"}
+        deadline = time.monotonic() + 30
+        while True:  # until both writers have shipped what they hold
+            got = reader.verdicts(ids, hosts=expect)
+            reasons = {x.reason for e, x in got.missing.items() if e in (shared, ended, running)}
+            if len(got.missing) == 5 and reasons <= {"open", "pending"}:
+                break
+            assert time.monotonic() < deadline, got
+            time.sleep(0.2)
+        assert {e: x.reason for e, x in got.missing.items()} == {
+            shared: "open",  # host a judged it keep; on host b it still runs
+            running: "open",
+            ended: "pending",
+            f"ghost-{m}": "not_seen",
+            f"lost-{m}": "host_never_seen",
+        }
+        assert b in got.missing[running].detail and b in got.missing[shared].detail
+        # host b's verdict comes while the trainer waits: the strictest of both
+        led_b.observe(reg("episode_end", shared, now + 2, "r"))
+        led_b.close()  # its pending verdicts stay pending in its spool; b stops reporting
+        fast_b = EpisodeLedger(FleetStore(str(tmp_path / "b.db"), fleet.writer(), b), quick)
+        fast_b.due()
+        final = reader.verdicts([shared], timeout_s=30)
+        v = final.verdicts[shared]
+        assert (v.verdict, v.hosts) == ("drop", (a, b)), final
+        assert v.reasons == ("alert:RLG-MIN-001:critical",)
+        fast_b.close()
+        led_a.close()
+        time.sleep(2.0)  # both hosts now silent for longer than the reader's 1 s
+        quiet = VerdictReader(fleet.reader(), silent_after_s=1.0)
+        gap = quiet.verdicts([f"ghost-{m}"], hosts={f"ghost-{m}": b})
+        quiet.close()
+        assert gap.missing[f"ghost-{m}"].reason == "coverage_gap"
+    finally:
+        reader.close()
+        led_a.close()
+        led_b.close()
+
+
 def test_reader_role_reads_and_cannot_write(fleet: Fleet, tmp_path) -> None:
     import psycopg
 

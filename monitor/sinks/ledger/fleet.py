@@ -20,6 +20,7 @@ Backlog (rows not yet shipped), its age and failures are in ``stats()``, so on t
 
 from __future__ import annotations
 
+import functools
 import random
 import sqlite3
 import threading
@@ -55,6 +56,7 @@ PRUNE_EVERY_NS = 3600 * NS
 CLOSE_WAIT_S = 5.0  # what close() gives the last rows; the rest wait in the spool
 
 
+@functools.cache
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -97,6 +99,7 @@ class Shipper:
         self._last_alive_sent: int | None = None
         self._next_heartbeat = 0
         self._next_prune = 0
+        self._next_remember = 0
         self._thread = threading.Thread(target=self._run, name="rlguard-fleet", daemon=True)
 
     def start(self) -> None:
@@ -142,6 +145,9 @@ class Shipper:
         finally:
             self._close_pg()
             if self._local is not None:
+                if self.cursor is not None:
+                    self._next_remember = 0
+                    self._remember_cursor(self._local, self.cursor, time.time_ns())
                 self._local.close()
             self._done.set()
 
@@ -209,16 +215,25 @@ class Shipper:
             self.last_error = None
 
     def _batch(self, local: sqlite3.Connection, after: int) -> tuple[list[Any], list[Any], int]:
-        """Episode and verdict rows with seq in (after, last]: the first BATCH_ROWS in order."""
-        eps = local.execute(
-            f"SELECT host, {', '.join(COLUMNS)}, seq FROM episodes WHERE seq > ? "
-            "ORDER BY seq LIMIT ?",
-            (after, BATCH_ROWS),
-        ).fetchall()
-        vds = local.execute(
-            f"SELECT {', '.join(VERDICT_COLUMNS)} FROM verdicts WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after, BATCH_ROWS),
-        ).fetchall()
+        """Episode and verdict rows with seq in (after, last]: the first BATCH_ROWS in order.
+
+        Both tables are read in one snapshot: a write committed between two reads could
+        otherwise put seqs below ``last`` in the table read first, and they would be skipped.
+        """
+        local.execute("BEGIN")
+        try:
+            eps = local.execute(
+                f"SELECT host, {', '.join(COLUMNS)}, seq FROM episodes WHERE seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (after, BATCH_ROWS),
+            ).fetchall()
+            vds = local.execute(
+                f"SELECT {', '.join(VERDICT_COLUMNS)} FROM verdicts WHERE seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (after, BATCH_ROWS),
+            ).fetchall()
+        finally:
+            local.execute("COMMIT")
         seqs = sorted([r["seq"] for r in eps] + [r["seq"] for r in vds])[:BATCH_ROWS]
         if not seqs:
             return [], [], after
@@ -269,10 +284,14 @@ class Shipper:
             self.last_ship_ns = now
             self._last_alive_sent = alive
             self._next_heartbeat = now + HEARTBEAT_NS
-            self._remember_cursor(local, last)
+            self._remember_cursor(local, last, now)
 
-    def _remember_cursor(self, local: sqlite3.Connection, seq: int) -> None:
-        """Keep the cursor in the spool too: backlog and local pruning need it offline."""
+    def _remember_cursor(self, local: sqlite3.Connection, seq: int, now_ns: int) -> None:
+        """Keep the cursor in the spool too (once a second): backlog and local pruning need
+        it before the database answers; an older value there only means pruning less."""
+        if now_ns < self._next_remember:
+            return
+        self._next_remember = now_ns + NS
         try:
             local.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('fleet_shipped_seq', ?)", (str(seq),)
