@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 from monitor.config import load_config  # noqa: E402
 from monitor.sinks.ledger import EpisodeLedger, iso  # noqa: E402
 from monitor.sinks.ledger.fleet import FleetStore  # noqa: E402
+from tests.support.ledger import alert_doc  # noqa: E402
 from tests.support.postgres import Cluster, why_not  # noqa: E402
 
 S = 1_000_000_000
@@ -125,16 +126,6 @@ def doc(action: str, eid: str, ts: int, run: str, dataset: str, **extra: Any) ->
         "event": {"kind": "event", "dataset": dataset, "action": action},
         "rl": {"episode_id": eid, "run_id": run},
         **extra,
-    }
-
-
-def alert_doc(eid: str, ts: int, sev: str) -> dict[str, Any]:
-    return {
-        "@timestamp": iso(ts),
-        "event": {"kind": "alert", "action": "RLG-MIN-001", "dataset": "rlguard.alert"},
-        "rule": {"id": "RLG-MIN-001"},
-        "rl": {"episode_id": eid},
-        "rlguard": {"alert": {"severity": sev}},
     }
 
 

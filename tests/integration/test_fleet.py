@@ -26,8 +26,10 @@ from typing import Any
 import pytest
 
 from monitor.config import load_config
-from monitor.sinks.ledger import EpisodeLedger, iso
+from monitor.sinks.ledger import EpisodeLedger
 from monitor.sinks.ledger.fleet import FleetStore
+from tests.support.ledger import alert_doc as alert
+from tests.support.ledger import registry_doc as reg
 from tests.support.live import REPO, RLGUARD, start_run, stop_run, wait_line
 from tests.support.postgres import Cluster, why_not
 
@@ -89,25 +91,6 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 # --- in-process writers: ordering, exactly once, a server that goes away --------------------
-
-
-def reg(action: str, eid: str, ts: int, run: str) -> dict[str, Any]:
-    return {
-        "@timestamp": iso(ts),
-        "event": {"kind": "event", "dataset": "rlguard.episode", "action": action},
-        "rl": {"episode_id": eid, "run_id": run},
-        "rlguard": {"registry": {}},
-    }
-
-
-def alert(eid: str, ts: int) -> dict[str, Any]:
-    return {
-        "@timestamp": iso(ts),
-        "event": {"kind": "alert", "action": "RLG-MIN-001", "dataset": "rlguard.alert"},
-        "rule": {"id": "RLG-MIN-001"},
-        "rl": {"episode_id": eid},
-        "rlguard": {"alert": {"severity": "critical"}},
-    }
 
 
 def spool_rows(path: Path) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:

@@ -19,35 +19,18 @@ import pytest
 
 from monitor.client import VerdictReader, verdicts
 from monitor.config import ConfigError, load_config, parse_config
-from monitor.sinks.ledger import EpisodeLedger, SqliteStore, iso, read_episodes
+from monitor.sinks.ledger import EpisodeLedger, SqliteStore, read_episodes
 from monitor.sinks.ledger import store as store_mod
 from monitor.sinks.ledger.postgres import redact
 from monitor.sinks.metrics_http import render
+from tests.support.ledger import alert_doc as crit
+from tests.support.ledger import registry_doc as reg
 
 pytestmark = pytest.mark.unit
 
 S = 1_000_000_000
 REPO = Path(__file__).resolve().parents[2]
 SYS_PYTHON = "/usr/bin/python3"
-
-
-def reg(action: str, eid: str, ts: int, run: str = "run-1") -> dict[str, Any]:
-    return {
-        "@timestamp": iso(ts),
-        "event": {"kind": "event", "dataset": "rlguard.episode", "action": action},
-        "rl": {"episode_id": eid, "run_id": run},
-        "rlguard": {"registry": {}},
-    }
-
-
-def crit(eid: str, ts: int) -> dict[str, Any]:
-    return {
-        "@timestamp": iso(ts),
-        "event": {"kind": "alert", "action": "RLG-MIN-001", "dataset": "rlguard.alert"},
-        "rule": {"id": "RLG-MIN-001"},
-        "rl": {"episode_id": eid},
-        "rlguard": {"alert": {"severity": "critical"}},
-    }
 
 
 def cfg(**changes: Any) -> Any:
@@ -141,6 +124,17 @@ def test_client_reads_a_host_file_and_says_why_verdicts_are_missing(tmp_path: Pa
     led.close()
 
 
+def sys_python(code: str) -> subprocess.CompletedProcess[str]:
+    """CODE under Debian's python3 without site-packages: the standard library only."""
+    return subprocess.run(
+        [SYS_PYTHON, "-S", "-c", code],
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_client_is_standard_library_only_for_sqlite(tmp_path: Path) -> None:
     """Debian's own python3 (no psycopg, no typer) imports it and reads a ledger file."""
     if not os.path.exists(SYS_PYTHON):
@@ -156,13 +150,7 @@ def test_client_is_standard_library_only_for_sqlite(tmp_path: Path) -> None:
         "print(got.verdicts['ep'].verdict, sorted(m for m in sys.modules if "
         "m.split('.')[0] in ('psycopg', 'typer', 'orjson', 'psutil')))\n"
     )
-    res = subprocess.run(
-        [SYS_PYTHON, "-S", "-c", code],
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    res = sys_python(code)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["keep", "[]"]
 
@@ -187,8 +175,7 @@ def test_a_missing_fleet_extra_is_a_configuration_error() -> None:
     """Debian's python3 has no psycopg: the URL is refused with how to install it."""
     if not os.path.exists(SYS_PYTHON):
         pytest.skip(f"no {SYS_PYTHON}")
-    probe = subprocess.run([SYS_PYTHON, "-S", "-c", "import psycopg"], capture_output=True)
-    if probe.returncode == 0:
+    if sys_python("import psycopg").returncode == 0:
         pytest.skip(f"{SYS_PYTHON} has psycopg: no interpreter without the extra here")
     code = (
         "from monitor.config import ConfigError, parse_config\n"
@@ -197,13 +184,7 @@ def test_a_missing_fleet_extra_is_a_configuration_error() -> None:
         "except ConfigError as e:\n"
         "    print(e)\n"
     )
-    res = subprocess.run(
-        [SYS_PYTHON, "-S", "-c", code],
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    res = sys_python(code)
     assert "ledger.url: a PostgreSQL ledger needs psycopg 3" in res.stdout, res.stderr
     assert "pip install 'rlguard[fleet]'" in res.stdout
 
