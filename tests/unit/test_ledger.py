@@ -982,8 +982,9 @@ def test_tail_viewer_summarises_verdict_and_ledger_lines() -> None:
         },
     )
     assert row.summary == "verdict drop (revision 2): a, b" and row.episode == "ep"
-    err = {"event": {"kind": "metric", "action": "ledger_error"}, "rlguard": {"message": "x\x1b"}}
-    assert build_row(2, err).summary == "x\\x1b"
+    for action in ("ledger_error", "fleet_error", "fleet_recovered"):
+        err = {"event": {"kind": "metric", "action": action}, "rlguard": {"message": "x\x1b"}}
+        assert build_row(2, err).summary == "x\\x1b"
 
 
 def test_nothing_the_ledger_does_raises_into_the_collector(

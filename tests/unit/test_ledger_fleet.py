@@ -56,6 +56,9 @@ def test_a_version_1_file_is_migrated_in_place_and_keeps_its_rows(tmp_path: Path
     conn.commit()
     conn.close()
     old.close()
+    (before,) = read_episodes(str(path))  # a reader never migrates: it reads version 1
+    assert (before["host"], before["episode_id"], before["verdict"]) == (None, "ep-old", "keep")
+    assert read_episodes(str(path), host="gpu-7") == []
 
     st = SqliteStore(path, host="gpu-7")
     st.open()

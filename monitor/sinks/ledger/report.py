@@ -51,7 +51,7 @@ def episode_row(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
     end = row["end_ns"]
     reasons = row["reasons"]
     return {
-        "host": row["host"],
+        "host": row["host"] if "host" in row.keys() else None,
         "episode_id": row["episode_id"],
         "run_id": row["run_id"],
         "trajectory_id": row["trajectory_id"],
@@ -94,6 +94,7 @@ def episode_query(
     run: str | None = None,
     since_ns: int | None = None,
     host: str | None = None,
+    host_column: bool = True,
 ) -> tuple[str, list[Any]]:
     """The SELECT behind ``rlguard episodes`` for either store (``mark``: ? or %s)."""
     where: list[str] = []
@@ -104,15 +105,16 @@ def episode_query(
         where.append(f"run_id = {mark}")
         args.append(run)
     if host is not None:
-        where.append(f"host = {mark}")
-        args.append(host)
+        where.append(f"host = {mark}" if host_column else "0")
+        if host_column:
+            args.append(host)
     if since_ns is not None:
         where.append(f"(end_ns IS NULL OR last_seen_ns >= {mark})")
         args.append(since_ns)
     sql = f"SELECT * FROM {table}"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    return sql + " ORDER BY start_ns, host, episode_id", args
+    return sql + f" ORDER BY start_ns, {'host, ' if host_column else ''}episode_id", args
 
 
 def read_episodes(
@@ -142,7 +144,10 @@ def read_episodes(
                 f"{path}: ledger schema version {None if got is None else got[0]} "
                 f"is not one this rlguard reads ({SCHEMA_VERSION})"
             )
-        sql, args = episode_query("episodes", "?", flagged, run, since_ns, host)
+        # version 1 (no host column yet: the monitor migrates it when it next opens it)
+        sql, args = episode_query(
+            "episodes", "?", flagged, run, since_ns, host, host_column=got[0] >= 2
+        )
         return [episode_row(r) for r in conn.execute(sql, args)]
     except sqlite3.Error as exc:
         raise LedgerError(f"cannot read the episode ledger {path}: {exc}") from None
