@@ -303,6 +303,19 @@ def test_bad_password_and_bad_url_are_clear(fleet: Fleet, tmp_path) -> None:
     )
     assert "fleet ledger: " in res.stdout and "authentication failed" in res.stdout
     assert "not-the-password" not in res.stdout
+    for url, says in (
+        (fleet.writer(), "[  ok] fleet ledger: "),
+        (fleet.reader(), "which cannot write the ledger"),
+    ):
+        conf.write_text(f'[ledger]\nurl = "{url}"\npath = "{tmp_path / "c.db"}"\n')
+        res = subprocess.run(
+            [*RLGUARD, "check", "--no-load", "--config", str(conf)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+        assert says in res.stdout, res.stdout
     conf.write_text('[ledger]\nurl = "mysql://db.example/x"\n')
     res = subprocess.run(
         [*RLGUARD, "episodes", "--config", str(conf)],

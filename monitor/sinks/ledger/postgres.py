@@ -226,16 +226,31 @@ def read_fleet_episodes(
 
 
 def check_connection(url: str) -> str:
-    """``rlguard check``: connect, read the schema version; a StoreError says what is wrong."""
+    """``rlguard check``: connect, read the schema version, and check that this role can
+    write the ledger; a StoreError says what is wrong."""
     conn = connect(url, "rlguard-check", autocommit=True)
     try:
         version = schema_version(conn)
         row = conn.execute("SELECT current_user, version()").fetchone()
+        if version:
+            sql = f"SELECT has_table_privilege('{SCHEMA}.episodes', 'INSERT, UPDATE')"
+        else:  # the first writer makes the tables: in the schema, or the schema itself
+            sql = (
+                f"SELECT CASE WHEN to_regnamespace('{SCHEMA}') IS NULL "
+                "THEN has_database_privilege(current_database(), 'CREATE') "
+                f"ELSE has_schema_privilege('{SCHEMA}', 'CREATE') END"
+            )
+        writable = conn.execute(sql).fetchone()  # type: ignore[arg-type]
     except Exception as exc:
         raise explain(exc, url) from None
     finally:
         conn.close()
     user, server = (row or ("?", "?"))[:2]
+    if not (writable and writable[0]):
+        raise StoreError(
+            f"{redact(url)}: connected as {user}, which cannot write the ledger",
+            " (a monitor needs the writer role: docs/examples/fleet_roles.sql)",
+        )
     state = (
         f"schema version {version}" if version else "no rlguard schema yet (made on first write)"
     )
