@@ -80,6 +80,11 @@ def fleet() -> Iterator[Fleet]:
         cluster.destroy()
 
 
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """This checkout's `rlguard ARGS`, its output captured."""
+    return subprocess.run([*RLGUARD, *args], capture_output=True, text=True, timeout=60, cwd=REPO)
+
+
 def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -294,13 +299,7 @@ def test_bad_password_and_bad_url_are_clear(fleet: Fleet, tmp_path) -> None:
     assert "***" in msgs[0]
     conf = tmp_path / "rlguard.toml"
     conf.write_text(f'[ledger]\nurl = "{wrong}"\npath = "{tmp_path / "b.db"}"\n')
-    res = subprocess.run(
-        [*RLGUARD, "check", "--no-load", "--config", str(conf)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    res = cli("check", "--no-load", "--config", str(conf))
     assert "fleet ledger: " in res.stdout and "authentication failed" in res.stdout
     assert "not-the-password" not in res.stdout
     for url, says in (
@@ -308,22 +307,10 @@ def test_bad_password_and_bad_url_are_clear(fleet: Fleet, tmp_path) -> None:
         (fleet.reader(), "which cannot write the ledger"),
     ):
         conf.write_text(f'[ledger]\nurl = "{url}"\npath = "{tmp_path / "c.db"}"\n')
-        res = subprocess.run(
-            [*RLGUARD, "check", "--no-load", "--config", str(conf)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=REPO,
-        )
+        res = cli("check", "--no-load", "--config", str(conf))
         assert says in res.stdout, res.stdout
     conf.write_text('[ledger]\nurl = "mysql://db.example/x"\n')
-    res = subprocess.run(
-        [*RLGUARD, "episodes", "--config", str(conf)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    res = cli("episodes", "--config", str(conf))
     assert res.returncode == 2 and "ledger.url: expected postgresql://" in res.stderr
 
 
@@ -459,25 +446,13 @@ def test_three_monitors_one_fleet_an_outage_and_a_waiting_trainer(fleet: Fleet, 
         assert not back.missing, back.missing
 
         # rlguard episodes --url: the fleet, one host, one run
-        res = subprocess.run(
-            [*RLGUARD, "episodes", "--url", fleet.reader(), "--run", run, "--json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=REPO,
-        )
+        res = cli("episodes", "--url", fleet.reader(), "--run", run, "--json")
         assert res.returncode == 0, res.stderr
         listed = [json.loads(x) for x in res.stdout.splitlines()]
         assert {(e["host"], e["episode_id"]) for e in listed} == {
             (h, e) for h in hosts for e in mine[h]
         }
-        res = subprocess.run(
-            [*RLGUARD, "episodes", "--url", fleet.reader(), "--host", hosts[2], "--run", run],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=REPO,
-        )
+        res = cli("episodes", "--url", fleet.reader(), "--host", hosts[2], "--run", run)
         assert res.returncode == 0, res.stderr
         head, *rows = res.stdout.splitlines()
         assert head.startswith("HOST") and len(rows) == len(mine[hosts[2]])
