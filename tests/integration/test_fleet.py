@@ -190,6 +190,43 @@ def test_writers_replay_their_spool_in_order_and_exactly_once(fleet: Fleet, tmp_
         assert shipped > 0 and alive is not None
 
 
+def test_a_stuck_database_never_holds_up_the_ledger(fleet: Fleet, tmp_path) -> None:
+    """The writer blocks on a table lock; the ledger goes on judging meanwhile."""
+    import psycopg
+
+    cfg = dataclasses.replace(load_config(None).ledger, verdict_grace_s=0.0)
+    host = f"slow-{uuid.uuid4().hex[:6]}"
+    led = EpisodeLedger(FleetStore(str(tmp_path / "s.db"), fleet.writer(), host), cfg)
+    try:
+        wait_until(lambda: led.stats()["fleet"]["connected"], 30, "the writer to connect")
+        with psycopg.connect(fleet.cluster.url(db=fleet.db)) as admin:
+            admin.execute("LOCK TABLE rlguard.verdicts IN ACCESS EXCLUSIVE MODE")
+            issued = []
+            now = time.time_ns()
+            for i in range(100):
+                led.observe(reg("episode_start", f"{host}-{i}", now, "r"))
+                led.observe(reg("episode_end", f"{host}-{i}", now + 1, "r"))
+                issued += [d for d in led.due() if d["event"]["dataset"] == "rlguard.verdict"]
+            # every verdict line came out while the database could take none of them
+            assert len(issued) == 100
+            wait_until(
+                lambda: led.stats()["fleet"]["backlog_rows"] > 0, 20, "a backlog behind the lock"
+            )
+            assert fleet.rows("SELECT count(*) FROM rlguard.hosts WHERE host = %s", host)
+            admin.rollback()  # the lock goes: the writer's batch goes through
+        wait_until(
+            lambda: (
+                fleet.rows("SELECT count(*) FROM rlguard.verdicts WHERE host = %s", host)[0][0]
+                == 100
+            ),
+            30,
+            "the verdicts after the lock",
+        )
+        wait_until(lambda: led.stats()["fleet"]["backlog_rows"] == 0, 20, "an empty backlog")
+    finally:
+        led.close()
+
+
 def test_trainer_is_told_why_and_waits_for_every_host_of_an_episode(fleet: Fleet, tmp_path) -> None:
     from monitor.client import VerdictReader
 

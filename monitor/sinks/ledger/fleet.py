@@ -14,8 +14,9 @@ same transaction as the rows:
   out in order once it answers; a monitor restart resumes from the cursor;
 * a new SQLite file (a new ``spool_id``) starts its host's cursor again at 0.
 
-Backlog (rows not yet shipped), its age and failures are in ``stats()``, so on the
-``stats`` line and /metrics; losing and regaining the database are lifecycle lines.
+Backlog (row writes not yet shipped), its age (since the oldest of them) and failures
+are in ``stats()``, so on the ``stats`` line and /metrics; they stay current while a
+batch hangs. Losing and regaining the database are lifecycle lines.
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ class Shipper:
         self.connected = False
         self.failures = 0  # failed connects and batches
         self.shipped_rows = 0
-        self.backlog_rows = 0
-        self.backlog_since_ns: int | None = None  # when the spool was last fully shipped
+        self.written_seq = 0  # the spool's last committed write (set by the ledger's thread)
+        self.backlog_since_ns: int | None = None  # the first write not yet shipped
         self.last_error: str | None = None
         self.last_ship_ns: int | None = None
         self.batch_s: deque[float] = deque(maxlen=4096)  # commit time of recent batches
@@ -138,8 +139,6 @@ class Shipper:
                     stopping = self._stop.is_set()
                 if stopping or time.monotonic() >= self._retry_at:
                     self._cycle()
-                else:
-                    self._measure()  # waiting to retry: the backlog still grows
                 if stopping:
                     return
         finally:
@@ -162,7 +161,6 @@ class Shipper:
             self._backoff = RETRY_MIN_S
         except (StoreError, pg.Error, OSError, sqlite3.Error) as exc:
             self._failed(exc)
-        self._measure()
 
     def _spool(self) -> sqlite3.Connection:
         if self._local is None:
@@ -171,7 +169,7 @@ class Shipper:
             self._local = conn
             row = conn.execute("SELECT value FROM meta WHERE key = 'fleet_shipped_seq'").fetchone()
             if row is not None and self.cursor is None:
-                self.cursor = int(row[0])  # a best guess until the database answers
+                self._shipped(int(row[0]))  # a best guess until the database answers
         return self._local
 
     def _connect(self) -> None:
@@ -205,7 +203,7 @@ class Shipper:
                     "another spool (a new ledger file, or a second machine with this "
                     "[ledger] host); shipping this spool from its start",
                 )
-        self.cursor = int(shipped)
+        self._shipped(int(shipped))
         self.connected = True
         if self.last_error is not None:
             self._notice(
@@ -279,7 +277,7 @@ class Shipper:
                 if cur.rowcount != 1:  # another spool took the host over meanwhile
                     raise StoreError(f"host {self.host!r} is now written from another spool")
             self.batch_s.append(time.perf_counter() - t0)
-            self.cursor = last
+            self._shipped(last)
             self.shipped_rows += len(episodes) + len(verdicts)
             self.last_ship_ns = now
             self._last_alive_sent = alive
@@ -315,21 +313,19 @@ class Shipper:
                 (self.host, cutoff),
             )
 
-    def _measure(self) -> None:
-        try:
-            local = self._spool()
-            n = 0
-            for table in ("episodes", "verdicts"):
-                n += local.execute(
-                    f"SELECT count(*) FROM {table} WHERE seq > ?", (self.cursor or 0,)
-                ).fetchone()[0]
-        except sqlite3.Error:
-            return  # the observer reports an unreadable spool
-        self.backlog_rows = n
-        if n == 0:
-            self.backlog_since_ns = None
-        elif self.backlog_since_ns is None:
-            self.backlog_since_ns = self.last_ship_ns or time.time_ns()
+    def written(self, seq: int, now_ns: int) -> None:
+        """The ledger's thread committed spool writes up to ``seq``."""
+        with self._lock:
+            self.written_seq = seq
+            if self.backlog_since_ns is None and seq > (self.cursor or 0):
+                self.backlog_since_ns = now_ns
+        self._wake.set()
+
+    def _shipped(self, seq: int) -> None:
+        with self._lock:
+            self.cursor = seq
+            if seq >= self.written_seq:
+                self.backlog_since_ns = None
 
     def _failed(self, exc: BaseException) -> None:
         self.failures += 1
@@ -354,11 +350,15 @@ class Shipper:
 
     def stats(self, now_ns: int | None = None) -> dict[str, Any]:
         now = time.time_ns() if now_ns is None else now_ns
-        since = self.backlog_since_ns
+        with self._lock:
+            since = self.backlog_since_ns
+            backlog = max(0, self.written_seq - (self.cursor or 0))
         return {
             "url": redact(self.url),
             "connected": self.connected,
-            "backlog_rows": self.backlog_rows,
+            # row writes in the spool not yet shipped: always current, even while a
+            # batch hangs on a stuck server (a rewritten episode row counts each time)
+            "backlog_rows": backlog,
             "backlog_age_s": 0.0 if since is None else round(max(0, now - since) / NS, 3),
             "shipped_rows": self.shipped_rows,
             "shipped_seq": self.cursor,
@@ -398,7 +398,7 @@ class FleetStore:
                 self.local.path, self.url, self.local.host, self.local.spool_id, self.retention_days
             )
             self.shipper.start()
-        self.shipper.wake()
+        self.shipper.written(self.local.seq, time.time_ns())
 
     def last_alive(self) -> int | None:
         return self.local.last_alive()
@@ -415,7 +415,7 @@ class FleetStore:
     def write(self, episodes: list[Judged], verdicts: list[VerdictRow], now_ns: int) -> None:
         self.local.write(episodes, verdicts, now_ns)
         if self.shipper is not None:
-            self.shipper.wake()
+            self.shipper.written(self.local.seq, time.time_ns())
 
     def prune(self, cutoff_ns: int) -> None:
         # only what PostgreSQL has: an unshipped row stays, however old

@@ -337,7 +337,7 @@ class SqliteStore:
 
     def write(self, episodes: list[Judged], verdicts: list[VerdictRow], now_ns: int) -> None:
         conn = self._db()
-        # numbered in the order written; a failed write only leaves a hole in the numbers
+        # numbered in the order written
         seq = self.seq
         rows = []
         for ep, current in episodes:
@@ -347,7 +347,6 @@ class SqliteStore:
         for v in verdicts:
             seq += 1
             history.append((*v, self.host, seq))
-        self.seq = seq
         try:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
@@ -368,6 +367,7 @@ class SqliteStore:
                 )
         except sqlite3.Error as exc:
             raise store_error(exc) from None
+        self.seq = seq  # only once committed: a failed write leaves no hole
 
     def prune(self, cutoff_ns: int, shipped_seq: int | None = None) -> None:
         """As ``EpisodeStore.prune``; with ``shipped_seq``, only rows shipped up to it."""
