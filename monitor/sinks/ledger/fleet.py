@@ -106,10 +106,6 @@ class Shipper:
     def start(self) -> None:
         self._thread.start()
 
-    def wake(self) -> None:
-        """New rows are in the spool."""
-        self._wake.set()
-
     def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
         """Ship what can go within ``wait_s``, then stop; the rest stays in the spool."""
         if not self._thread.is_alive():
