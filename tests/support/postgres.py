@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -52,9 +53,25 @@ def why_not() -> str | None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port below the ephemeral range.
+
+    Port 0 would give an ephemeral port, which any outgoing connection on this busy
+    machine may take as its source port while the server is stopped for a restart.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1025, low // 2), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 class Cluster:
@@ -132,7 +149,7 @@ class Cluster:
                 f"-p {port}",
                 "-w",
                 "-t",
-                "60",
+                "30",
                 "start",
                 check=False,
             )
@@ -141,6 +158,7 @@ class Cluster:
                 return self
             last = res.stdout + res.stderr + self.log_tail()
             if self.port:  # a restart must keep its port: wait for it to be free
+                self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "stop", check=False)
                 time.sleep(1.0)
             else:
                 port = _free_port()
