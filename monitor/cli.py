@@ -232,6 +232,14 @@ def check(
             checks.append(Check("probes", False, str(exc), "see the message above"))
         finally:
             sensor.close()
+    if cfg.ledger.enabled and cfg.ledger.url:
+        from monitor.sinks.ledger.postgres import check_connection
+        from monitor.sinks.ledger.store import StoreError
+
+        try:
+            checks.append(Check("fleet ledger", True, check_connection(cfg.ledger.url)))
+        except StoreError as exc:
+            checks.append(Check("fleet ledger", False, f"{exc}{exc.hint}", "docs/fleet.md"))
     for c in checks:
         typer.echo(c.line())
     failed = [c for c in checks if not c.ok and c.required]
@@ -365,8 +373,14 @@ def episodes(
     db: str | None = typer.Option(
         None, "--db", help="ledger database (default: ledger.path, else STATE_DIR/episodes.db)"
     ),
+    url: str | None = typer.Option(
+        None,
+        "--url",
+        help="the fleet's PostgreSQL (postgresql://...): episodes of every host",
+    ),
     flagged: bool = typer.Option(False, "--flagged", help="only episodes with a critical alert"),
     run_id: str | None = typer.Option(None, "--run", help="only episodes of this run id"),
+    host: str | None = typer.Option(None, "--host", help="only episodes of this host"),
     since: str | None = typer.Option(
         None, "--since", help="only episodes active since: 2h, 30m, 7d or an ISO 8601 time"
     ),
@@ -376,6 +390,7 @@ def episodes(
     """List RL episodes from the ledger: counts, alerts, coverage and keep/review/drop."""
     from monitor.sinks.ledger import (
         LedgerError,
+        StoreError,
         format_table,
         json_line,
         ledger_path,
@@ -383,16 +398,30 @@ def episodes(
         read_episodes,
     )
 
-    path = db if db is not None else ledger_path(_load(config))
+    if url is not None and db is not None:
+        typer.echo("rlguard episodes: give --db or --url, not both", err=True)
+        raise typer.Exit(2)
     try:
         since_ns = parse_since(since) if since is not None else None
     except ValueError as exc:
         typer.echo(f"rlguard episodes: --since: {exc}", err=True)
         raise typer.Exit(2) from None
     try:
-        found = read_episodes(path, flagged=flagged, run=run_id, since_ns=since_ns)
-    except LedgerError as exc:
-        typer.echo(f"rlguard episodes: {exc}", err=True)
+        if url is not None:
+            from monitor.config import ledger_url_problem
+            from monitor.sinks.ledger.postgres import read_fleet_episodes
+
+            problem = ledger_url_problem(url)
+            if problem:
+                typer.echo(f"rlguard episodes: --url: {problem}", err=True)
+                raise typer.Exit(2)
+            found = read_fleet_episodes(url, flagged, run_id, since_ns, host)
+        else:
+            path = db if db is not None else ledger_path(_load(config))
+            found = read_episodes(path, flagged=flagged, run=run_id, since_ns=since_ns, host=host)
+    except (LedgerError, StoreError) as exc:
+        hint = exc.hint if isinstance(exc, StoreError) else ""
+        typer.echo(f"rlguard episodes: {exc}{hint}", err=True)
         raise typer.Exit(1) from None
     if as_json:
         for episode in found:
@@ -401,7 +430,7 @@ def episodes(
     if not found:
         typer.echo("no episodes", err=True)
         return
-    typer.echo(format_table(found))
+    typer.echo(format_table(found, hosts=url is not None or len({e["host"] for e in found}) > 1))
 
 
 @app.command()

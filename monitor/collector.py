@@ -584,6 +584,7 @@ class Collector:
             "alerts": dict(self.engine.alerts_by_rule),
             "registry": self._registry_stats(),
             "gpu": self.gpu.stats(),
+            "ledger": None if self.ledger is None else self.ledger.stats(),
             "uptime_s": round(time.monotonic() - self.started_mono, 3),
             "boottime_ns": boottime_ns(),
         }

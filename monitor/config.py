@@ -267,6 +267,11 @@ def one_of(*choices: str) -> Check:
 
 
 NON_EMPTY = Check("non-empty", lambda v: len(v) > 0)
+_HOST_RE = re.compile(r"[A-Za-z0-9._:-]{0,253}")
+LEDGER_HOST = Check(
+    "at most 253 characters from letters, digits and . _ : -",
+    lambda v: _HOST_RE.fullmatch(v) is not None,
+)
 SEVERITY = one_of("low", "medium", "high", "critical")
 SEVERITY_OR_EMPTY = one_of("", "low", "medium", "high", "critical")
 
@@ -475,6 +480,8 @@ class LedgerConfig:
     max_destinations: int
     max_episodes: int
     retention_days: float
+    url: str
+    host: str
 
 
 @dataclass(frozen=True)
@@ -548,7 +555,38 @@ def _finish_ledger(values: dict[str, Any], given: frozenset[str]) -> dict[str, A
     if both:
         blame = "review_on" if "review_on" in given else "drop_on"
         raise _Invalid(blame, f"{', '.join(both)} listed in both drop_on and review_on")
+    if values["url"]:
+        problem = ledger_url_problem(values["url"])
+        if problem:
+            raise _Invalid("url", problem)
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None:
+            raise _Invalid(
+                "url",
+                "a PostgreSQL ledger needs psycopg 3, which is not installed: install the "
+                "fleet extra (pip install 'rlguard[fleet]')",
+            )
     return values
+
+
+def ledger_url_problem(url: str) -> str | None:
+    """What is wrong with a ``[ledger] url`` (None: nothing), without printing its password."""
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        return f"not a URL ({exc})"
+    if parts.scheme not in ("postgresql", "postgres"):
+        return (
+            f"expected postgresql://user@host/database, got the scheme {parts.scheme!r} "
+            '(leave url = "" for the local SQLite ledger)'
+        )
+    if not parts.path.strip("/") and "dbname=" not in parts.query:
+        return "names no database: postgresql://user@host/DATABASE"
+    return None
 
 
 GPU_MAX_PATTERNS = 16  # RLG_GPU_MAX_PATTERNS: slots of the kernel's gpu_patterns map
@@ -1152,7 +1190,9 @@ SCHEMA: tuple[SectionSpec, ...] = (
         doc=(
             "The episode ledger: an SQLite database with, per RL episode, its window, counts, "
             "alerts, coverage and a keep/review/drop verdict, also written to the stream as an "
-            "`rlguard.verdict` line (docs/ledger.md). `rlguard episodes` reads it."
+            "`rlguard.verdict` line (docs/ledger.md). `rlguard episodes` reads it. With "
+            "`url`, every host's ledger also goes to one PostgreSQL database that trainers "
+            "read (docs/fleet.md)."
         ),
         result=LedgerConfig,
         fields=(
@@ -1223,8 +1263,28 @@ SCHEMA: tuple[SectionSpec, ...] = (
                 "retention_days",
                 Kind.FLOAT,
                 30.0,
-                "Episodes that ended longer ago than this are deleted (0 keeps them forever).",
+                "Episodes that ended longer ago than this are deleted (0 keeps them forever); "
+                "with url, also this host's rows in PostgreSQL.",
                 (between(0, 36500),),
+            ),
+            FieldSpec(
+                "url",
+                Kind.STR,
+                "",
+                "PostgreSQL database the whole fleet writes to (docs/fleet.md), e.g. "
+                '"postgresql://rlguard_writer@db.example/rlguard?sslmode=verify-full"; the '
+                "local SQLite file stays as the spool. Needs the fleet extra (psycopg 3). "
+                'Keep the password out of it (~/.pgpass or PGPASSFILE). "" keeps the ledger '
+                "on this host only.",
+                (),
+            ),
+            FieldSpec(
+                "host",
+                Kind.STR,
+                "",
+                "This host's name on every ledger row (the fleet's key); \"\" means the "
+                "machine's hostname.",
+                (LEDGER_HOST,),
             ),
         ),
         finish=_finish_ledger,
