@@ -52,6 +52,10 @@ class Conflict:
             "roles": {r: {"own_env": a, "kept": b} for r, (a, b) in self.roles.items()},
         }
 
+    def claimed(self) -> dict[str, str | None]:
+        """What the process claimed and did not get (``rl.claimed``): role id -> value."""
+        return {r + "_id": own for r, (own, _kept) in self.roles.items()}
+
 
 @dataclass(slots=True, eq=False)
 class RlContext:
@@ -94,6 +98,7 @@ class RlContext:
                 doc["origin"] = {"pid": o.pid, "entity_id": o.entity_id, "name": o.name}
             if self.conflict is not None:
                 doc["conflict"] = self.conflict.as_dict()
+                doc["claimed"] = self.conflict.claimed()
             if self.binding is not None:
                 b = self.binding
                 doc["binding"] = {"via": b.via, "episode_start_ns": b.episode_start_ns}

@@ -195,14 +195,20 @@ class Attributor:
             kept_roles = {k.removesuffix("_id"): v for k, v in ep.rl_fields().items()}
             kept: tuple[int, int] | None = None
         else:
-            prev_id, prev_origin = prev_tags
-            if not prev_id or prev_origin == p.pid:
+            # the tags the process had before this exec, whoever set them: inherited from an
+            # ancestor, or its own from an earlier exec (an exec in place, `RL_EPISODE_ID=B
+            # exec miner`, keeps the pid).  An earlier claim was already overruled: compare
+            # with what was kept then
+            prev = self._kept_tags(prev_tags)
+            if prev is None:
                 return None
+            prev_id, prev_origin = prev
             inherited = self.table.tagset(prev_id)
             if inherited is None:
                 return None
             kept_roles = self.table.role_values(inherited)
-            source, kept = "inherited", (prev_id, prev_origin)
+            source = "own_env" if prev_origin == p.pid else "inherited"
+            kept = (prev_id, prev_origin)
         clash = {
             r: (own_roles.get(r), kept_roles.get(r))
             for r in self.config.conflict_roles
@@ -213,12 +219,29 @@ class Attributor:
         if not clash:
             return None
         c = Conflict(source, clash, ev.tagset_id, kept)
-        if kept is not None:
-            self.overrides[ev.tagset_id] = c
-            if len(self.overrides) > MAX_OVERRIDES:
-                self.overrides.popitem(last=False)
+        # every event of the process (and of descendants, which inherit the forged tagset)
+        # says what was claimed; a lineage claim also says which tags are used instead
+        self.overrides[ev.tagset_id] = c
+        if len(self.overrides) > MAX_OVERRIDES:
+            self._prune_overrides()
         self.conflicts += 1
         return c
+
+    def _kept_tags(self, tags: tuple[int, int]) -> tuple[int, int] | None:
+        """The (tagset, origin) that attribution uses for these kernel tags, None for none."""
+        if not tags[0]:
+            return None
+        c = self.overrides.get(tags[0])
+        return c.kept if c is not None and c.kept is not None else tags
+
+    def _prune_overrides(self) -> None:
+        # keep every override a live process still carries: evicting one would hand its
+        # processes the forged episode back (an agent could flood claims to that end)
+        live = {q.tagset_id for q in self.table.procs.values()}
+        keep = [(k, c) for k, c in self.overrides.items() if k in live]
+        if len(keep) > MAX_OVERRIDES:
+            keep = keep[-MAX_OVERRIDES:]  # more live forged tagsets than we hold: oldest go
+        self.overrides = OrderedDict(keep)
 
     def expire(self) -> None:
         """Once a second: forget tag contexts whose origin names may have gone stale."""
@@ -260,12 +283,13 @@ class Attributor:
         ev: Event | None,
     ) -> RlContext:
         conflict = self.overrides.get(tagset_id) if tagset_id else None
-        if conflict is not None and conflict.kept is not None:
-            tagset_id, origin = conflict.kept
-        rl = self._tag_context(p, tagset_id, origin, lineage)
         changes: dict[str, object] = {}
         if conflict is not None:
-            changes.update(source="inherited", conflict=conflict)
+            changes["conflict"] = conflict
+            if conflict.kept is not None:
+                tagset_id, origin = conflict.kept
+                changes["source"] = conflict.source
+        rl = self._tag_context(p, tagset_id, origin, lineage)
         stronger = self._stronger(p, tid, ts_ns, p.cgroup_id if ev is None else ev.cgroup_id)
         if stronger is not None:
             ep, source, via = stronger
