@@ -19,7 +19,7 @@ from typing import Any
 
 from monitor.clock import boottime_ns, iso_wall
 from monitor.config import Config, ConfigError, load_config
-from monitor.detectors import attribution
+from monitor.detectors import attribution, crossing
 from monitor.detectors.engine import DetectionEngine, Finding
 from monitor.detectors.gpu_driver import GpuRuleDriver
 from monitor.detectors.iocs import build_iocs
@@ -51,6 +51,7 @@ from monitor.state.attribution import Attributor, Conflict
 from monitor.state.cgroups import CgroupResolver
 from monitor.state.gpu import GpuHolders, ScanResult
 from monitor.state.process_table import Process, ProcessTable
+from monitor.state.registry.gate import RegistryGate
 from monitor.state.registry.records import RegistryRefusals
 from monitor.state.registry.server import RegistryServer
 from monitor.state.registry.state import Registry
@@ -84,6 +85,7 @@ class Collector:
         gpu: GpuHolders,
         gpu_rules: GpuRuleDriver,
         registry: Registry | None,
+        gate: RegistryGate | None,
         cgroups: CgroupResolver,
         ledger: EpisodeLedger | None,
         heartbeat: Heartbeat | None,
@@ -100,6 +102,10 @@ class Collector:
         self.gpu_rules = gpu_rules
         self.registry = registry
         self.registry_server: RegistryServer | None = None
+        self.gate = gate
+        # every record from before this instant was processed: registry messages received
+        # by then can be judged (their sender's fork and exec records are in)
+        self._horizon_ns = 0
         self.cgroups = cgroups
         self.ledger = ledger
         self.heartbeat = heartbeat
@@ -192,6 +198,30 @@ class Collector:
         self.registry_server = server
         if server.note:
             self._note("registry_root_only", f"registry socket {reg.socket}: {server.note}")
+
+    def _registry_requests(self) -> None:
+        """Decide the registry messages received before the horizon; record refusals."""
+        srv, gate = self.registry_server, self.gate
+        if srv is None or gate is None or not srv.requests:
+            return
+        for req in srv.take(self._horizon_ns):
+            d = gate.decide(req)
+            srv.answer(req, d.ok, **d.fields)
+            ev = d.refusal
+            if ev is None:
+                continue
+            ae = self.attributor.attribute(ev, d.sender)
+            self._emit(ae)
+            subject = d.sender.entity_id if d.sender is not None else f"pid:{ev.pid}"
+            findings = self.engine.report(
+                crossing.RULE_REGISTRY_REFUSED,
+                subject,
+                crossing.refusal_signals(ev),
+                ae,
+                {"registry": {"op": ev.op, "episode_id": ev.asked_episode_id}},
+            )
+            if findings:
+                self._write_findings(findings)
 
     def _registry_records(self) -> None:
         """Episode lifecycle from the registry thread: to the GPU rules and the stream."""
@@ -318,17 +348,21 @@ class Collector:
 
     def step(self) -> int:
         """Drain, process and flush once; returns the number of records."""
-        # registry records first: an episode_start precedes the events it binds
+        # registry messages and records first: an episode_start precedes the events it binds
+        self._registry_requests()
         self._registry_records()
         gpu_scan = self.gpu.scan_now()  # /proc scan first, then drain, then reconcile
+        drained_at = boottime_ns()
         raws = self.sensor.drain()
         decode = self.decoder.decode if self.decoder else None
+        last_ts = 0
         for i, raw in enumerate(raws, 1):
             try:
                 ev = decode(raw) if decode else None
                 if ev is None:
                     self.undecodable += 1
                     continue
+                last_ts = ev.ts_ns
                 self.handle(ev)
             except Exception as exc:  # one bad record must never stop the monitor
                 self.undecodable += 1
@@ -336,6 +370,8 @@ class Collector:
             if i % FLUSH_EVERY == 0:
                 # a full ring renders to more than the sink may hold pending (64 MiB)
                 self.sink.flush()
+        # a short batch emptied the ring as it was when the drain began
+        self._horizon_ns = drained_at if len(raws) < DRAIN_MAX else max(self._horizon_ns, last_ts)
         try:
             self._gpu_step(gpu_scan)
         except Exception as exc:  # the GPU table must never stop the monitor

@@ -40,7 +40,11 @@ from monitor.sensor.events import (
 from monitor.sinks.community_id import community_id_v1
 from monitor.state.attributed import AttributedEvent
 from monitor.state.process_table import Process, ProcessTable
-from monitor.state.registry.records import RegistryRecord, RegistryRefusals
+from monitor.state.registry.records import (
+    RegistryRecord,
+    RegistryRefusals,
+    RegistryRefusedEvent,
+)
 
 CATEGORY = {
     "exec": (["process"], ["start"], "rlguard.process"),
@@ -53,6 +57,7 @@ CATEGORY = {
     "dup": (["process"], ["change"], "rlguard.process"),
     "gpu_open": (["file"], ["access"], "rlguard.gpu"),
     "gpu_close": (["file"], ["end"], "rlguard.gpu"),
+    "registry_refused": (["configuration"], ["denied"], "rlguard.registry"),
 }
 
 
@@ -342,6 +347,24 @@ class Renderer:
     def _dup(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
         ev = cast(DupEvent, ae.event)
         return {"dup": {"oldfd": ev.oldfd, "newfd": ev.newfd}}
+
+    def _registry_refused(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        ev = cast(RegistryRefusedEvent, ae.event)
+        doc["event"]["outcome"] = "failure"
+        doc["event"]["reason"] = ev.reason
+        reg: dict[str, Any] = {
+            "op": ev.op,
+            "episode_id": ev.asked_episode_id,
+            "refused_because": ev.refused_because,
+            "sender": {"pid": ev.pid, "uid": ev.uid, "gid": ev.gid, "via": ev.sender_via},
+            "sender_episode": {
+                "episode_id": ev.sender_episode_id,
+                "source": ev.sender_episode_source,
+            },
+        }
+        if ev.suppressed_before:
+            reg["suppressed_before"] = ev.suppressed_before
+        return {"registry": reg}
 
     @staticmethod
     def _net_type(family: int) -> str:

@@ -48,7 +48,17 @@ BIRTHS_PRUNE_MIN = 4096  # births held before the first pruning pass
 TAG_CONTEXTS_MAX = 4096  # tag-only contexts kept between table expiries
 RAY_PREFIX = "ray::"
 
-__all__ = ["Attributor", "Birth", "Conflict"]
+__all__ = ["Attributor", "Birth", "Conflict", "Membership"]
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """Why a process is inside an episode (see :meth:`Attributor.membership`)."""
+
+    episode_id: str
+    # registry (bound by someone else), birth (born to a bound task), cgroup, the tag
+    # sources (inherited, lineage, own_env, proc_environ), requested (rl.requested_by)
+    source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +257,31 @@ class Attributor:
         """Once a second: forget tag contexts whose origin names may have gone stale."""
         if len(self._tag_contexts) > TAG_CONTEXTS_MAX:
             self._tag_contexts.clear()
+
+    def membership(self, p: Process, ts_ns: int, cgroup_id: int = 0) -> Membership | None:
+        """The episode ``p`` is inside at ``ts_ns`` by any source, None when outside all.
+
+        Every source counts (registry, birth, cgroup, tags, requests), except a binding the
+        process made of itself: a trainer that binds its own thread or process to run an
+        episode's work stays the trainer.  ``cgroup_id``: the cgroup it is in now, when the
+        caller knows better than its last record.
+        """
+        reg = self.registry
+        if reg is not None and reg.has_tasks():
+            hit = reg.for_task_by_others(p.pid, p.pid, ts_ns)
+            if hit is not None:
+                return Membership(hit[0].episode_id, "registry")
+        b = self.birth_of(p)
+        if b is not None:
+            return Membership(b.episode.episode_id, "birth" if b.source == "registry" else "cgroup")
+        ep = self._cgroup_episode(cgroup_id or p.cgroup_id, ts_ns)
+        if ep is not None:
+            return Membership(ep.episode_id, "cgroup")
+        tags = self._kept_tags((p.tagset_id, p.tag_origin)) or (0, 0)
+        rl = self._tag_context(p, tags[0], tags[1], self.lineage(p))
+        if rl.episode_id is not None:
+            return Membership(rl.episode_id, rl.source)
+        return None
 
     # -- attribution ----------------------------------------------------------------------
 
