@@ -38,6 +38,8 @@ from monitor.sensor.events import (
     SendEvent,
     TagsetEvent,
     TcpStateEvent,
+    UnixConnectEvent,
+    UnixListenEvent,
 )
 from monitor.sensor.folds import ConnectFolds
 from monitor.sensor.port import SensorPort
@@ -57,6 +59,7 @@ from monitor.state.registry.server import RegistryServer
 from monitor.state.registry.state import Registry
 
 DROP_CHECK_INTERVAL_S = 1.0
+TCP_LISTEN = 10
 # records per sink flush within one drain: the rendered lines (~1.4 KiB each) wait in
 # one growing buffer, and 4096 of them grew the heap by ~25 MiB in a process churn
 FLUSH_EVERY = 1024
@@ -141,6 +144,8 @@ class Collector:
             DnsEvent: self._on_record,
             GpuOpenEvent: self._on_record,
             GpuCloseEvent: self._on_record,
+            UnixListenEvent: self._on_unix_listen,
+            UnixConnectEvent: self._on_unix_connect,
         }
         self._conflict: Conflict | None = None  # found by _on_exec for the exec at hand
 
@@ -156,6 +161,7 @@ class Collector:
             self.sensor.seed_tagset(tid, self.table.tagset_values_by_index(tid))
         for s in seeds:
             self.sensor.seed_process(s.pid, s.ppid, s.tagset_id, s.tag_origin)
+        listeners = self.attributor.requests.seed_from_proc()  # local servers already running
         for gev in self.gpu.start():  # holdings from before start-up
             self.handle(gev)
         self.armed_seconds = time.monotonic() - self.started_mono
@@ -167,6 +173,7 @@ class Collector:
                     "armed_s": round(self.armed_seconds, 3),
                     "load_s": round(self.sensor.load_seconds, 3),
                     "seeded_processes": len(seeds),
+                    "seeded_listeners": listeners,
                     "gpu_probes": bool(self.sensor.gpu_devices),
                     "tag_keys": list(self.config.tags.keys),
                     "denied_tag_keys": [k for k, _ in self.config.tags.denied],
@@ -429,6 +436,10 @@ class Collector:
                 ae,
                 {"conflict": conflict.as_dict()},
             )
+        if ae.crossed is not None and ae.process is not None:
+            kind, detail, subject = ae.crossed
+            sig = crossing.crossing_signal(kind, detail)
+            findings += self.engine.report(crossing.RULE_CROSSED_EPISODES, subject, [sig], ae)
         held = self.gpu.apply(ae)
         findings += self.gpu_rules.escalate(findings)
         if held is not None:
@@ -479,7 +490,25 @@ class Collector:
     def _on_tcp_state(self, ev: TcpStateEvent) -> AttributedEvent:
         # softirq context with no recorded owner: no process to name
         p = self.table.process_for(ev) if ev.owner_known else None
+        if ev.newstate == TCP_LISTEN or ev.oldstate == TCP_LISTEN:
+            self.attributor.requests.on_tcp_state(ev, p)  # a local server starts or stops
         return self.attributor.attribute(ev, p)
+
+    def _on_unix_listen(self, ev: UnixListenEvent) -> AttributedEvent:
+        p = self.table.process_for(ev)
+        self.attributor.requests.on_unix_listen(ev, p)
+        return self.attributor.attribute(ev, p)
+
+    def _on_unix_connect(self, ev: UnixConnectEvent) -> AttributedEvent:
+        ae = self.attributor.attribute(ev, self.table.process_for(ev))
+        req = self.attributor.requests
+        acting = ae.rl.episode_id is not None  # for its own episode or on request
+        server = req.unix_server(ev) if acting and req.enabled else None
+        if server is not None:
+            self.attributor.link(ae, server, "unix")
+        # a line when an episode is involved; the rest only keeps state
+        ae.quiet = not acting
+        return ae
 
     def _on_send(self, ev: SendEvent) -> AttributedEvent:
         if ev.flags & SEND_OWNER_DIFFERS:
@@ -489,6 +518,11 @@ class Collector:
     def _on_connect(self, ev: ConnectEvent) -> AttributedEvent:
         ae = self.attributor.attribute(ev, self.table.process_for(ev))
         ae.connect_count = self.folds.on_record(ev)
+        ports = self.attributor.requests.tcp_by_port
+        if ports and ev.dport in ports and ae.rl.episode_id is not None:
+            server = self.attributor.requests.tcp_server(ev)  # loopback to a local listener
+            if server is not None:
+                self.attributor.link(ae, server, "tcp")
         return ae
 
     def _on_record(self, ev: Event) -> AttributedEvent:

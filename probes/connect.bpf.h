@@ -24,6 +24,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
     const unsigned char *sa = (const unsigned char *)args->uservaddr;
     u16 family = 0;
     bpf_probe_read_user(&family, sizeof(family), sa);
+    if (family == RLG_AF_UNIX)
+        return unix_connect_enter((int)args->fd, sa, args->addrlen);  /* ipc.bpf.h */
     if (family != RLG_AF_INET && family != RLG_AF_INET6)
         return 0;
     u32 tid = (u32)bpf_get_current_pid_tgid();
@@ -126,7 +128,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct rlg_pending_connect *pc = pending_connect.lookup(&tid);
     if (!pc || !pc->active)
-        return 0;
+        return unix_connect_exit(tid, (int)args->ret);  /* ipc.bpf.h */
     pc->active = 0;
     struct rlg_connect_event *e = &pc->ev;
     int ret = (int)args->ret;

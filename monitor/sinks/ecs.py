@@ -35,6 +35,7 @@ from monitor.sensor.events import (
     GpuOpenEvent,
     SendEvent,
     TcpStateEvent,
+    UnixEvent,
     errno_name,
 )
 from monitor.sinks.community_id import community_id_v1
@@ -58,6 +59,8 @@ CATEGORY = {
     "gpu_open": (["file"], ["access"], "rlguard.gpu"),
     "gpu_close": (["file"], ["end"], "rlguard.gpu"),
     "registry_refused": (["configuration"], ["denied"], "rlguard.registry"),
+    "unix_listen": (["network"], ["start"], "rlguard.network"),
+    "unix_connect": (["network"], ["connection", "start"], "rlguard.network"),
 }
 
 
@@ -393,7 +396,20 @@ class Renderer:
             connect["count"] = ae.connect_count
         if ae.summary:
             connect["summary"] = True
+        if ae.link is not None:
+            return {"connect": connect, "link": ae.link.as_doc()}
         return {"connect": connect}
+
+    def _unix_listen(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        ev = cast(UnixEvent, ae.event)
+        doc["network"] = {"transport": "unix"}
+        return {"unix": {"path": ev.path, "abstract": ev.abstract, "fd": ev.fd}}
+
+    def _unix_connect(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        detail = self._unix_listen(ae, doc)
+        if ae.link is not None:
+            detail["link"] = ae.link.as_doc()
+        return detail
 
     def _five_tuple(
         self,

@@ -28,6 +28,7 @@ import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from monitor.clock import boottime_ns
 from monitor.config import AttributionConfig
 from monitor.sensor.dns import parse_dns_message
 from monitor.sensor.events import DnsEvent, Event, ExecEvent, ForkEvent
@@ -37,11 +38,14 @@ from monitor.state.attributed import (
     Binding,
     Conflict,
     Origin,
+    Peer,
+    RequestLink,
     RlContext,
 )
 from monitor.state.cgroups import CgroupIdentity, CgroupResolver
 from monitor.state.process_table import ROLES, SEED_TAGSET_BASE, Process, ProcessTable
 from monitor.state.registry.state import Episode, Registry
+from monitor.state.requests import Listener, Requester, RequestLinks, merge
 
 MAX_OVERRIDES = 65536
 BIRTHS_PRUNE_MIN = 4096  # births held before the first pruning pass
@@ -77,11 +81,14 @@ class Attributor:
         config: AttributionConfig,
         registry: Registry | None = None,
         cgroups: CgroupResolver | None = None,
+        requests: RequestLinks | None = None,
     ) -> None:
         self.table = table
         self.config = config
         self.registry = registry
         self.cgroups = cgroups
+        # work done on request: links from requesters to local servers (rl.requested_by)
+        self.requests = requests or RequestLinks(table, config.request_window_s)
         self.births: dict[int, Birth] = {}  # by pid; tied to the entity below
         self._birth_entity: dict[int, str] = {}
         # forged tagset id -> the conflict it came from (descendants inherit the forged tags)
@@ -168,6 +175,7 @@ class Attributor:
 
     def on_fork(self, ev: ForkEvent, child: Process, parent: Process | None) -> None:
         """Birth rule: the child keeps the episode active for the forking thread now."""
+        self.requests.on_fork(parent, child, ev.ts_ns)
         reg = self.registry
         if reg is None:
             return
@@ -257,6 +265,7 @@ class Attributor:
         """Once a second: forget tag contexts whose origin names may have gone stale."""
         if len(self._tag_contexts) > TAG_CONTEXTS_MAX:
             self._tag_contexts.clear()
+        self.requests.expire(boottime_ns())
 
     def membership(self, p: Process, ts_ns: int, cgroup_id: int = 0) -> Membership | None:
         """The episode ``p`` is inside at ``ts_ns`` by any source, None when outside all.
@@ -281,7 +290,53 @@ class Attributor:
         rl = self._tag_context(p, tags[0], tags[1], self.lineage(p))
         if rl.episode_id is not None:
             return Membership(rl.episode_id, rl.source)
+        req = self.requests.requested_by(p, ts_ns)
+        if req:
+            return Membership(req[-1].episode_id, "requested")
         return None
+
+    # -- links between processes ------------------------------------------------------------
+
+    def peer(self, pid: int, ts_ns: int) -> Peer | None:
+        """Another process and its context now (a server, a socket's owner)."""
+        q = self.table.procs.get(pid)
+        if q is None:
+            return None
+        return Peer(q.pid, q.entity_id, q.name, self.context_of(q, ts_ns))
+
+    def link(self, ae: AttributedEvent, server: Listener, transport: str) -> None:
+        """A connect reached a local listener: record who asked, for which episodes, and
+        open the server's window for them; a server of another episode is a crossing."""
+        p, ev = ae.process, ae.event
+        if p is None or server.pid == p.pid:
+            return
+        peer = self.peer(server.pid, ev.ts_ns)
+        if peer is None or peer.entity_id != server.entity_id:
+            return  # the listener's owner is gone
+        rl = ae.rl
+        requesters = rl.requested_by
+        if rl.episode_id is not None and rl.source != "requested":  # its own episode too
+            own = Requester(
+                rl.episode_id,
+                rl.run_id,
+                rl.trajectory_id,
+                p.pid,
+                p.entity_id,
+                p.name,
+                server.via,
+                ev.ts_ns,
+            )
+            requesters = merge(requesters, (own,))
+        ae.link = RequestLink(peer, server.via, requesters)
+        self.requests.link(server, list(requesters))
+        theirs = peer.rl.episode_id
+        if rl.episode_id and theirs and theirs != rl.episode_id:
+            ae.crossed = (
+                "request",
+                f"{p.name} ({p.pid}) of episode {rl.episode_id!r} asked {peer.name} "
+                f"({peer.pid}) of episode {theirs!r} over {transport} {server.via}",
+                f"{p.entity_id}>{peer.entity_id}",
+            )
 
     # -- attribution ----------------------------------------------------------------------
 
@@ -333,6 +388,20 @@ class Attributor:
                     changes[k] = v
             changes["source"] = source
             changes["binding"] = Binding(via, ep.start_ns)
+        req = self.requests
+        if req.inherited or req.windows:  # work done on request, for these requesters
+            by = req.requested_by(p, ts_ns)
+            if by:
+                changes["requested_by"] = by
+                if "episode_id" not in changes and rl.episode_id is None:
+                    # nothing else names an episode: the latest requester's
+                    last = by[-1]
+                    changes.update(
+                        episode_id=last.episode_id,
+                        run_id=last.run_id,
+                        trajectory_id=last.trajectory_id,
+                        source="requested",
+                    )
         sandbox = changes.get("sandbox_id", rl.sandbox_id)
         if ident is not None and sandbox is None and ident.sandbox_id:
             changes["sandbox_id"] = ident.sandbox_id
