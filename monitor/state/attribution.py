@@ -43,7 +43,13 @@ from monitor.state.attributed import (
     RlContext,
 )
 from monitor.state.cgroups import CgroupIdentity, CgroupResolver
-from monitor.state.process_table import ROLES, SEED_TAGSET_BASE, Process, ProcessTable
+from monitor.state.process_table import (
+    ROLES,
+    SEED_TAGSET_BASE,
+    ByProcess,
+    Process,
+    ProcessTable,
+)
 from monitor.state.registry.state import Episode, Registry
 from monitor.state.requests import Listener, Requester, RequestLinks, merge
 
@@ -89,8 +95,7 @@ class Attributor:
         self.cgroups = cgroups
         # work done on request: links from requesters to local servers (rl.requested_by)
         self.requests = requests or RequestLinks(table, config.request_window_s)
-        self.births: dict[int, Birth] = {}  # by pid; tied to the entity below
-        self._birth_entity: dict[int, str] = {}
+        self.births: ByProcess[Birth] = ByProcess(table, BIRTHS_PRUNE_MIN)
         # forged tagset id -> the conflict it came from (descendants inherit the forged tags)
         self.overrides: OrderedDict[int, Conflict] = OrderedDict()
         self.conflicts = 0
@@ -110,26 +115,10 @@ class Attributor:
         return self.cgroups.identity(cgroup_id)
 
     def birth_of(self, p: Process) -> Birth | None:
-        b = self.births.get(p.pid)
-        if b is not None and self._birth_entity.get(p.pid) == p.entity_id:
-            return b
-        return None
+        return self.births.get(p)
 
     def _set_birth(self, p: Process, b: Birth) -> None:
-        # drop the births of processes that left the table once they are as many as the
-        # table (amortised O(1)): bounded by max_entries alone, an exit flood inside a bound
-        # episode kept up to 400k of them
-        live = self.table.procs
-        if len(self.births) >= max(BIRTHS_PRUNE_MIN, 2 * len(live)):
-            keep = {
-                pid
-                for pid, entity in self._birth_entity.items()
-                if (q := live.get(pid)) is not None and q.entity_id == entity
-            }
-            self.births = {k: v for k, v in self.births.items() if k in keep}
-            self._birth_entity = {k: v for k, v in self._birth_entity.items() if k in keep}
-        self.births[p.pid] = b
-        self._birth_entity[p.pid] = p.entity_id
+        self.births.set(p, b)
 
     def _cgroup_episode(self, cgroup_id: int, ts_ns: int) -> Episode | None:
         reg = self.registry

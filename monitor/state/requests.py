@@ -31,12 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from monitor.sensor.events import ConnectEvent, TcpStateEvent, UnixEvent
-from monitor.state.process_table import Process, ProcessTable
+from monitor.state.process_table import ByProcess, Process, ProcessTable
 
 MAX_PER_SERVER = 8  # recent requests kept per server
 MAX_REQUESTERS = 4  # distinct requesters a process carries
 MAX_LISTENERS = 65536
-INHERITED_PRUNE_MIN = 4096
 SEED_MAX_FDS = 500_000  # fds read at start-up to find the owners of listeners
 TCP_LISTEN = 10
 _LOOPBACK = re.compile(r"127\.\d+\.\d+\.\d+|::1|::ffff:127\.\d+\.\d+\.\d+")
@@ -86,8 +85,7 @@ class RequestLinks:
         self._tcp_by_sk: dict[int, tuple[int, str]] = {}  # listening socket -> (port, address)
         self.windows: dict[int, deque[Requester]] = {}  # server pid -> recent requests
         self._window_entity: dict[int, str] = {}
-        self.inherited: dict[int, tuple[Requester, ...]] = {}  # pid -> requesters, for good
-        self._inherited_entity: dict[int, str] = {}
+        self.inherited: ByProcess[tuple[Requester, ...]] = ByProcess(table)  # for good
         self.links = 0
 
     @property
@@ -170,9 +168,7 @@ class RequestLinks:
 
     def requested_by(self, p: Process, ts_ns: int) -> tuple[Requester, ...]:
         """Who p works for: requesters it inherited, and requests to it in the window."""
-        got: tuple[Requester, ...] = ()
-        if self.inherited and self._inherited_entity.get(p.pid) == p.entity_id:
-            got = self.inherited.get(p.pid, ())
+        got: tuple[Requester, ...] = (self.inherited.get(p) or ()) if self.inherited else ()
         if self.windows and p.pid in self.windows:
             got = merge(got, self._in_window(p, ts_ns))
         return got
@@ -191,17 +187,7 @@ class RequestLinks:
         got = self.requested_by(parent, ts_ns)
         if not got:
             return
-        live = self.table.procs
-        if len(self.inherited) >= max(INHERITED_PRUNE_MIN, 2 * len(live)):
-            keep = {
-                pid
-                for pid, entity in self._inherited_entity.items()
-                if (q := live.get(pid)) is not None and q.entity_id == entity
-            }
-            self.inherited = {k: v for k, v in self.inherited.items() if k in keep}
-            self._inherited_entity = {k: v for k, v in self._inherited_entity.items() if k in keep}
-        self.inherited[child.pid] = got
-        self._inherited_entity[child.pid] = child.entity_id
+        self.inherited.set(child, got)
 
     def expire(self, now_ns: int) -> None:
         """Once a second: forget windows that closed."""
