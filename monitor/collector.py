@@ -25,6 +25,7 @@ from monitor.detectors.gpu_driver import GpuRuleDriver
 from monitor.detectors.iocs import build_iocs
 from monitor.sensor.events import (
     SEND_OWNER_DIFFERS,
+    SEND_SENDER_KNOWN,
     ConnectEvent,
     DnsEvent,
     DupEvent,
@@ -512,12 +513,27 @@ class Collector:
 
     def _on_send(self, ev: SendEvent) -> AttributedEvent:
         if ev.flags & SEND_OWNER_DIFFERS:
+            if ev.flags & SEND_SENDER_KNOWN:  # the kernel names the real sender
+                return self._handed_over(ev)
             return self.attributor.attribute(ev, self._send_subject(ev))
+        self.attributor.sockets.pop(ev.cookie, None)
         return self.attributor.attribute(ev, self.table.process_for(ev))
+
+    def _handed_over(self, ev: SendEvent) -> AttributedEvent:
+        """First bytes from a process that did not connect the socket (SCM_RIGHTS,
+        pidfd_getfd, fork): the sender is the subject, the owner is named too."""
+        sender = self.table.process_for(ev)
+        # the header's cgroup is the socket's (its creator's): the sender's is its own
+        ev.cgroup_id = sender.cgroup_id or ev.cgroup_id
+        ae = self.attributor.attribute(ev, sender)
+        self.attributor.socket_owner(ae, ev.cookie, ev.owner_pid)
+        return ae
 
     def _on_connect(self, ev: ConnectEvent) -> AttributedEvent:
         ae = self.attributor.attribute(ev, self.table.process_for(ev))
         ae.connect_count = self.folds.on_record(ev)
+        if ev.cookie and ev.sock_type == 1 and ae.rl.episode_id is not None:
+            self.attributor.on_stream_connect(ae, ev.cookie)
         ports = self.attributor.requests.tcp_by_port
         if ports and ev.dport in ports and ae.rl.episode_id is not None:
             server = self.attributor.requests.tcp_server(ev)  # loopback to a local listener

@@ -89,6 +89,8 @@ enum rlg_event_type {
 
 /* send flags */
 #define RLG_SEND_OWNER_DIFFERS 1 /* sending task is not the connecting process */
+#define RLG_SEND_SENDER_KNOWN 2  /* the header is the task whose send call sent the bytes */
+#define RLG_SEND_SENDER_QUEUED 4 /* ...recorded when its call queued them (they left later) */
 
 /* tcp_state flags */
 #define RLG_TCP_OWNER_KNOWN 1

@@ -61,6 +61,7 @@ OPTIONAL_TRACEPOINTS = (
     "syscalls/sys_enter_open",
     "syscalls/sys_enter_openat2",
     "syscalls/sys_enter_close_range",
+    "sock/sock_send_length",  # Linux 6.3+: who sent a connection's first bytes
 )
 GPU_OPTIONAL = {
     "RLG_HAVE_OPEN": ("sys_enter_open", "sys_exit_open"),
@@ -285,6 +286,8 @@ class Sensor:
             flags.append("-DRLG_HAVE_GROUP_DEAD")
         if Path(tracefs, "events/syscalls/sys_enter_dup2").is_dir():
             flags.append("-DRLG_HAVE_DUP2")
+        if Path(tracefs, "events/sock/sock_send_length").is_dir():
+            flags.append("-DRLG_HAVE_SOCK_SEND_LENGTH")
         if not self.gpu_devices:
             flags.append("-DRLG_NO_GPU")  # no open/close programs at all
         for define, tps in GPU_OPTIONAL.items():

@@ -24,6 +24,8 @@ from monitor.sensor.events import (
     EXEC_TAG_TRUNCATED,
     O_CLOEXEC,
     SEND_OWNER_DIFFERS,
+    SEND_SENDER_KNOWN,
+    SEND_SENDER_QUEUED,
     SOCK_TYPES,
     TCP_STATES,
     ConnectEvent,
@@ -463,6 +465,8 @@ class Renderer:
         }
         if ev.flags & SEND_OWNER_DIFFERS:
             detail["socket"]["owner_differs"] = True
+        if ev.flags & SEND_SENDER_KNOWN:  # the kernel named the task that sent the bytes
+            detail["socket"]["sender"] = "queued" if ev.flags & SEND_SENDER_QUEUED else "call"
         return detail
 
     def _dns(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:

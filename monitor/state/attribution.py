@@ -54,6 +54,7 @@ from monitor.state.registry.state import Episode, Registry
 from monitor.state.requests import Listener, Requester, RequestLinks, merge
 
 MAX_OVERRIDES = 65536
+MAX_SOCKETS = 16384  # stream sockets connected inside an episode, whose owner we remember
 BIRTHS_PRUNE_MIN = 4096  # births held before the first pruning pass
 TAG_CONTEXTS_MAX = 4096  # tag-only contexts kept between table expiries
 RAY_PREFIX = "ray::"
@@ -95,6 +96,9 @@ class Attributor:
         self.cgroups = cgroups
         # work done on request: links from requesters to local servers (rl.requested_by)
         self.requests = requests or RequestLinks(table, config.request_window_s)
+        # cookie -> the process that connected it, with its context then (rl.socket_owner
+        # of a later sender, even after the owner left the table)
+        self.sockets: OrderedDict[int, Peer] = OrderedDict()
         self.births: ByProcess[Birth] = ByProcess(table, BIRTHS_PRUNE_MIN)
         # forged tagset id -> the conflict it came from (descendants inherit the forged tags)
         self.overrides: OrderedDict[int, Conflict] = OrderedDict()
@@ -279,7 +283,9 @@ class Attributor:
         rl = self._tag_context(p, tags[0], tags[1], self.lineage(p))
         if rl.episode_id is not None:
             return Membership(rl.episode_id, rl.source)
-        req = self.requests.requested_by(p, ts_ns)
+        # started as requested work (a server acting for a requester is not inside: only
+        # what it starts for them is)
+        req = self.requests.work_of(p)
         if req:
             return Membership(req[-1].episode_id, "requested")
         return None
@@ -293,11 +299,33 @@ class Attributor:
             return None
         return Peer(q.pid, q.entity_id, q.name, self.context_of(q, ts_ns))
 
+    def on_stream_connect(self, ae: AttributedEvent, cookie: int) -> None:
+        """A stream socket connected inside an episode: remember who connected it."""
+        p = ae.process
+        if p is None or ae.rl.episode_id is None:
+            return  # only a socket of an episode can carry work across episodes
+        self.sockets[cookie] = Peer(p.pid, p.entity_id, p.name, ae.rl)
+        if len(self.sockets) > MAX_SOCKETS:
+            self.sockets.popitem(last=False)
+
+    def socket_owner(self, ae: AttributedEvent, cookie: int, owner_pid: int) -> None:
+        """First bytes sent by a process other than the one that connected the socket: name
+        the owner (rl.socket_owner) and, when they are in different episodes, a crossing."""
+        p = ae.process
+        owner = self.sockets.pop(cookie, None)
+        if owner is None or owner.pid != owner_pid:
+            owner = self.peer(owner_pid, ae.event.ts_ns) or Peer(owner_pid, None, None, NO_CONTEXT)
+        if p is None or owner.entity_id == p.entity_id:
+            return
+        ae.rl = dataclasses.replace(ae.rl, socket_owner=owner, _doc=None)
+        how = f"sent the first bytes on a socket {owner.name} ({owner.pid}) of"
+        _cross(ae, owner.rl.episode_id, "socket", how, f"{p.entity_id}+{owner.entity_id}")
+
     def link(self, ae: AttributedEvent, server: Listener, transport: str) -> None:
         """A connect reached a local listener: record who asked, for which episodes, and
         open the server's window for them; a server of another episode is a crossing."""
         p, ev = ae.process, ae.event
-        if p is None or server.pid == p.pid:
+        if p is None or server.pid == p.pid or not self.requests.serves(server):
             return
         peer = self.peer(server.pid, ev.ts_ns)
         if peer is None or peer.entity_id != server.entity_id:
@@ -316,16 +344,13 @@ class Attributor:
                 ev.ts_ns,
             )
             requesters = merge(requesters, (own,))
+        theirs = peer.rl.episode_id
+        # a server of the requester's own episode does its own episode's work
+        requesters = tuple(r for r in requesters if r.episode_id != theirs)
         ae.link = RequestLink(peer, server.via, requesters)
         self.requests.link(server, list(requesters))
-        theirs = peer.rl.episode_id
-        if rl.episode_id and theirs and theirs != rl.episode_id:
-            ae.crossed = (
-                "request",
-                f"{p.name} ({p.pid}) of episode {rl.episode_id!r} asked {peer.name} "
-                f"({peer.pid}) of episode {theirs!r} over {transport} {server.via}",
-                f"{p.entity_id}>{peer.entity_id}",
-            )
+        how = f"asked over {transport} {server.via} {peer.name} ({peer.pid}) of"
+        _cross(ae, theirs, "request", how, f"{p.entity_id}>{peer.entity_id}")
 
     # -- attribution ----------------------------------------------------------------------
 
@@ -474,3 +499,11 @@ class Attributor:
         )
         self._ray_cache[p.pid] = title
         return title
+
+
+def _cross(ae: AttributedEvent, theirs: str | None, kind: str, how: str, subject: str) -> None:
+    """Work crossed from the event's episode into another: the RLG-ATTR-003 evidence."""
+    mine, p = ae.rl.episode_id, ae.process
+    if mine and theirs and theirs != mine and p is not None:
+        detail = f"{p.name} ({p.pid}) of episode {mine!r} {how} episode {theirs!r}"
+        ae.crossed = (kind, detail, subject)

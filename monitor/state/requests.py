@@ -86,6 +86,11 @@ class RequestLinks:
         self.windows: dict[int, deque[Requester]] = {}  # server pid -> recent requests
         self._window_entity: dict[int, str] = {}
         self.inherited: ByProcess[tuple[Requester, ...]] = ByProcess(table)  # for good
+        # servers whose work is never a request's: the monitor itself, and trainers (the
+        # processes the registry accepted messages from): an agent that connects to a
+        # trainer's port must not make the trainer's next workers its own
+        self.ignored_pids: set[int] = {os.getpid()}
+        self.trainers: set[str] = set()  # entity ids
         self.links = 0
 
     @property
@@ -155,6 +160,10 @@ class RequestLinks:
 
     # -- requests and the work they get ---------------------------------------------------
 
+    def serves(self, server: Listener) -> bool:
+        """May this listener's owner do work on request (not the monitor, not a trainer)?"""
+        return server.pid not in self.ignored_pids and server.entity_id not in self.trainers
+
     def link(self, server: Listener, requesters: list[Requester]) -> None:
         """Requests to ``server``: its work in the next window is theirs too."""
         if not requesters:
@@ -165,6 +174,10 @@ class RequestLinks:
             win = self.windows[server.pid] = deque(maxlen=MAX_PER_SERVER)
             self._window_entity[server.pid] = server.entity_id
         win.extend(requesters)
+
+    def work_of(self, p: Process) -> tuple[Requester, ...]:
+        """The requesters p was started for (born to a requested server, or to such work)."""
+        return (self.inherited.get(p) or ()) if self.inherited else ()
 
     def requested_by(self, p: Process, ts_ns: int) -> tuple[Requester, ...]:
         """Who p works for: requesters it inherited, and requests to it in the window."""

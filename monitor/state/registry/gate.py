@@ -108,6 +108,9 @@ class RegistryGate:
             return Decision(False, {"error": str(exc)})
         if msg.op == "episode_start" and msg.cgroup:
             self.cgroups.forget_unknown()  # a cgroup made just before its binding
+        trainer = self.table.procs.get(req.peer[0]) if req.peer else None
+        if trainer is not None:
+            self.attributor.requests.trainers.add(trainer.entity_id)  # never a "server"
         return Decision(True, fields)
 
     # -- senders ---------------------------------------------------------------------------
