@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.sensor.events import ConnectEvent, TcpStateEvent, UnixConnectEvent, UnixListenEvent
+from monitor.sensor.events import TcpStateEvent, UnixConnectEvent, UnixListenEvent
 from monitor.state.attribution import Attributor
 from monitor.state.process_table import ProcessTable
 from monitor.state.requests import Requester, merge
-from tests.support.events import hdr, rl_at
+from tests.support.events import connect_event, hdr, rl_at
 from tests.unit.test_attribution_registry import S, exec_, fork, tagset, world
 
 pytestmark = pytest.mark.unit
@@ -113,17 +113,7 @@ def test_loopback_tcp_to_a_local_listener() -> None:
     att.requests.on_tcp_state(listen, table.procs[800])
     tagged(table, att, 900, "B", 2 * S, 15)
     p = table.procs[900]
-    ev = ConnectEvent(
-        **{**hdr(900, ts=2 * S), "tagset_id": p.tagset_id, "tag_origin": 900},
-        fd=3,
-        ret=0,
-        cookie=1,
-        family=2,
-        daddr="127.0.0.1",
-        dport=8888,
-        sock_type=1,
-        protocol=6,
-    )
+    ev = connect_event(table, 900, 2 * S, daddr="127.0.0.1", dport=8888)
     ae = att.attribute(ev, p)
     server = att.requests.tcp_server(ev)
     assert server is not None and server.pid == 800

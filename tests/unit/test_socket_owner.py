@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.sensor.events import SEND_OWNER_DIFFERS, SEND_SENDER_KNOWN, ConnectEvent, SendEvent
+from monitor.sensor.events import SEND_OWNER_DIFFERS, SEND_SENDER_KNOWN, SendEvent
 from monitor.state.attributed import AttributedEvent
-from tests.support.events import hdr
+from tests.support.events import connect_event, hdr
 from tests.unit.test_attribution_registry import S, exec_, tagset, world
 
 pytestmark = pytest.mark.unit
@@ -18,17 +18,7 @@ def test_the_owner_is_named_after_it_left_and_a_crossing_is_flagged() -> None:
         tagset(table, tid, pid, {"RL_EPISODE_ID": ep})
         exec_(table, att, pid, ts=S, tagset_id=tid, own=1)
     a = table.procs[100]
-    conn = ConnectEvent(
-        **{**hdr(100, ts=2 * S), "tagset_id": 10, "tag_origin": 100},
-        fd=3,
-        ret=0,
-        cookie=42,
-        family=2,
-        daddr="198.51.100.9",
-        dport=3333,
-        sock_type=1,
-        protocol=6,
-    )
+    conn = connect_event(table, 100, 2 * S, cookie=42, daddr="198.51.100.9", dport=3333)
     att.on_stream_connect(att.attribute(conn, a), 42)
     del table.procs[100]  # the owner hands the socket over and is long gone
     flags = SEND_OWNER_DIFFERS | SEND_SENDER_KNOWN
