@@ -96,15 +96,17 @@ class Attributor:
         self.cgroups = cgroups
         # work done on request: links from requesters to local servers (rl.requested_by)
         self.requests = requests or RequestLinks(table, config.request_window_s)
-        # cookie -> the process that connected it, with its context then (rl.socket_owner
-        # of a later sender, even after the owner left the table)
-        self.sockets: OrderedDict[int, Peer] = OrderedDict()
+        # cookie -> (pid, entity id, name, context) of the process that connected it then
+        # (rl.socket_owner of a later sender, even after the owner left the table)
+        self.sockets: OrderedDict[int, tuple[int, str, str, RlContext]] = OrderedDict()
         self.births: ByProcess[Birth] = ByProcess(table, BIRTHS_PRUNE_MIN)
         # forged tagset id -> the conflict it came from (descendants inherit the forged tags)
         self.overrides: OrderedDict[int, Conflict] = OrderedDict()
         self.conflicts = 0
         # the context the tags alone give, by (tagset, origin, own, via lineage)
         self._tag_contexts: dict[tuple[int, int, bool, bool], RlContext] = {}
+        # the context a tag context and a binding give (see _context)
+        self._bound_contexts: dict[tuple[object, ...], RlContext] = {}
         # lineages and Ray titles by pid, valid for one table generation only: names and
         # parents change only with fork/exec/exit, which bump the generation
         self._generation = -1
@@ -119,10 +121,10 @@ class Attributor:
         return self.cgroups.identity(cgroup_id)
 
     def birth_of(self, p: Process) -> Birth | None:
-        return self.births.get(p)
+        return self.births.of(p)
 
     def _set_birth(self, p: Process, b: Birth) -> None:
-        self.births.set(p, b)
+        self.births.put(p, b)
 
     def _cgroup_episode(self, cgroup_id: int, ts_ns: int) -> Episode | None:
         reg = self.registry
@@ -258,6 +260,7 @@ class Attributor:
         """Once a second: forget tag contexts whose origin names may have gone stale."""
         if len(self._tag_contexts) > TAG_CONTEXTS_MAX:
             self._tag_contexts.clear()
+            self._bound_contexts.clear()  # keyed on tag contexts: they go together
         self.requests.expire(boottime_ns())
 
     def membership(self, p: Process, ts_ns: int, cgroup_id: int = 0) -> Membership | None:
@@ -304,16 +307,19 @@ class Attributor:
         p = ae.process
         if p is None or ae.rl.episode_id is None:
             return  # only a socket of an episode can carry work across episodes
-        self.sockets[cookie] = Peer(p.pid, p.entity_id, p.name, ae.rl)
-        if len(self.sockets) > MAX_SOCKETS:
-            self.sockets.popitem(last=False)
+        socks = self.sockets
+        socks[cookie] = (p.pid, p.entity_id, p.name, ae.rl)
+        if len(socks) > MAX_SOCKETS:
+            socks.popitem(last=False)  # the oldest
 
     def socket_owner(self, ae: AttributedEvent, cookie: int, owner_pid: int) -> None:
         """First bytes sent by a process other than the one that connected the socket: name
         the owner (rl.socket_owner) and, when they are in different episodes, a crossing."""
         p = ae.process
-        owner = self.sockets.pop(cookie, None)
-        if owner is None or owner.pid != owner_pid:
+        known = self.sockets.pop(cookie, None)
+        if known is not None and known[0] == owner_pid:
+            owner = Peer(*known)
+        else:
             owner = self.peer(owner_pid, ae.event.ts_ns) or Peer(owner_pid, None, None, NO_CONTEXT)
         if p is None or owner.entity_id == p.entity_id:
             return
@@ -395,6 +401,35 @@ class Attributor:
                 changes["source"] = conflict.source
         rl = self._tag_context(p, tagset_id, origin, lineage)
         stronger = self._stronger(p, tid, ts_ns, p.cgroup_id if ev is None else ev.cgroup_id)
+        req = self.requests
+        by = req.requested_by(p, ts_ns) if req.inherited or req.windows else ()
+        if stronger is not None and not changes and not by:
+            # the common bound case: the same tags and binding give the same context, so
+            # build it once (a dataclasses.replace per record cost more than the rest)
+            key = (rl, *stronger, ident.sandbox_id if ident is not None else None)
+            got = self._bound_contexts.get(key)
+            if got is None:
+                if len(self._bound_contexts) > TAG_CONTEXTS_MAX:
+                    self._bound_contexts.clear()
+                got = self._bound_contexts[key] = self._applied(rl, stronger, (), ident, changes)
+            return got
+        if stronger is not None or by or changes or (ident is not None and ident.sandbox_id):
+            rl = self._applied(rl, stronger, by, ident, changes)
+        if rl.source == "none" or (rl.episode_id is None and stronger is None):
+            heuristic = self._heuristic(p, lineage, rl, ev)
+            if heuristic is not None:
+                rl = heuristic
+        return rl
+
+    @staticmethod
+    def _applied(
+        rl: RlContext,
+        stronger: tuple[Episode, str, str] | None,
+        by: tuple[Requester, ...],
+        ident: CgroupIdentity | None,
+        changes: dict[str, object],
+    ) -> RlContext:
+        """The tag context with what stronger sources, requests and the cgroup say."""
         if stronger is not None:
             ep, source, via = stronger
             for k, v in ep.rl_fields().items():
@@ -402,29 +437,22 @@ class Attributor:
                     changes[k] = v
             changes["source"] = source
             changes["binding"] = Binding(via, ep.start_ns)
-        req = self.requests
-        if req.inherited or req.windows:  # work done on request, for these requesters
-            by = req.requested_by(p, ts_ns)
-            if by:
-                changes["requested_by"] = by
-                if "episode_id" not in changes and rl.episode_id is None:
-                    # nothing else names an episode: the latest requester's
-                    last = by[-1]
-                    changes.update(
-                        episode_id=last.episode_id,
-                        run_id=last.run_id,
-                        trajectory_id=last.trajectory_id,
-                        source="requested",
-                    )
+        if by:  # work done on request, for these requesters
+            changes["requested_by"] = by
+            if "episode_id" not in changes and rl.episode_id is None:
+                # nothing else names an episode: the latest requester's
+                last = by[-1]
+                changes.update(
+                    episode_id=last.episode_id,
+                    run_id=last.run_id,
+                    trajectory_id=last.trajectory_id,
+                    source="requested",
+                )
         sandbox = changes.get("sandbox_id", rl.sandbox_id)
         if ident is not None and sandbox is None and ident.sandbox_id:
             changes["sandbox_id"] = ident.sandbox_id
         if changes:
             rl = dataclasses.replace(rl, _doc=None, **changes)  # type: ignore[arg-type]
-        if rl.source == "none" or (rl.episode_id is None and stronger is None):
-            heuristic = self._heuristic(p, lineage, rl, ev)
-            if heuristic is not None:
-                rl = heuristic
         return rl
 
     def _tag_context(

@@ -177,11 +177,11 @@ class RequestLinks:
 
     def work_of(self, p: Process) -> tuple[Requester, ...]:
         """The requesters p was started for (born to a requested server, or to such work)."""
-        return (self.inherited.get(p) or ()) if self.inherited else ()
+        return (self.inherited.of(p) or ()) if self.inherited else ()
 
     def requested_by(self, p: Process, ts_ns: int) -> tuple[Requester, ...]:
         """Who p works for: requesters it inherited, and requests to it in the window."""
-        got: tuple[Requester, ...] = (self.inherited.get(p) or ()) if self.inherited else ()
+        got: tuple[Requester, ...] = (self.inherited.of(p) or ()) if self.inherited else ()
         if self.windows and p.pid in self.windows:
             got = merge(got, self._in_window(p, ts_ns))
         return got
@@ -200,7 +200,7 @@ class RequestLinks:
         got = self.requested_by(parent, ts_ns)
         if not got:
             return
-        self.inherited.set(child, got)
+        self.inherited.put(child, got)
 
     def expire(self, now_ns: int) -> None:
         """Once a second: forget windows that closed."""
