@@ -53,6 +53,7 @@ def _run(n: int, variant: str, count_calls: bool) -> dict[str, float]:
         SendEvent,
         TagsetEvent,
     )
+    from tests.support.events import hdr as support_hdr
     from tests.support.sensor import FakeSensor
 
     class NullSink:
@@ -79,20 +80,8 @@ def _run(n: int, variant: str, count_calls: bool) -> dict[str, float]:
     values[keys.index("RL_WORKER_ID")] = "w-bench"
     mask = sum(1 << i for i, v in enumerate(values) if v is not None)
 
-    def hdr(pid: int, ts: int, tagset: int = tagset_id, origin: int = worker) -> dict[str, Any]:
-        return dict(
-            pid=pid,
-            tid=pid,
-            ppid=worker,
-            ts_ns=ts,
-            cgroup_id=1,
-            tagset_id=tagset,
-            tag_origin=origin,
-            uid=0,
-            gid=0,
-            flags=0,
-            comm="bench",
-        )
+    def hdr(pid: int, ts: int, origin: int = worker) -> dict[str, Any]:
+        return support_hdr(pid, ppid=worker, ts=ts, tagset=tagset_id, origin=origin, comm="bench")
 
     ts = 10**9
     c.handle(
