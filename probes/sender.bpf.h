@@ -20,10 +20,8 @@ BPF_TABLE("lru_hash", u64, u64, fresh_sk, 65536);
 BPF_TABLE("lru_hash", u64, struct rlg_header, first_sender, 4096);
 
 TRACEPOINT_PROBE(sock, sock_send_length) {
-    if (args->ret <= 0)
-        return 0;
-    if (args->family != RLG_AF_INET && args->family != RLG_AF_INET6)
-        return 0;
+    if (args->ret <= 0 || args->protocol != RLG_IPPROTO_TCP)
+        return 0;   /* only TCP sockets are watched: UDP, Unix... leave at once */
     u64 sk = (u64)args->sk;
     u64 *c = fresh_sk.lookup(&sk);
     if (!c)
