@@ -144,3 +144,21 @@ def test_requesters_are_bounded_and_distinct() -> None:
 
     got = merge((r("A", 1), r("B", 2)), (r("A", 1), r("C", 3), r("D", 4), r("E", 5)))
     assert [x.episode_id for x in got] == ["A", "C", "D", "E"]  # most recent last, four kept
+
+
+def test_the_live_view_names_every_episode_of_a_line() -> None:
+    from monitor.tui.model import build_row
+
+    doc = {
+        "event": {"kind": "event", "action": "unix_connect"},
+        "process": {"pid": 7, "name": "tmux"},
+        "rl": {"episode_id": "A", "requested_by": [{"episode_id": "B"}, "junk"]},
+        "rlguard": {
+            "unix": {"path": "/tmp/tmux-0/default\x1b[31m"},
+            "link": {"server": {"name": "tmux", "pid": 5, "episode_id": "C"}},
+        },
+    }
+    row = build_row(1, doc)
+    assert row.episode == "A +B"
+    assert row.summary.startswith("unix connect /tmp/tmux-0/default") and "\x1b" not in row.summary
+    assert row.summary.endswith("-> tmux(5) of C")
