@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from monitor.clock import boottime_ns, iso_wall
-from monitor.config import Config, ConfigError, load_config
+from monitor.config import Config, ConfigError, RegistryConfig, load_config
 from monitor.detectors import attribution, crossing
 from monitor.detectors.engine import DetectionEngine, Finding
 from monitor.detectors.gpu_driver import GpuRuleDriver
@@ -54,7 +54,7 @@ from monitor.state.attribution import Attributor, Conflict
 from monitor.state.cgroups import CgroupResolver
 from monitor.state.gpu import GpuHolders, ScanResult
 from monitor.state.process_table import Process, ProcessTable
-from monitor.state.registry.gate import RegistryGate
+from monitor.state.registry.gate import RegistryGate, Trust
 from monitor.state.registry.records import RegistryRefusals
 from monitor.state.registry.server import RegistryServer
 from monitor.state.registry.state import Registry
@@ -287,11 +287,15 @@ class Collector:
             self.sink.flush()
             return False
         self.engine.iocs = build_iocs(new.detectors, new.allowlist)
+        if self.gate is not None:  # who may bind applies now; the socket itself at a restart
+            self.gate.trust = Trust.from_config(new.registry)
         restart = [
             name
             for name in ("probes", "tags", "process_table", "service", "siem", "ledger")
             if getattr(new, name) != getattr(self.config, name)
         ]
+        if _socket_settings(new.registry) != _socket_settings(self.config.registry):
+            restart.append("registry")
         if self.gpu.reconfigure(new.gpu):  # allowlists and intervals apply now
             restart.append("gpu.devices")
         self.gpu_rules.reconfigure(self.gpu.cfg)
@@ -684,3 +688,8 @@ class Collector:
             "open_episodes": sum(1 for e in reg.episodes.values() if e.end_ns is None),
             "tag_conflicts": self.attributor.conflicts,
         }
+
+
+def _socket_settings(reg: RegistryConfig) -> tuple[object, ...]:
+    """The [registry] settings that only a restart applies (trust applies at a reload)."""
+    return (reg.socket, reg.group, reg.max_line_bytes, reg.max_clients, reg.retain_s)

@@ -1051,7 +1051,7 @@ SCHEMA: tuple[SectionSpec, ...] = (
             FieldSpec(
                 "request_window_s",
                 Kind.FLOAT,
-                5.0,
+                3.0,
                 "Work done on request: after a process connects to a local listener (an "
                 "AF_UNIX stream socket or loopback TCP), what the listening process does and "
                 "the processes it starts within this many seconds are attributed to the "

@@ -350,7 +350,8 @@ class Attributor:
                 ev.ts_ns,
             )
             requesters = merge(requesters, (own,))
-        theirs = peer.rl.episode_id
+        # the server's own episode: not one it only has because it was asked for work
+        theirs = peer.rl.episode_id if peer.rl.source != "requested" else None
         # a server of the requester's own episode does its own episode's work
         requesters = tuple(r for r in requesters if r.episode_id != theirs)
         ae.link = RequestLink(peer, server.via, requesters)

@@ -323,6 +323,8 @@ class Registry:
             self.episodes = {k: e for k, e in self.episodes.items() if not stale(e)}
             self.by_pid = _prune(self.by_pid, stale)
             self.by_tid = _prune(self.by_tid, stale)
+            live = {e.seq for t in (self.by_pid, self.by_tid) for eps in t.values() for e in eps}
+            self.self_bound = frozenset(k for k in self.self_bound if k[2] in live)
             self.cgroup_bindings = tuple(b for b in self.cgroup_bindings if not stale(b.episode))
             self.version += 1
             return len(gone)
