@@ -27,9 +27,10 @@ BPF_TABLE("lru_hash", u64, struct rlg_unix_pending, unix_bound, 8192);
 /* listen() in progress on a bound AF_UNIX socket: tid -> fd */
 BPF_TABLE("lru_hash", u32, int, unix_listening, 1024);
 
-/* An identical AF_UNIX connect (same process, same path) within RLG_CONNECT_FOLD_NS of
+/* An identical AF_UNIX connect (same thread, same path) within RLG_CONNECT_FOLD_NS of
  * the last one sent is only counted (quiet unix_connect_folded): the link it would make
- * is already made.  Key: tgid << 32 | a hash of the path. */
+ * is already made.  Per thread: threads of one worker may run different episodes.
+ * Key: tid << 32 | a hash of the path. */
 BPF_TABLE("lru_hash", u64, u64, unix_connect_last, 8192);
 
 /* sun_path from user memory: addrlen - 2 bytes (abstract names are not NUL-terminated) */
@@ -154,7 +155,7 @@ static __always_inline int unix_connect_exit(u32 tid, int ret) {
             h ^= (u8)u->path[i];
             h *= FNV_PRIME;
         }
-        u64 key = (bpf_get_current_pid_tgid() & 0xFFFFFFFF00000000ULL) | (h & 0xFFFFFFFFULL);
+        u64 key = ((u64)tid << 32) | (h & 0xFFFFFFFFULL);
         u64 now = bpf_ktime_get_boot_ns();
         u64 *last = unix_connect_last.lookup(&key);
         if (last && now - *last < RLG_CONNECT_FOLD_NS) {
