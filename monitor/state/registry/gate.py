@@ -30,6 +30,7 @@ from monitor.state.registry.server import Cred, Request
 from monitor.state.registry.state import Registry
 
 REFUSALS_PER_S = 20  # refusal lines a second; more are counted in the next one
+MAX_TRAINERS = 4096  # trainer processes remembered before the ones that left are forgotten
 STATE_OPS = ("run_start", "run_end", "episode_start", "episode_end")
 
 
@@ -110,7 +111,11 @@ class RegistryGate:
             self.cgroups.forget_unknown()  # a cgroup made just before its binding
         trainer = self.table.procs.get(req.peer[0]) if req.peer else None
         if trainer is not None:
-            self.attributor.requests.trainers.add(trainer.entity_id)  # never a "server"
+            trainers = self.attributor.requests.trainers  # never a "server"
+            if len(trainers) >= MAX_TRAINERS:  # one-shot senders: keep the live ones
+                live = {q.entity_id for q in self.table.procs.values()}
+                trainers.intersection_update(live)
+            trainers.add(trainer.entity_id)
         return Decision(True, fields)
 
     # -- senders ---------------------------------------------------------------------------
