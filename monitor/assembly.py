@@ -26,6 +26,7 @@ from monitor.state.attribution import Attributor
 from monitor.state.cgroups import CgroupResolver
 from monitor.state.gpu import GpuHolders
 from monitor.state.process_table import ProcessTable, Tagset
+from monitor.state.registry.gate import RegistryGate, Trust
 from monitor.state.registry.state import Registry
 
 
@@ -76,6 +77,11 @@ def build_collector(
         else None
     )
     attributor = Attributor(table, att, registry, cgroups)
+    gate = (
+        RegistryGate(registry, attributor, table, cgroups, Trust.from_config(config.registry))
+        if registry is not None
+        else None
+    )
     clock = Clock()
     renderer = Renderer(table, clock)
     engine = DetectionEngine(
@@ -97,6 +103,7 @@ def build_collector(
         gpu=gpu,
         gpu_rules=gpu_rules,
         registry=registry,
+        gate=gate,
         cgroups=cgroups,
         ledger=episode_ledger,
         heartbeat=Heartbeat.in_dir(config.service.state_dir) if heartbeat else None,

@@ -70,7 +70,7 @@ def socket_path(path: str | None = None) -> str:
     return path or os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
 
 
-def send(message: dict[str, Any], path: str | None = None, timeout: float = 2.0) -> dict[str, Any]:
+def send(message: dict[str, Any], path: str | None = None, timeout: float = 5.0) -> dict[str, Any]:
     """Send one message and return the reply; raises RegistryUnavailable."""
     data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
     try:

@@ -18,14 +18,15 @@ from collections.abc import Callable
 from typing import Any
 
 from monitor.clock import boottime_ns, iso_wall
-from monitor.config import Config, ConfigError, load_config
-from monitor.detectors import tag_conflict
+from monitor.config import Config, ConfigError, RegistryConfig, load_config
+from monitor.detectors import crossing, tag_conflict
 from monitor.detectors.engine import DetectionEngine, Finding
 from monitor.detectors.gpu_driver import GpuRuleDriver
 from monitor.detectors.iocs import build_iocs
 from monitor.detectors.rules import RuleError, load_rules
 from monitor.sensor.events import (
     SEND_OWNER_DIFFERS,
+    SEND_SENDER_KNOWN,
     ConnectEvent,
     DnsEvent,
     DupEvent,
@@ -39,6 +40,8 @@ from monitor.sensor.events import (
     SendEvent,
     TagsetEvent,
     TcpStateEvent,
+    UnixConnectEvent,
+    UnixListenEvent,
 )
 from monitor.sensor.folds import ConnectFolds
 from monitor.sensor.port import SensorPort
@@ -52,11 +55,13 @@ from monitor.state.attribution import Attributor, Conflict
 from monitor.state.cgroups import CgroupResolver
 from monitor.state.gpu import GpuHolders, ScanResult
 from monitor.state.process_table import Process, ProcessTable
+from monitor.state.registry.gate import RegistryGate, Trust
 from monitor.state.registry.records import RegistryRefusals
 from monitor.state.registry.server import RegistryServer
 from monitor.state.registry.state import Registry
 
 DROP_CHECK_INTERVAL_S = 1.0
+TCP_LISTEN = 10
 # records per sink flush within one drain: the rendered lines (~1.4 KiB each) wait in
 # one growing buffer, and 4096 of them grew the heap by ~25 MiB in a process churn
 FLUSH_EVERY = 1024
@@ -85,6 +90,7 @@ class Collector:
         gpu: GpuHolders,
         gpu_rules: GpuRuleDriver,
         registry: Registry | None,
+        gate: RegistryGate | None,
         cgroups: CgroupResolver,
         ledger: EpisodeLedger | None,
         heartbeat: Heartbeat | None,
@@ -101,6 +107,10 @@ class Collector:
         self.gpu_rules = gpu_rules
         self.registry = registry
         self.registry_server: RegistryServer | None = None
+        self.gate = gate
+        # every record from before this instant was processed: registry messages received
+        # by then can be judged (their sender's fork and exec records are in)
+        self._horizon_ns = 0
         self.cgroups = cgroups
         self.ledger = ledger
         self.heartbeat = heartbeat
@@ -136,6 +146,8 @@ class Collector:
             DnsEvent: self._on_record,
             GpuOpenEvent: self._on_record,
             GpuCloseEvent: self._on_record,
+            UnixListenEvent: self._on_unix_listen,
+            UnixConnectEvent: self._on_unix_connect,
         }
         self._conflict: Conflict | None = None  # found by _on_exec for the exec at hand
 
@@ -151,6 +163,7 @@ class Collector:
             self.sensor.seed_tagset(tid, self.table.tagset_values_by_index(tid))
         for s in seeds:
             self.sensor.seed_process(s.pid, s.ppid, s.tagset_id, s.tag_origin)
+        listeners = self.attributor.requests.seed_from_proc()  # local servers already running
         for gev in self.gpu.start():  # holdings from before start-up
             self.handle(gev)
         self.armed_seconds = time.monotonic() - self.started_mono
@@ -162,6 +175,7 @@ class Collector:
                     "armed_s": round(self.armed_seconds, 3),
                     "load_s": round(self.sensor.load_seconds, 3),
                     "seeded_processes": len(seeds),
+                    "seeded_listeners": listeners,
                     "gpu_probes": bool(self.sensor.gpu_devices),
                     "tag_keys": list(self.config.tags.keys),
                     "denied_tag_keys": [k for k, _ in self.config.tags.denied],
@@ -193,6 +207,30 @@ class Collector:
         self.registry_server = server
         if server.note:
             self._note("registry_root_only", f"registry socket {reg.socket}: {server.note}")
+
+    def _registry_requests(self) -> None:
+        """Decide the registry messages received before the horizon; record refusals."""
+        srv, gate = self.registry_server, self.gate
+        if srv is None or gate is None or not srv.requests:
+            return
+        for req in srv.take(self._horizon_ns):
+            d = gate.decide(req)
+            srv.answer(req, d.ok, **d.fields)
+            ev = d.refusal
+            if ev is None:
+                continue
+            ae = self.attributor.attribute(ev, d.sender)
+            self._emit(ae)
+            subject = d.sender.entity_id if d.sender is not None else f"pid:{ev.pid}"
+            findings = self.engine.report(
+                crossing.RULE_REGISTRY_REFUSED,
+                subject,
+                crossing.refusal_signals(ev),
+                ae,
+                {"registry": {"op": ev.op, "episode_id": ev.asked_episode_id}},
+            )
+            if findings:
+                self._write_findings(findings)
 
     def _registry_records(self) -> None:
         """Episode lifecycle from the registry thread: to the GPU rules and the stream."""
@@ -252,11 +290,15 @@ class Collector:
             return False
         self.engine.iocs = build_iocs(new.detectors, new.allowlist)
         self.engine.rules = rules
+        if self.gate is not None:  # who may bind applies now; the socket itself at a restart
+            self.gate.trust = Trust.from_config(new.registry)
         restart = [
             name
             for name in ("probes", "tags", "process_table", "service", "siem", "ledger")
             if getattr(new, name) != getattr(self.config, name)
         ]
+        if _socket_settings(new.registry) != _socket_settings(self.config.registry):
+            restart.append("registry")
         if self.gpu.reconfigure(new.gpu):  # allowlists and intervals apply now
             restart.append("gpu.devices")
         self.gpu_rules.reconfigure(self.gpu.cfg)
@@ -321,17 +363,21 @@ class Collector:
 
     def step(self) -> int:
         """Drain, process and flush once; returns the number of records."""
-        # registry records first: an episode_start precedes the events it binds
+        # registry messages and records first: an episode_start precedes the events it binds
+        self._registry_requests()
         self._registry_records()
         gpu_scan = self.gpu.scan_now()  # /proc scan first, then drain, then reconcile
+        drained_at = boottime_ns()
         raws = self.sensor.drain()
         decode = self.decoder.decode if self.decoder else None
+        last_ts = 0
         for i, raw in enumerate(raws, 1):
             try:
                 ev = decode(raw) if decode else None
                 if ev is None:
                     self.undecodable += 1
                     continue
+                last_ts = ev.ts_ns
                 self.handle(ev)
             except Exception as exc:  # one bad record must never stop the monitor
                 self.undecodable += 1
@@ -339,6 +385,8 @@ class Collector:
             if i % FLUSH_EVERY == 0:
                 # a full ring renders to more than the sink may hold pending (64 MiB)
                 self.sink.flush()
+        # a short batch emptied the ring as it was when the drain began
+        self._horizon_ns = drained_at if len(raws) < DRAIN_MAX else max(self._horizon_ns, last_ts)
         try:
             self._gpu_step(gpu_scan)
         except Exception as exc:  # the GPU table must never stop the monitor
@@ -396,6 +444,10 @@ class Collector:
                 ae,
                 {"conflict": conflict.as_dict()},
             )
+        if ae.crossed is not None and ae.process is not None:
+            kind, detail, subject = ae.crossed
+            sig = crossing.crossing_signal(kind, detail)
+            findings += self.engine.report(crossing.RULE_CROSSED_EPISODES, subject, [sig], ae)
         held = self.gpu.apply(ae)
         findings += self.gpu_rules.escalate(findings)
         if held is not None:
@@ -446,16 +498,54 @@ class Collector:
     def _on_tcp_state(self, ev: TcpStateEvent) -> AttributedEvent:
         # softirq context with no recorded owner: no process to name
         p = self.table.process_for(ev) if ev.owner_known else None
+        if ev.newstate == TCP_LISTEN or ev.oldstate == TCP_LISTEN:
+            self.attributor.requests.on_tcp_state(ev, p)  # a local server starts or stops
         return self.attributor.attribute(ev, p)
+
+    def _on_unix_listen(self, ev: UnixListenEvent) -> AttributedEvent:
+        p = self.table.process_for(ev)
+        self.attributor.requests.on_unix_listen(ev, p)
+        return self.attributor.attribute(ev, p)
+
+    def _on_unix_connect(self, ev: UnixConnectEvent) -> AttributedEvent:
+        ae = self.attributor.attribute(ev, self.table.process_for(ev))
+        req = self.attributor.requests
+        acting = ae.rl.episode_id is not None  # for its own episode or on request
+        server = req.unix_server(ev) if acting and req.enabled else None
+        if server is not None:
+            self.attributor.link(ae, server, "unix")
+        # a line when an episode is involved; the rest only keeps state
+        ae.quiet = not acting
+        return ae
 
     def _on_send(self, ev: SendEvent) -> AttributedEvent:
         if ev.flags & SEND_OWNER_DIFFERS:
+            if ev.flags & SEND_SENDER_KNOWN:  # the kernel names the real sender
+                return self._handed_over(ev)
             return self.attributor.attribute(ev, self._send_subject(ev))
+        self.attributor.sockets.pop(ev.cookie, None)
         return self.attributor.attribute(ev, self.table.process_for(ev))
+
+    def _handed_over(self, ev: SendEvent) -> AttributedEvent:
+        """First bytes from a process that did not connect the socket (SCM_RIGHTS,
+        pidfd_getfd, fork): the sender is the subject, the owner is named too."""
+        sender = self.table.process_for(ev)
+        # the header's cgroup is the socket's (its creator's): the sender's is its own
+        ev.cgroup_id = sender.cgroup_id or ev.cgroup_id
+        ae = self.attributor.attribute(ev, sender)
+        self.attributor.socket_owner(ae, ev.cookie, ev.owner_pid)
+        return ae
 
     def _on_connect(self, ev: ConnectEvent) -> AttributedEvent:
         ae = self.attributor.attribute(ev, self.table.process_for(ev))
         ae.connect_count = self.folds.on_record(ev)
+        if ev.cookie and ev.sock_type == 1 and ae.rl.episode_id is not None:
+            self.attributor.on_stream_connect(ae, ev.cookie)
+        ports = self.attributor.requests.tcp_by_port
+        if ports and ev.dport in ports and ae.rl.episode_id is not None:
+            server = self.attributor.requests.tcp_server(ev)  # loopback to a local listener
+            if server is not None:
+                self.attributor.link(ae, server, "tcp")
         return ae
 
     def _on_record(self, ev: Event) -> AttributedEvent:
@@ -602,3 +692,8 @@ class Collector:
             "open_episodes": sum(1 for e in reg.episodes.values() if e.end_ns is None),
             "tag_conflicts": self.attributor.conflicts,
         }
+
+
+def _socket_settings(reg: RegistryConfig) -> tuple[object, ...]:
+    """The [registry] settings that only a restart applies (trust applies at a reload)."""
+    return (reg.socket, reg.group, reg.max_line_bytes, reg.max_clients, reg.retain_s)

@@ -338,6 +338,10 @@ class RegistryConfig:
     max_line_bytes: int
     max_clients: int
     retain_s: float
+    trusted_uids: tuple[int, ...]
+    trusted_groups: tuple[str, ...]
+    trusted_executables: tuple[str, ...]
+    trusted_cgroups: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -348,6 +352,7 @@ class AttributionConfig:
     sandbox_patterns: tuple[str, ...]
     heuristics: tuple[str, ...]
     conflict_roles: tuple[str, ...]
+    request_window_s: float
 
 
 @dataclass(frozen=True)
@@ -1111,6 +1116,43 @@ SCHEMA: tuple[SectionSpec, ...] = (
                 "processes born in it) are still attributed to it.",
                 (between(1, 86400),),
             ),
+            FieldSpec(
+                "trusted_uids",
+                Kind.INT_LIST,
+                [0],
+                "Trusted binders, by user: a message is accepted from a process whose uid is "
+                "listed (or whose groups meet trusted_groups), that passes trusted_executables "
+                "and trusted_cgroups, and that is not itself inside an episode by any source "
+                "(a process inside an episode is refused whatever its uid). Checked for the "
+                "connecting process (SO_PEERCRED) and the writer of every message "
+                "(SCM_CREDENTIALS).",
+                (between(0, (1 << 32) - 2),),
+            ),
+            FieldSpec(
+                "trusted_groups",
+                Kind.STR_LIST,
+                ["rlguard"],
+                "Trusted binders, by group (names or numeric gids): the sender's gid or one "
+                "of its supplementary groups. A group that does not exist matches nobody.",
+                (NON_EMPTY,),
+            ),
+            FieldSpec(
+                "trusted_executables",
+                Kind.STR_LIST,
+                [],
+                "If set, only these programs may bind (absolute paths of the trainer's "
+                "executable, a trailing * matches a prefix): the sender's executable as the "
+                "kernel resolved it at exec.",
+                (Check("an absolute path", lambda v: v.startswith("/")),),
+            ),
+            FieldSpec(
+                "trusted_cgroups",
+                Kind.STR_LIST,
+                [],
+                "If set, only processes in these cgroup v2 subtrees may bind (the trainer's "
+                "cgroup, relative to the cgroup2 mount, e.g. /system.slice/trainer.service).",
+                (Check("a cgroup path starting with /", lambda v: v.startswith("/")),),
+            ),
         ),
     ),
     SectionSpec(
@@ -1161,6 +1203,16 @@ SCHEMA: tuple[SectionSpec, ...] = (
                 "Roles whose value, set in a process's own environment and contradicting a "
                 "stronger source, raises the tag_conflict alert (RLG-ATTR-001).",
                 (one_of("episode", "worker", "run", "trajectory", "sandbox"),),
+            ),
+            FieldSpec(
+                "request_window_s",
+                Kind.FLOAT,
+                3.0,
+                "Work done on request: after a process connects to a local listener (an "
+                "AF_UNIX stream socket or loopback TCP), what the listening process does and "
+                "the processes it starts within this many seconds are attributed to the "
+                "requester as well (rl.requested_by). 0 turns request links off.",
+                (between(0, 600),),
             ),
         ),
     ),

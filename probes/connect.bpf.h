@@ -14,9 +14,10 @@ BPF_HASH(connect_folds, struct rlg_connect_key, struct rlg_connect_fold, RLG_CON
 BPF_PERCPU_ARRAY(fold_seq, u64, 1);
 
 /* the egress hook sends the next payload of this socket as its first bytes */
-static __always_inline void watch_first_payload(u64 cookie, u32 owner_pid) {
+static __always_inline void watch_first_payload(u64 cookie, u32 owner_pid, u64 sk) {
     struct rlg_fresh f = {};
     f.owner_pid = owner_pid;
+    f.flags = watch_sender(sk, cookie);  /* sender.bpf.h */
     fresh_tcp.update(&cookie, &f);
 }
 
@@ -24,6 +25,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
     const unsigned char *sa = (const unsigned char *)args->uservaddr;
     u16 family = 0;
     bpf_probe_read_user(&family, sizeof(family), sa);
+    if (family == RLG_AF_UNIX)
+        return unix_connect_enter((int)args->fd, sa, args->addrlen);  /* ipc.bpf.h */
     if (family != RLG_AF_INET && family != RLG_AF_INET6)
         return 0;
     u32 tid = (u32)bpf_get_current_pid_tgid();
@@ -126,7 +129,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
     u32 tid = (u32)bpf_get_current_pid_tgid();
     struct rlg_pending_connect *pc = pending_connect.lookup(&tid);
     if (!pc || !pc->active)
-        return 0;
+        return unix_connect_exit(tid, (int)args->ret);  /* ipc.bpf.h */
     pc->active = 0;
     struct rlg_connect_event *e = &pc->ev;
     int ret = (int)args->ret;
@@ -138,7 +141,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
      * later states and watch for its first payload; a failed one needs neither */
     int lives = ret == 0 || ret == -RLG_EINPROGRESS || ret == -RLG_EINTR;
     if (lives && e->cookie && e->sock_type == RLG_SOCK_STREAM)
-        watch_first_payload(e->cookie, e->hdr.pid);
+        watch_first_payload(e->cookie, e->hdr.pid, pc->sk);
 #ifndef RLG_NO_TCP_FILTER
     if (lives && pc->sk) {
         struct rlg_header h = e->hdr;
@@ -215,7 +218,7 @@ static __always_inline void on_sock_connect(struct bpf_sock_addr *ctx, u16 famil
         emit(&e, sizeof(e), RLG_EV_CONNECT);
     }
     if (!p && type == RLG_SOCK_STREAM)
-        watch_first_payload(cookie, pt >> 32);  /* a connect() syscall: when it returns */
+        watch_first_payload(cookie, pt >> 32, 0);  /* a connect() syscall: when it returns */
 }
 
 int rlg_connect4(struct bpf_sock_addr *ctx) {

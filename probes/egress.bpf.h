@@ -62,8 +62,19 @@ int rlg_egress(struct __sk_buff *skb) {
         if (!e)
             return 1;
         u32 owner = f->owner_pid;
+        u32 watched = f->flags & RLG_FRESH_SENDER_WATCHED;
         fresh_tcp.delete(&cookie);
-        fill_task(&e->hdr, RLG_EV_SEND);
+        /* the sender (sender.bpf.h): the task whose call queued the bytes, else this task,
+         * inside the first send call on the socket */
+        if (watched && queued_sender(cookie, &e->hdr)) {
+            e->hdr.flags = RLG_SEND_SENDER_KNOWN | RLG_SEND_SENDER_QUEUED;
+        } else {
+            fill_task(&e->hdr, RLG_EV_SEND);
+            if (watched)
+                e->hdr.flags |= RLG_SEND_SENDER_KNOWN;
+        }
+        e->hdr.type = RLG_EV_SEND;
+        e->hdr.ts_ns = bpf_ktime_get_boot_ns();
         e->hdr.cgroup_id = bpf_skb_cgroup_id(skb);
         if (e->hdr.pid != owner)
             e->hdr.flags |= RLG_SEND_OWNER_DIFFERS;

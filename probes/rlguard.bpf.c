@@ -28,6 +28,8 @@
 #include "exec.bpf.h"           /* sched_process_exec: argv, env tags */
 #include "proc.bpf.h"           /* clone, fork, exit_group, signals, exit */
 #include "dup.bpf.h"            /* dup2/dup3 onto fds 0-2 */
+#include "ipc.bpf.h"            /* AF_UNIX bind/listen/connect: local servers */
+#include "sender.bpf.h"         /* sock_send_length: who sent a connection's first bytes */
 #include "connect.bpf.h"        /* connect() syscall and cgroup/connect4/6 */
 #include "tcp_state.bpf.h"      /* sock:inet_sock_set_state */
 #include "egress.bpf.h"         /* cgroup_skb/egress: first bytes and DNS */

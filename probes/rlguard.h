@@ -55,6 +55,7 @@
 #ifndef RLG_CONNECT_FOLDS
 #define RLG_CONNECT_FOLDS 8192   /* distinct folds tracked at once; full: no folding */
 #endif
+#define RLG_UNIX_PATH_LEN 128    /* bytes of sun_path kept (it holds 108), power of two */
 
 enum rlg_event_type {
     RLG_EV_EXEC = 1,
@@ -68,7 +69,10 @@ enum rlg_event_type {
     RLG_EV_DUP = 9,
     RLG_EV_GPU_OPEN = 10,
     RLG_EV_GPU_CLOSE = 11,
-    RLG_EV_TYPE_MAX = 12,
+    /* 20-27: attribution (ipc.bpf.h) */
+    RLG_EV_UNIX_LISTEN = 20,
+    RLG_EV_UNIX_CONNECT = 21,
+    RLG_EV_TYPE_MAX = 28,
 };
 
 /* exec flags */
@@ -85,6 +89,8 @@ enum rlg_event_type {
 
 /* send flags */
 #define RLG_SEND_OWNER_DIFFERS 1 /* sending task is not the connecting process */
+#define RLG_SEND_SENDER_KNOWN 2  /* the header is the task whose send call sent the bytes */
+#define RLG_SEND_SENDER_QUEUED 4 /* ...recorded when its call queued them (they left later) */
 
 /* tcp_state flags */
 #define RLG_TCP_OWNER_KNOWN 1
@@ -235,6 +241,19 @@ struct rlg_gpu_pattern {
     char s[RLG_GPU_PATTERN_LEN];
 };
 
+/* An AF_UNIX socket that listens (RLG_EV_UNIX_LISTEN: the listener, the path it bound)
+ * or that connected (RLG_EV_UNIX_CONNECT: the requester, the path it asked for).  The
+ * path is as the process gave it (relative to its cwd, or in its mount namespace);
+ * path[0] == 0 is an abstract name of path_len bytes (the NUL included). */
+struct rlg_unix_event {
+    struct rlg_header hdr;
+    int fd;
+    int ret;                    /* the syscall's result (0) */
+    unsigned int path_len;      /* bytes of sun_path given (addrlen - 2), at most 108 */
+    unsigned int pad;
+    char path[RLG_UNIX_PATH_LEN];
+};
+
 /* Tag values of one process, keyed by tagset id; sent once when created. */
 struct rlg_tagset {
     unsigned int present_mask;
@@ -296,7 +315,8 @@ enum rlg_quiet {
     RLG_QUIET_CONNECT_FOLDED = 2, /* connect counted in a fold instead of a record */
     RLG_QUIET_TCP_FOLDED = 3,   /* state of a socket whose connect was folded */
     RLG_QUIET_ACCEPT_FOLDED = 4, /* accepted ESTABLISHED counted in an accept fold */
-    RLG_QUIET_MAX = 5,
+    RLG_QUIET_UNIX_FOLDED = 5,  /* AF_UNIX connect repeating one of the last second */
+    RLG_QUIET_MAX = 6,
 };
 
 /* Kernel-side per-process state, keyed by tgid. */

@@ -94,7 +94,14 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         struct rlg_header *o = sock_owner.lookup(&sk);
         int owned = o != NULL;
         u32 owner_flags = 0;
-        if (o) {
+        if (!o && newstate == RLG_TCP_LISTEN) {
+            /* listen() runs in the listening task: record it as the owner (local servers,
+             * monitor/state/requests.py), and for the listener's close */
+            fill_header(&e.hdr, RLG_EV_TCP_STATE);
+            e.hdr.flags = RLG_TCP_OWNER_KNOWN;
+            sock_owner.update(&sk, &e.hdr);
+            owned = 1;
+        } else if (o) {
             e.hdr = *o;
             owner_flags = e.hdr.flags;
             e.hdr.flags = RLG_TCP_OWNER_KNOWN;

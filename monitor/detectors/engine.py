@@ -318,18 +318,22 @@ class DetectionEngine:
         out: list[Finding] = []
         if self.iocs.is_allowed_destination(ev.daddr) or self.iocs.is_allowed_process(p.executable):
             return out
+        # a socket another process connected: the pair is the subject, so that neither an
+        # earlier alert of the sender nor of the owner hides this stream's
+        owner = ae.rl.socket_owner
+        subject = p.entity_id if owner is None else f"{p.entity_id}+{owner.entity_id}"
         data = ev.data
         banner = tunnel.ssh_banner(data)
         if banner is not None:
             st = self._st(p)
             st.ssh_sessions.append(Conn(ev.daddr, ev.dport, "tcp", ev.cookie))
-            out += self._ssh_protocol(ev, p, ae, banner)
+            out += self._ssh_protocol(ev, p, ae, banner, subject)
             return out
         mining = stratum.stratum_payload_signals(data)
         if mining:
             out += self._finding(
                 stratum.RULE_STRATUM,
-                p.entity_id,
+                subject,
                 mining,
                 ae,
                 {"pool": {"ip": ev.daddr, "port": ev.dport}},
@@ -338,7 +342,7 @@ class DetectionEngine:
         if shell is not None and not self.iocs.is_internal(ev.daddr):
             out += self._finding(
                 tunnel.RULE_REVERSE_SHELL,
-                p.entity_id,
+                subject,
                 [shell],
                 ae,
                 {"connect_back": {"ip": ev.daddr, "port": ev.dport}},
@@ -346,7 +350,7 @@ class DetectionEngine:
         return out
 
     def _ssh_protocol(
-        self, ev: SendEvent, p: Process, ae: AttributedEvent, banner: str
+        self, ev: SendEvent, p: Process, ae: AttributedEvent, banner: str, subject: str
     ) -> list[Finding]:
         names = {p.name, posixpath.basename(p.executable or "")}
         known = bool(names & self.iocs.ssh_clients)
@@ -381,7 +385,7 @@ class DetectionEngine:
             return []
         return self._finding(
             tunnel.RULE_SSH_PROTOCOL,
-            p.entity_id,
+            subject,
             sigs,
             ae,
             {"ssh_banner": banner, "ssh_server": {"ip": ev.daddr, "port": ev.dport}},

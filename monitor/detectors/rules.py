@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.config import RULES_FILE, RulesConfig
-from monitor.detectors import gpu, stratum, tag_conflict, tunnel
+from monitor.detectors import crossing, gpu, stratum, tag_conflict, tunnel
 from monitor.detectors.signals import CONFIDENCE_RANK, Signal
 
 if sys.version_info >= (3, 11):
@@ -38,6 +38,7 @@ DETECTORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (stratum.__name__, stratum.RULES),
     (gpu.__name__, gpu.RULES),
     (tag_conflict.__name__, tag_conflict.RULES),
+    (crossing.__name__, crossing.RULES),
 )
 
 

@@ -30,6 +30,8 @@ EVENT_TYPES: dict[int, str] = {
     9: "dup",
     10: "gpu_open",
     11: "gpu_close",
+    20: "unix_listen",
+    21: "unix_connect",
 }
 
 # flag bits, mirrored from probes/rlguard.h (the header is the source of truth;
@@ -43,6 +45,8 @@ CONNECT_SYSCALL = 1
 CONNECT_SOCKINFO = 2
 CONNECT_KERNEL = 4
 SEND_OWNER_DIFFERS = 1
+SEND_SENDER_KNOWN = 2
+SEND_SENDER_QUEUED = 4
 TCP_OWNER_KNOWN = 1
 GPU_VIA_OPENAT = 1
 GPU_VIA_OPENAT2 = 2
@@ -218,6 +222,34 @@ class GpuCloseEvent(Event):
 
 
 @dataclass(slots=True)
+class UnixEvent(Event):
+    """An AF_UNIX socket path: one that listens, or one a process connected to."""
+
+    fd: int = -1
+    ret: int = 0
+    path: str = ""  # as the process gave it; "@name" for an abstract name
+    abstract: bool = False
+
+
+@dataclass(slots=True)
+class UnixListenEvent(UnixEvent):
+    action: ClassVar[str] = "unix_listen"
+
+
+@dataclass(slots=True)
+class UnixConnectEvent(UnixEvent):
+    action: ClassVar[str] = "unix_connect"
+
+
+def sun_path(raw: bytes, length: int) -> tuple[str, bool]:
+    """sun_path as text: a path up to its NUL, or "@" and an abstract name (NULs escaped)."""
+    raw = raw[: max(0, min(length, len(raw)))]
+    if raw[:1] == b"\0":
+        return "@" + safe_text(raw[1:], PATH_LIMIT), True
+    return safe_text(_cstr(raw), PATH_LIMIT), False
+
+
+@dataclass(slots=True)
 class PacketEvent(Event):
     """Bytes seen leaving a local socket (cgroup egress hook)."""
 
@@ -376,6 +408,8 @@ class RecordDecoder:
             9: self._dup,
             10: self._gpu_open,
             11: self._gpu_close,
+            20: self._unix_listen,
+            21: self._unix_connect,
         }
 
     def decode(self, raw: bytes) -> Event | None:
@@ -490,6 +524,16 @@ class RecordDecoder:
     def _gpu_close(self, f: dict[str, Any], raw: bytes, lay: Layout) -> GpuCloseEvent:
         via = "close_range" if f["flags"] & GPU_CLOSE_RANGE else "close"
         return GpuCloseEvent(**self._hdr(f), fd=f["fd"], last_fd=f["last_fd"], via=via)
+
+    def _unix(self, f: dict[str, Any]) -> dict[str, Any]:
+        path, abstract = sun_path(f["path"], f["path_len"])
+        return dict(**self._hdr(f), fd=f["fd"], ret=f["ret"], path=path, abstract=abstract)
+
+    def _unix_listen(self, f: dict[str, Any], raw: bytes, lay: Layout) -> UnixListenEvent:
+        return UnixListenEvent(**self._unix(f))
+
+    def _unix_connect(self, f: dict[str, Any], raw: bytes, lay: Layout) -> UnixConnectEvent:
+        return UnixConnectEvent(**self._unix(f))
 
     def _tagset(self, f: dict[str, Any], raw: bytes, lay: Layout) -> TagsetEvent:
         values = tag_values(

@@ -44,6 +44,10 @@ TRACEPOINTS = (
     "sched/sched_process_exit",
     "syscalls/sys_enter_connect",
     "syscalls/sys_exit_connect",
+    "syscalls/sys_enter_bind",
+    "syscalls/sys_exit_bind",
+    "syscalls/sys_enter_listen",
+    "syscalls/sys_exit_listen",
     "sock/inet_sock_set_state",
     "syscalls/sys_enter_dup3",
     "syscalls/sys_enter_openat",
@@ -57,6 +61,7 @@ OPTIONAL_TRACEPOINTS = (
     "syscalls/sys_enter_open",
     "syscalls/sys_enter_openat2",
     "syscalls/sys_enter_close_range",
+    "sock/sock_send_length",  # Linux 6.3+: who sent a connection's first bytes
 )
 GPU_OPTIONAL = {
     "RLG_HAVE_OPEN": ("sys_enter_open", "sys_exit_open"),
@@ -79,6 +84,7 @@ QUIET_NAMES = (
     "connect_folded",
     "tcp_state_folded",
     "accept_folded",
+    "unix_connect_folded",
 )
 # extra compiler flags for the probes, for benchmarks only: -DRLG_NO_TCP_FILTER,
 # -DRLG_NO_CONNECT_FOLD and -DRLG_NO_TCP_FOLD build the "before" variants that
@@ -280,6 +286,8 @@ class Sensor:
             flags.append("-DRLG_HAVE_GROUP_DEAD")
         if Path(tracefs, "events/syscalls/sys_enter_dup2").is_dir():
             flags.append("-DRLG_HAVE_DUP2")
+        if Path(tracefs, "events/sock/sock_send_length").is_dir():
+            flags.append("-DRLG_HAVE_SOCK_SEND_LENGTH")
         if not self.gpu_devices:
             flags.append("-DRLG_NO_GPU")  # no open/close programs at all
         for define, tps in GPU_OPTIONAL.items():
@@ -506,19 +514,15 @@ class Sensor:
         return batch
 
     def counters(self) -> Counters:
-        def read(name: str, labels: tuple[str, ...] | list[str], offset: int) -> dict[str, int]:
+        def read(name: str, labels: dict[int, str]) -> dict[str, int]:
             table = self.bpf[name.encode()]
-            out = {}
-            for i, label in enumerate(labels):
-                out[label] = int(sum(table[table.Key(i + offset)]))
-            return out
+            return {label: int(sum(table[table.Key(i)])) for i, label in labels.items()}
 
-        types = [EVENT_TYPES[i] for i in sorted(EVENT_TYPES)]
         return Counters(
-            sent=read("sent", types, 1),
-            drops=read("drops", types, 1),
-            misses=read("misses", MISS_NAMES, 0),
-            quiet=read("quiet", QUIET_NAMES, 0),
+            sent=read("sent", EVENT_TYPES),  # by record type number (not contiguous)
+            drops=read("drops", EVENT_TYPES),
+            misses=read("misses", dict(enumerate(MISS_NAMES))),
+            quiet=read("quiet", dict(enumerate(QUIET_NAMES))),
         )
 
     # -- connect folds -----------------------------------------------------------

@@ -24,6 +24,8 @@ from monitor.sensor.events import (
     EXEC_TAG_TRUNCATED,
     O_CLOEXEC,
     SEND_OWNER_DIFFERS,
+    SEND_SENDER_KNOWN,
+    SEND_SENDER_QUEUED,
     SOCK_TYPES,
     TCP_STATES,
     ConnectEvent,
@@ -35,12 +37,17 @@ from monitor.sensor.events import (
     GpuOpenEvent,
     SendEvent,
     TcpStateEvent,
+    UnixEvent,
     errno_name,
 )
 from monitor.sinks.community_id import community_id_v1
 from monitor.state.attributed import AttributedEvent
 from monitor.state.process_table import Process, ProcessTable
-from monitor.state.registry.records import RegistryRecord, RegistryRefusals
+from monitor.state.registry.records import (
+    RegistryRecord,
+    RegistryRefusals,
+    RegistryRefusedEvent,
+)
 
 CATEGORY = {
     "exec": (["process"], ["start"], "rlguard.process"),
@@ -53,6 +60,9 @@ CATEGORY = {
     "dup": (["process"], ["change"], "rlguard.process"),
     "gpu_open": (["file"], ["access"], "rlguard.gpu"),
     "gpu_close": (["file"], ["end"], "rlguard.gpu"),
+    "registry_refused": (["configuration"], ["denied"], "rlguard.registry"),
+    "unix_listen": (["network"], ["start"], "rlguard.network"),
+    "unix_connect": (["network"], ["connection", "start"], "rlguard.network"),
 }
 
 
@@ -343,6 +353,24 @@ class Renderer:
         ev = cast(DupEvent, ae.event)
         return {"dup": {"oldfd": ev.oldfd, "newfd": ev.newfd}}
 
+    def _registry_refused(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        ev = cast(RegistryRefusedEvent, ae.event)
+        doc["event"]["outcome"] = "failure"
+        doc["event"]["reason"] = ev.reason
+        reg: dict[str, Any] = {
+            "op": ev.op,
+            "episode_id": ev.asked_episode_id,
+            "refused_because": ev.refused_because,
+            "sender": {"pid": ev.pid, "uid": ev.uid, "gid": ev.gid, "via": ev.sender_via},
+            "sender_episode": {
+                "episode_id": ev.sender_episode_id,
+                "source": ev.sender_episode_source,
+            },
+        }
+        if ev.suppressed_before:
+            reg["suppressed_before"] = ev.suppressed_before
+        return {"registry": reg}
+
     @staticmethod
     def _net_type(family: int) -> str:
         return "ipv6" if family == 10 else "ipv4"
@@ -370,7 +398,20 @@ class Renderer:
             connect["count"] = ae.connect_count
         if ae.summary:
             connect["summary"] = True
+        if ae.link is not None:
+            return {"connect": connect, "link": ae.link.as_doc()}
         return {"connect": connect}
+
+    def _unix_listen(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        ev = cast(UnixEvent, ae.event)
+        doc["network"] = {"transport": "unix"}
+        return {"unix": {"path": ev.path, "abstract": ev.abstract, "fd": ev.fd}}
+
+    def _unix_connect(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        detail = self._unix_listen(ae, doc)
+        if ae.link is not None:
+            detail["link"] = ae.link.as_doc()
+        return detail
 
     def _five_tuple(
         self,
@@ -424,6 +465,8 @@ class Renderer:
         }
         if ev.flags & SEND_OWNER_DIFFERS:
             detail["socket"]["owner_differs"] = True
+        if ev.flags & SEND_SENDER_KNOWN:  # the kernel named the task that sent the bytes
+            detail["socket"]["sender"] = "queued" if ev.flags & SEND_SENDER_QUEUED else "call"
         return detail
 
     def _dns(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from monitor.sensor.dns import DnsQuestion
 from monitor.sensor.events import Event
 from monitor.state.cgroups import CgroupIdentity
 from monitor.state.process_table import ROLES, Process
+from monitor.state.requests import Requester
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,10 @@ class Conflict:
             "roles": {r: {"own_env": a, "kept": b} for r, (a, b) in self.roles.items()},
         }
 
+    def claimed(self) -> dict[str, str | None]:
+        """What the process claimed and did not get (``rl.claimed``): role id -> value."""
+        return {r + "_id": own for r, (own, _kept) in self.roles.items()}
+
 
 @dataclass(slots=True, eq=False)
 class RlContext:
@@ -74,6 +79,10 @@ class RlContext:
     conflict: Conflict | None = None
     binding: Binding | None = None
     heuristic: str | None = None
+    # processes of episodes that asked the process's server (or an ancestor's) for this work
+    requested_by: tuple[Requester, ...] = ()
+    # the process that connected the socket, when another one sends on it
+    socket_owner: Peer | None = None
     _doc: dict[str, Any] | None = field(default=None, repr=False)
 
     def role(self, role: str) -> str | None:
@@ -94,13 +103,66 @@ class RlContext:
                 doc["origin"] = {"pid": o.pid, "entity_id": o.entity_id, "name": o.name}
             if self.conflict is not None:
                 doc["conflict"] = self.conflict.as_dict()
+                doc["claimed"] = self.conflict.claimed()
             if self.binding is not None:
                 b = self.binding
                 doc["binding"] = {"via": b.via, "episode_start_ns": b.episode_start_ns}
             if self.heuristic is not None:
                 doc["heuristic"] = self.heuristic
+            if self.requested_by:
+                doc["requested_by"] = [r.as_dict() for r in self.requested_by]
+            if self.socket_owner is not None:
+                doc["socket_owner"] = self.socket_owner.as_doc()
             self._doc = doc
         return doc
+
+    def episodes(self) -> tuple[str, ...]:
+        """Every episode this context names: its own, requesters', the socket owner's."""
+        out = [self.episode_id] if self.episode_id else []
+        out += [r.episode_id for r in self.requested_by if r.episode_id not in out]
+        owner = self.socket_owner
+        if owner is not None and owner.rl.episode_id and owner.rl.episode_id not in out:
+            out.append(owner.rl.episode_id)
+        return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """The other process of a link (a server that was asked, a socket's owner) and its
+    episode context."""
+
+    pid: int
+    entity_id: str | None
+    name: str | None
+    rl: RlContext
+
+    def as_doc(self) -> dict[str, Any]:
+        rl = self.rl
+        return {
+            "pid": self.pid,
+            "entity_id": self.entity_id,
+            "name": self.name,
+            "episode_id": rl.episode_id,
+            "run_id": rl.run_id,
+            "trajectory_id": rl.trajectory_id,
+            "source": rl.source,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLink:
+    """A connect that reached a local listener: the server, and who the request is for."""
+
+    server: Peer
+    via: str
+    requesters: tuple[Requester, ...]
+
+    def as_doc(self) -> dict[str, Any]:
+        return {
+            "via": self.via,
+            "server": self.server.as_doc(),
+            "requesters": [r.as_dict() for r in self.requesters],
+        }
 
 
 NO_CONTEXT = RlContext()
@@ -122,6 +184,9 @@ class AttributedEvent:
     connect_count: int | None = None  # connects this connect line stands for (folding)
     summary: bool = False  # a fold summary line, not a kernel record
     quiet: bool = False  # state only: detectors see it, no line is written
+    link: RequestLink | None = None  # a connect that reached a local server
+    # work crossed episodes here: (kind, evidence, subject) for RLG-ATTR-003
+    crossed: tuple[str, str, str] | None = None
     rendered: dict[str, Any] | None = field(default=None, repr=False)  # the renderer's memo
 
     @property

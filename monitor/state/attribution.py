@@ -28,6 +28,7 @@ import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from monitor.clock import boottime_ns
 from monitor.config import AttributionConfig
 from monitor.sensor.dns import parse_dns_message
 from monitor.sensor.events import DnsEvent, Event, ExecEvent, ForkEvent
@@ -37,18 +38,38 @@ from monitor.state.attributed import (
     Binding,
     Conflict,
     Origin,
+    Peer,
+    RequestLink,
     RlContext,
 )
 from monitor.state.cgroups import CgroupIdentity, CgroupResolver
-from monitor.state.process_table import ROLES, SEED_TAGSET_BASE, Process, ProcessTable
+from monitor.state.process_table import (
+    ROLES,
+    SEED_TAGSET_BASE,
+    ByProcess,
+    Process,
+    ProcessTable,
+)
 from monitor.state.registry.state import Episode, Registry
+from monitor.state.requests import Listener, Requester, RequestLinks, merge
 
 MAX_OVERRIDES = 65536
+MAX_SOCKETS = 16384  # stream sockets connected inside an episode, whose owner we remember
 BIRTHS_PRUNE_MIN = 4096  # births held before the first pruning pass
 TAG_CONTEXTS_MAX = 4096  # tag-only contexts kept between table expiries
 RAY_PREFIX = "ray::"
 
-__all__ = ["Attributor", "Birth", "Conflict"]
+__all__ = ["Attributor", "Birth", "Conflict", "Membership"]
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """Why a process is inside an episode (see :meth:`Attributor.membership`)."""
+
+    episode_id: str
+    # registry (bound by someone else), birth (born to a bound task), cgroup, the tag
+    # sources (inherited, lineage, own_env, proc_environ), requested (rl.requested_by)
+    source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,18 +88,25 @@ class Attributor:
         config: AttributionConfig,
         registry: Registry | None = None,
         cgroups: CgroupResolver | None = None,
+        requests: RequestLinks | None = None,
     ) -> None:
         self.table = table
         self.config = config
         self.registry = registry
         self.cgroups = cgroups
-        self.births: dict[int, Birth] = {}  # by pid; tied to the entity below
-        self._birth_entity: dict[int, str] = {}
+        # work done on request: links from requesters to local servers (rl.requested_by)
+        self.requests = requests or RequestLinks(table, config.request_window_s)
+        # cookie -> (pid, entity id, name, context) of the process that connected it then
+        # (rl.socket_owner of a later sender, even after the owner left the table)
+        self.sockets: OrderedDict[int, tuple[int, str, str, RlContext]] = OrderedDict()
+        self.births: ByProcess[Birth] = ByProcess(table, BIRTHS_PRUNE_MIN)
         # forged tagset id -> the conflict it came from (descendants inherit the forged tags)
         self.overrides: OrderedDict[int, Conflict] = OrderedDict()
         self.conflicts = 0
         # the context the tags alone give, by (tagset, origin, own, via lineage)
         self._tag_contexts: dict[tuple[int, int, bool, bool], RlContext] = {}
+        # the context a tag context and a binding give (see _context)
+        self._bound_contexts: dict[tuple[object, ...], RlContext] = {}
         # lineages and Ray titles by pid, valid for one table generation only: names and
         # parents change only with fork/exec/exit, which bump the generation
         self._generation = -1
@@ -93,26 +121,10 @@ class Attributor:
         return self.cgroups.identity(cgroup_id)
 
     def birth_of(self, p: Process) -> Birth | None:
-        b = self.births.get(p.pid)
-        if b is not None and self._birth_entity.get(p.pid) == p.entity_id:
-            return b
-        return None
+        return self.births.of(p)
 
     def _set_birth(self, p: Process, b: Birth) -> None:
-        # drop the births of processes that left the table once they are as many as the
-        # table (amortised O(1)): bounded by max_entries alone, an exit flood inside a bound
-        # episode kept up to 400k of them
-        live = self.table.procs
-        if len(self.births) >= max(BIRTHS_PRUNE_MIN, 2 * len(live)):
-            keep = {
-                pid
-                for pid, entity in self._birth_entity.items()
-                if (q := live.get(pid)) is not None and q.entity_id == entity
-            }
-            self.births = {k: v for k, v in self.births.items() if k in keep}
-            self._birth_entity = {k: v for k, v in self._birth_entity.items() if k in keep}
-        self.births[p.pid] = b
-        self._birth_entity[p.pid] = p.entity_id
+        self.births.put(p, b)
 
     def _cgroup_episode(self, cgroup_id: int, ts_ns: int) -> Episode | None:
         reg = self.registry
@@ -158,6 +170,7 @@ class Attributor:
 
     def on_fork(self, ev: ForkEvent, child: Process, parent: Process | None) -> None:
         """Birth rule: the child keeps the episode active for the forking thread now."""
+        self.requests.on_fork(parent, child, ev.ts_ns)
         reg = self.registry
         if reg is None:
             return
@@ -195,14 +208,20 @@ class Attributor:
             kept_roles = {k.removesuffix("_id"): v for k, v in ep.rl_fields().items()}
             kept: tuple[int, int] | None = None
         else:
-            prev_id, prev_origin = prev_tags
-            if not prev_id or prev_origin == p.pid:
+            # the tags the process had before this exec, whoever set them: inherited from an
+            # ancestor, or its own from an earlier exec (an exec in place, `RL_EPISODE_ID=B
+            # exec miner`, keeps the pid).  An earlier claim was already overruled: compare
+            # with what was kept then
+            prev = self._kept_tags(prev_tags)
+            if prev is None:
                 return None
+            prev_id, prev_origin = prev
             inherited = self.table.tagset(prev_id)
             if inherited is None:
                 return None
             kept_roles = self.table.role_values(inherited)
-            source, kept = "inherited", (prev_id, prev_origin)
+            source = "own_env" if prev_origin == p.pid else "inherited"
+            kept = (prev_id, prev_origin)
         clash = {
             r: (own_roles.get(r), kept_roles.get(r))
             for r in self.config.conflict_roles
@@ -213,17 +232,132 @@ class Attributor:
         if not clash:
             return None
         c = Conflict(source, clash, ev.tagset_id, kept)
-        if kept is not None:
-            self.overrides[ev.tagset_id] = c
-            if len(self.overrides) > MAX_OVERRIDES:
-                self.overrides.popitem(last=False)
+        # every event of the process (and of descendants, which inherit the forged tagset)
+        # says what was claimed; a lineage claim also says which tags are used instead
+        self.overrides[ev.tagset_id] = c
+        if len(self.overrides) > MAX_OVERRIDES:
+            self._prune_overrides()
         self.conflicts += 1
         return c
+
+    def _kept_tags(self, tags: tuple[int, int]) -> tuple[int, int] | None:
+        """The (tagset, origin) that attribution uses for these kernel tags, None for none."""
+        if not tags[0]:
+            return None
+        c = self.overrides.get(tags[0])
+        return c.kept if c is not None and c.kept is not None else tags
+
+    def _prune_overrides(self) -> None:
+        # keep every override a live process still carries: evicting one would hand its
+        # processes the forged episode back (an agent could flood claims to that end)
+        live = {q.tagset_id for q in self.table.procs.values()}
+        keep = [(k, c) for k, c in self.overrides.items() if k in live]
+        if len(keep) > MAX_OVERRIDES:
+            keep = keep[-MAX_OVERRIDES:]  # more live forged tagsets than we hold: oldest go
+        self.overrides = OrderedDict(keep)
 
     def expire(self) -> None:
         """Once a second: forget tag contexts whose origin names may have gone stale."""
         if len(self._tag_contexts) > TAG_CONTEXTS_MAX:
             self._tag_contexts.clear()
+            self._bound_contexts.clear()  # keyed on tag contexts: they go together
+        self.requests.expire(boottime_ns())
+
+    def membership(self, p: Process, ts_ns: int, cgroup_id: int = 0) -> Membership | None:
+        """The episode ``p`` is inside at ``ts_ns`` by any source, None when outside all.
+
+        Every source counts (registry, birth, cgroup, tags, requests), except a binding the
+        process made of itself: a trainer that binds its own thread or process to run an
+        episode's work stays the trainer.  ``cgroup_id``: the cgroup it is in now, when the
+        caller knows better than its last record.
+        """
+        reg = self.registry
+        if reg is not None and reg.has_tasks():
+            hit = reg.for_task_by_others(p.pid, p.pid, ts_ns)
+            if hit is not None:
+                return Membership(hit[0].episode_id, "registry")
+        b = self.birth_of(p)
+        if b is not None:
+            return Membership(b.episode.episode_id, "birth" if b.source == "registry" else "cgroup")
+        ep = self._cgroup_episode(cgroup_id or p.cgroup_id, ts_ns)
+        if ep is not None:
+            return Membership(ep.episode_id, "cgroup")
+        tags = self._kept_tags((p.tagset_id, p.tag_origin)) or (0, 0)
+        rl = self._tag_context(p, tags[0], tags[1], self.lineage(p))
+        if rl.episode_id is not None:
+            return Membership(rl.episode_id, rl.source)
+        # started as requested work (a server acting for a requester is not inside: only
+        # what it starts for them is)
+        req = self.requests.work_of(p)
+        if req:
+            return Membership(req[-1].episode_id, "requested")
+        return None
+
+    # -- links between processes ------------------------------------------------------------
+
+    def peer(self, pid: int, ts_ns: int) -> Peer | None:
+        """Another process and its context now (a server, a socket's owner)."""
+        q = self.table.procs.get(pid)
+        if q is None:
+            return None
+        return Peer(q.pid, q.entity_id, q.name, self.context_of(q, ts_ns))
+
+    def on_stream_connect(self, ae: AttributedEvent, cookie: int) -> None:
+        """A stream socket connected inside an episode: remember who connected it."""
+        p = ae.process
+        if p is None or ae.rl.episode_id is None:
+            return  # only a socket of an episode can carry work across episodes
+        socks = self.sockets
+        socks[cookie] = (p.pid, p.entity_id, p.name, ae.rl)
+        if len(socks) > MAX_SOCKETS:
+            socks.popitem(last=False)  # the oldest
+
+    def socket_owner(self, ae: AttributedEvent, cookie: int, owner_pid: int) -> None:
+        """First bytes sent by a process other than the one that connected the socket: name
+        the owner (rl.socket_owner) and, when they are in different episodes, a crossing."""
+        p = ae.process
+        known = self.sockets.pop(cookie, None)
+        if known is not None and known[0] == owner_pid:
+            owner = Peer(*known)
+        else:
+            owner = self.peer(owner_pid, ae.event.ts_ns) or Peer(owner_pid, None, None, NO_CONTEXT)
+        if p is None or owner.entity_id == p.entity_id:
+            return
+        ae.rl = dataclasses.replace(ae.rl, socket_owner=owner, _doc=None)
+        how = f"sent the first bytes on a socket {owner.name} ({owner.pid}) of"
+        _cross(ae, owner.rl.episode_id, "socket", how, f"{p.entity_id}+{owner.entity_id}")
+
+    def link(self, ae: AttributedEvent, server: Listener, transport: str) -> None:
+        """A connect reached a local listener: record who asked, for which episodes, and
+        open the server's window for them; a server of another episode is a crossing."""
+        p, ev = ae.process, ae.event
+        if p is None or server.pid == p.pid or not self.requests.serves(server):
+            return
+        peer = self.peer(server.pid, ev.ts_ns)
+        if peer is None or peer.entity_id != server.entity_id:
+            return  # the listener's owner is gone
+        rl = ae.rl
+        requesters = rl.requested_by
+        if rl.episode_id is not None and rl.source != "requested":  # its own episode too
+            own = Requester(
+                rl.episode_id,
+                rl.run_id,
+                rl.trajectory_id,
+                p.pid,
+                p.entity_id,
+                p.name,
+                server.via,
+                ev.ts_ns,
+            )
+            requesters = merge(requesters, (own,))
+        # the server's own episode: not one it only has because it was asked for work
+        theirs = peer.rl.episode_id if peer.rl.source != "requested" else None
+        # a server of the requester's own episode does its own episode's work
+        requesters = tuple(r for r in requesters if r.episode_id != theirs)
+        ae.link = RequestLink(peer, server.via, requesters)
+        self.requests.link(server, list(requesters))
+        how = f"asked over {transport} {server.via} {peer.name} ({peer.pid}) of"
+        _cross(ae, theirs, "request", how, f"{p.entity_id}>{peer.entity_id}")
 
     # -- attribution ----------------------------------------------------------------------
 
@@ -260,13 +394,43 @@ class Attributor:
         ev: Event | None,
     ) -> RlContext:
         conflict = self.overrides.get(tagset_id) if tagset_id else None
-        if conflict is not None and conflict.kept is not None:
-            tagset_id, origin = conflict.kept
-        rl = self._tag_context(p, tagset_id, origin, lineage)
         changes: dict[str, object] = {}
         if conflict is not None:
-            changes.update(source="inherited", conflict=conflict)
+            changes["conflict"] = conflict
+            if conflict.kept is not None:
+                tagset_id, origin = conflict.kept
+                changes["source"] = conflict.source
+        rl = self._tag_context(p, tagset_id, origin, lineage)
         stronger = self._stronger(p, tid, ts_ns, p.cgroup_id if ev is None else ev.cgroup_id)
+        req = self.requests
+        by = req.requested_by(p, ts_ns) if req.inherited or req.windows else ()
+        if stronger is not None and not changes and not by:
+            # the common bound case: the same tags and binding give the same context, so
+            # build it once (a dataclasses.replace per record cost more than the rest)
+            key = (rl, *stronger, ident.sandbox_id if ident is not None else None)
+            got = self._bound_contexts.get(key)
+            if got is None:
+                if len(self._bound_contexts) > TAG_CONTEXTS_MAX:
+                    self._bound_contexts.clear()
+                got = self._bound_contexts[key] = self._applied(rl, stronger, (), ident, changes)
+            return got
+        if stronger is not None or by or changes or (ident is not None and ident.sandbox_id):
+            rl = self._applied(rl, stronger, by, ident, changes)
+        if rl.source == "none" or (rl.episode_id is None and stronger is None):
+            heuristic = self._heuristic(p, lineage, rl, ev)
+            if heuristic is not None:
+                rl = heuristic
+        return rl
+
+    @staticmethod
+    def _applied(
+        rl: RlContext,
+        stronger: tuple[Episode, str, str] | None,
+        by: tuple[Requester, ...],
+        ident: CgroupIdentity | None,
+        changes: dict[str, object],
+    ) -> RlContext:
+        """The tag context with what stronger sources, requests and the cgroup say."""
         if stronger is not None:
             ep, source, via = stronger
             for k, v in ep.rl_fields().items():
@@ -274,15 +438,22 @@ class Attributor:
                     changes[k] = v
             changes["source"] = source
             changes["binding"] = Binding(via, ep.start_ns)
+        if by:  # work done on request, for these requesters
+            changes["requested_by"] = by
+            if "episode_id" not in changes and rl.episode_id is None:
+                # nothing else names an episode: the latest requester's
+                last = by[-1]
+                changes.update(
+                    episode_id=last.episode_id,
+                    run_id=last.run_id,
+                    trajectory_id=last.trajectory_id,
+                    source="requested",
+                )
         sandbox = changes.get("sandbox_id", rl.sandbox_id)
         if ident is not None and sandbox is None and ident.sandbox_id:
             changes["sandbox_id"] = ident.sandbox_id
         if changes:
             rl = dataclasses.replace(rl, _doc=None, **changes)  # type: ignore[arg-type]
-        if rl.source == "none" or (rl.episode_id is None and stronger is None):
-            heuristic = self._heuristic(p, lineage, rl, ev)
-            if heuristic is not None:
-                rl = heuristic
         return rl
 
     def _tag_context(
@@ -357,3 +528,11 @@ class Attributor:
         )
         self._ray_cache[p.pid] = title
         return title
+
+
+def _cross(ae: AttributedEvent, theirs: str | None, kind: str, how: str, subject: str) -> None:
+    """Work crossed from the event's episode into another: the RLG-ATTR-003 evidence."""
+    mine, p = ae.rl.episode_id, ae.process
+    if mine and theirs and theirs != mine and p is not None:
+        detail = f"{p.name} ({p.pid}) of episode {mine!r} {how} episode {theirs!r}"
+        ae.crossed = (kind, detail, subject)

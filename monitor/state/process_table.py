@@ -13,6 +13,7 @@ import gc
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from monitor.clock import boottime_ns
 from monitor.config import TagsConfig
@@ -404,3 +405,36 @@ def _safe(text: str) -> str:
     from monitor.sanitize import safe_text
 
     return safe_text(text, 1024)
+
+
+T = TypeVar("T")
+BY_PROCESS_PRUNE_MIN = 4096  # entries held before the first pruning pass
+
+
+class ByProcess(dict[int, tuple[str, T]]):
+    """Values by process, tied to the entity they were set for (a reused pid gets nothing),
+    and pruned relative to the table: once there are as many as twice the table's entries,
+    those of processes that left it go (amortised O(1); bounded by the table, not by
+    max_entries: an exit flood would otherwise keep hundreds of thousands).  A dict, so
+    that an empty one costs nothing to test on the per-record path."""
+
+    def __init__(self, table: ProcessTable, prune_min: int = BY_PROCESS_PRUNE_MIN) -> None:
+        super().__init__()
+        self.table = table
+        self.prune_min = prune_min
+
+    def of(self, p: Process) -> T | None:
+        got = self.get(p.pid)
+        return got[1] if got is not None and got[0] == p.entity_id else None
+
+    def put(self, p: Process, value: T) -> None:
+        live = self.table.procs
+        if len(self) >= max(self.prune_min, 2 * len(live)):
+            keep = {
+                pid: v
+                for pid, v in self.items()
+                if (q := live.get(pid)) is not None and q.entity_id == v[0]
+            }
+            self.clear()
+            self.update(keep)
+        self[p.pid] = (p.entity_id, value)

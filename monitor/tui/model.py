@@ -149,6 +149,15 @@ def _summary(kind: str, action: str, doc: dict[str, Any]) -> str:
     if action == "send":
         p = _d(rg.get("payload"))
         return f"{clean(p.get('length'))} B: {clean(p.get('preview'), 80)}"
+    if action in ("unix_listen", "unix_connect"):
+        u = _d(rg.get("unix"))
+        text = f"unix {action[5:]} {clean(u.get('path'), 120)}"
+        server = _d(_d(rg.get("link")).get("server"))
+        if server:
+            who = f"{clean(server.get('name'), 64)}({clean(server.get('pid'))})"
+            ep = server.get("episode_id")
+            text += f" -> {who}" + (f" of {clean(ep, 80)}" if ep else "")
+        return text
     if action == "dns":
         q = _d(_d(doc.get("dns")).get("question"))
         dns_type = _d(doc.get("dns")).get("type") or "dns"
@@ -205,6 +214,18 @@ def _metric_summary(action: str, rg: dict[str, Any]) -> str:
     return ""
 
 
+def _episodes(rl: dict[str, Any]) -> str:
+    """The row's episode, and the other episodes it names (requesters, a socket's owner)."""
+    own = rl.get("episode_id")
+    text = own if isinstance(own, str) else ""
+    others = [_d(r).get("episode_id") for r in rl.get("requested_by") or [] if isinstance(r, dict)]
+    others.append(_d(rl.get("socket_owner")).get("episode_id"))
+    for ep in others:
+        if isinstance(ep, str) and ep and ep != own and f"+{ep}" not in text:
+            text += f" +{ep}"
+    return text.strip()
+
+
 def build_row(seq: int, doc: dict[str, Any]) -> Row:
     """The display row for one document; every field made safe, whatever its shape."""
     ev = _d(doc.get("event"))
@@ -226,7 +247,7 @@ def build_row(seq: int, doc: dict[str, Any]) -> Row:
         action=action,
         pid=clean(proc.get("pid"), 12),
         name=clean(proc.get("name"), 64),
-        episode=clean(rl.get("episode_id"), 80),
+        episode=clean(_episodes(rl), 160),
         worker=clean(rl.get("worker_id"), 80),
         rule=rule,
         severity=severity,

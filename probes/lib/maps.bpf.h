@@ -52,8 +52,9 @@ BPF_TABLE("lru_hash", u32, u64, exec_gen, 65536);
 /* socket cookie of a new outbound TCP connection whose first payload is still to come */
 struct rlg_fresh {
     u32 owner_pid;
-    u32 pad;
+    u32 flags;      /* RLG_FRESH_SENDER_WATCHED: sender.bpf.h watches its send calls */
 };
+#define RLG_FRESH_SENDER_WATCHED 1
 BPF_TABLE("lru_hash", u64, struct rlg_fresh, fresh_tcp, 65536);
 
 /* kernel socket address -> the header of the task that started the connection */

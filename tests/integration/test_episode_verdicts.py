@@ -8,6 +8,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -114,6 +115,19 @@ with run(run_id="run-{m}", path={str(sock)!r}, strict=True):
         stop_run(mon)
 
 
+def sent_in_steps(mon: LiveMonitor, msg: dict[str, Any], sock: str) -> None:
+    """Send a registry message while stepping the collector by hand until it is answered."""
+    done: list[object] = []
+    t = threading.Thread(target=lambda: done.append(send(msg, sock)), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while t.is_alive() and time.monotonic() < deadline:
+        mon.collector.step()
+        time.sleep(0.01)
+    t.join(timeout=1)
+    assert done, f"no answer to {msg}"
+
+
 def test_drops_in_an_episode_window_make_it_review(tmp_path) -> None:
     sock = str(tmp_path / "registry.sock")
     cfg = config_from_dict(
@@ -127,8 +141,8 @@ def test_drops_in_an_episode_window_make_it_review(tmp_path) -> None:
     mon.collector.start()  # no loop: we step by hand, so the burst overflows the 32 KiB ring
     eid = f"ep-drops-{uuid.uuid4().hex[:8]}"
     try:
-        send({"op": "episode_start", "episode_id": eid, "pids": [os.getpid()]}, sock)
-        mon.collector.step()
+        # the collector decides registry messages: step it while the message waits
+        sent_in_steps(mon, {"op": "episode_start", "episode_id": eid, "pids": [os.getpid()]}, sock)
         subprocess.run(
             ["/bin/sh", "-c", "i=0; while [ $i -lt 400 ]; do /bin/true; i=$((i+1)); done"],
             check=True,
@@ -139,7 +153,7 @@ def test_drops_in_an_episode_window_make_it_review(tmp_path) -> None:
         mon.collector.step()
         dropped = mon.sink.wait_for(lambda d: d["event"].get("action") == "events_dropped")
         assert sum(dropped["rlguard"]["drops"]["delta"].values()) > 0
-        send({"op": "episode_end", "episode_id": eid}, sock)
+        sent_in_steps(mon, {"op": "episode_end", "episode_id": eid}, sock)
         deadline = time.monotonic() + 10
         verdict = None
         while verdict is None and time.monotonic() < deadline:

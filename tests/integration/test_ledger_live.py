@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,11 @@ from tests.support.live import stop_run as stop
 
 pytestmark = pytest.mark.integration
 
+LISTENER = (
+    "import socket, time; s = socket.create_server(('127.0.0.1', 0)); "
+    "print(s.getsockname()[1], flush=True); time.sleep(600)"
+)
+
 
 def test_tagged_process_gets_a_kept_episode_that_survives_a_restart(tmp_path: Path) -> None:
     db = tmp_path / "ledger" / "episodes.db"
@@ -29,8 +33,11 @@ def test_tagged_process_gets_a_kept_episode_that_survives_a_restart(tmp_path: Pa
     )
     episode, run = f"ep-{uuid.uuid4().hex[:12]}", f"run-{uuid.uuid4().hex[:8]}"
     out = tmp_path / "events.ndjson"
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
+    # a listener of its own: one in this process would make the test's later children
+    # work done on the worker's request (rl.requested_by, docs/registry.md)
+    listener = subprocess.Popen([sys.executable, "-c", LISTENER], stdout=subprocess.PIPE, text=True)
+    assert listener.stdout is not None
+    port = int(listener.stdout.readline())
     mon = start(cfg, out)
     try:
         wait_line(out, action("started"), timeout=60)
@@ -94,7 +101,8 @@ def test_tagged_process_gets_a_kept_episode_that_survives_a_restart(tmp_path: Pa
         assert listed[episode]["counts"]["connects"] == verdict["counts"]["connects"]
     finally:
         stop(mon)
-        listener.close()
+        listener.kill()
+        listener.wait()
     assert mon.returncode == 0, mon.stderr.read() if mon.stderr else ""
 
     out2 = tmp_path / "events2.ndjson"

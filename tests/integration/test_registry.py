@@ -21,6 +21,7 @@ from monitor.client import episode, send
 from monitor.config import config_from_dict
 from monitor.sensor.probes import find_cgroup2
 from tests.support.live import LiveMonitor
+from tests.support.system import rmdir_when_empty
 
 pytestmark = pytest.mark.integration
 
@@ -116,16 +117,6 @@ def cgroup_dir() -> Iterator[Path]:
         yield d
     finally:
         rmdir_when_empty(d)
-
-
-def rmdir_when_empty(d: Path) -> None:
-    """Remove a cgroup once its last process has exited (retried for up to 5 s)."""
-    for _ in range(50):
-        try:
-            d.rmdir()
-            return
-        except OSError:
-            time.sleep(0.1)
 
 
 def test_process_entered_into_bound_cgroup_is_attributed_by_cgroup(mon, cgroup_dir) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from monitor.sensor.events import Event
+    from monitor.sensor.events import ConnectEvent, Event
     from monitor.state.attributed import AttributedEvent
     from monitor.state.attribution import Attributor
     from monitor.state.process_table import Process, ProcessTable
@@ -30,23 +30,22 @@ def hdr(
     )
 
 
-def rl_at(table: ProcessTable, att: Attributor, pid: int, ts: int) -> dict[str, Any]:
-    """The rl block the attributor gives a connect by pid at ts (its current tagset)."""
+def connect_event(table: ProcessTable, pid: int, ts: int, **fields: Any) -> ConnectEvent:
+    """A TCP connect by pid at ts with its current tagset (FIELDS override the rest)."""
     from monitor.sensor.events import ConnectEvent
 
     p = table.procs[pid]
-    ev = ConnectEvent(
-        **{**hdr(pid, ts=ts), "tagset_id": p.tagset_id, "tag_origin": p.tag_origin},
-        fd=3,
-        ret=0,
-        cookie=1,
-        family=2,
-        dport=1,
-        sock_type=1,
-        protocol=6,
-        daddr="127.0.0.1",
+    args: dict[str, Any] = dict(fd=3, ret=0, cookie=1, family=2, dport=1, sock_type=1)
+    args.update(protocol=6, daddr="127.0.0.1")
+    args.update(fields)
+    return ConnectEvent(
+        **{**hdr(pid, ts=ts), "tagset_id": p.tagset_id, "tag_origin": p.tag_origin}, **args
     )
-    return att.attribute(ev, p).rl.as_doc()
+
+
+def rl_at(table: ProcessTable, att: Attributor, pid: int, ts: int) -> dict[str, Any]:
+    """The rl block the attributor gives a connect by pid at ts (its current tagset)."""
+    return att.attribute(connect_event(table, pid, ts), table.procs[pid]).rl.as_doc()
 
 
 def attributed(

@@ -105,10 +105,43 @@ class GpuClose(ct.Structure):
     _fields_ = [("hdr", Hdr), ("fd", ct.c_int), ("last_fd", ct.c_int)]
 
 
+class Unix(ct.Structure):
+    _fields_ = [
+        ("hdr", Hdr),
+        ("fd", ct.c_int),
+        ("ret", ct.c_int),
+        ("path_len", ct.c_uint),
+        ("pad", ct.c_uint),
+        ("path", ct.c_char * 128),
+    ]
+
+
 def decoder() -> RecordDecoder:
     layouts = {name: Hdr for name in ("fork", "exit", "tcp_state", "dns", "tagset", "dup")}
     layouts.update(exec=Exec, connect=Connect, send=Send, gpu_open=GpuOpen, gpu_close=GpuClose)
+    layouts.update(unix_listen=Unix, unix_connect=Unix)
     return RecordDecoder(layouts, tag_value_len=64, max_tags=24)
+
+
+@pytest.mark.parametrize(
+    ("raw", "length", "path", "abstract"),
+    [
+        (b"/tmp/tmux-0/default\0junk", 110, "/tmp/tmux-0/default", False),
+        (b"sock", 4, "sock", False),  # relative, without its NUL
+        (b"\0tmux\0x", 7, "@tmux\\x00x", True),  # abstract: every byte counts, escaped
+        (b"\0\x1b[31m", 6, "@\\x1b[31m", True),  # terminal escapes never pass
+    ],
+)
+def test_unix_paths(raw: bytes, length: int, path: str, abstract: bool) -> None:
+    from monitor.sensor.events import UnixConnectEvent
+
+    e = Unix()
+    e.hdr = hdr(21)
+    e.fd, e.ret, e.path_len = 5, 0, length
+    ct.memmove(ct.addressof(e) + Unix.path.offset, raw, len(raw))  # NULs included
+    ev = decoder().decode(bytes(e))
+    assert isinstance(ev, UnixConnectEvent)
+    assert (ev.path, ev.abstract, ev.fd) == (path, abstract, 5)
 
 
 def hdr(etype: int, comm: bytes = b"python3") -> Hdr:

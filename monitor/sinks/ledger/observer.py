@@ -345,13 +345,23 @@ class EpisodeLedger:
         return got
 
     def _on_finding(self, f: Finding, ts: int) -> None:
-        ep = self._touch(f.trigger.rl, ts)
+        rl = f.trigger.rl
+        named = rl.episodes()  # its own, then a requester's, a socket owner's
+        if not named:
+            return
+        ep = self._touch(rl, ts) if rl.episode_id else self._episode(named[0], ts)
         if ep is None:
             return
         rule_id = f.rule.id[:200]
         sev = f.severity
         if sev not in SEVERITIES:
             sev = "high"  # an alert we cannot grade is at least worth a look
+        self._count_alert(ep, rule_id, sev, ts)
+        # the other episodes it names (a requester, a socket's owner) own it as well
+        for eid in named[1:]:
+            self._count_alert(self._episode(eid, ts), rule_id, sev, ts)
+
+    def _count_alert(self, ep: Episode, rule_id: str, sev: str, ts: int) -> None:
         seen = ep.alerts.get(rule_id)
         if seen is None:
             ep.alerts[rule_id] = {"severity": sev, "count": 1, "first": iso(ts)}

@@ -38,6 +38,10 @@ class ProtocolError(ValueError):
     """A message we refuse; ``str()`` is the reply's error text."""
 
 
+class Refused(ProtocolError):
+    """A well-formed message its sender may not send (docs/registry.md, "Who may bind")."""
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     op: str

@@ -7,7 +7,9 @@ and the GPU rule driver as it is, and to the renderer for its ``rlguard.episode`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+from monitor.sensor.events import Event
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,3 +41,24 @@ class RegistryRefusals:
     client: dict[str, int] | None
     errors_since_last_record: int
     errors_total: int
+
+
+@dataclass(slots=True)
+class RegistryRefusedEvent(Event):
+    """A registry message the gate refused, as an event of its sender (the subject).
+
+    Not a kernel record: the gate (monitor/state/registry/gate.py) makes it so that the
+    refusal is attributed, written and alerted on like any event, naming the episode the
+    sender is in.
+    """
+
+    action: ClassVar[str] = "registry_refused"
+    op: str = ""
+    asked_episode_id: str | None = None
+    reason: str = ""
+    # sender_in_episode, untrusted_sender, unknown_sender, owned
+    refused_because: str = ""
+    sender_via: str = "connect"  # the connecting process (SO_PEERCRED) or a writer
+    sender_episode_id: str | None = None
+    sender_episode_source: str | None = None
+    suppressed_before: int = 0  # refusals not written since the last one (a flood)

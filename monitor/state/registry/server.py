@@ -5,21 +5,31 @@ non-blocking, lines are bounded (an oversized line gets an error reply and is di
 its newline), clients that stop reading their replies or sit half-open are disconnected, and
 the number of clients is capped.  Every error is answered on the socket and counted; a sample
 goes to the event stream as a `registry_error` record.
+
+Who sent a message is read for every message: the connecting process (SO_PEERCRED, read
+again per message) and, with SO_PASSCRED, every process that wrote a byte of the line
+(SCM_CREDENTIALS: the kernel never merges two writers' bytes into one read).  A message that
+parses is not applied here: it becomes a :class:`Request` that the collector decides
+(monitor/state/registry/gate.py) once it has processed the kernel records from before the
+message, so that it knows who the sender is; the answer comes back through
+:meth:`RegistryServer.answer`.  A client waits for its answer before its next line is read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import selectors
 import socket
 import struct
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from monitor.clock import boottime_ns
-from monitor.state.registry.protocol import ProtocolError, parse_message, reply
+from monitor.state.registry.protocol import Message, ProtocolError, parse_message, reply
 from monitor.state.registry.records import RegistryRefusals
 from monitor.state.registry.state import Registry
 from monitor.unix_socket import listen_group_socket
@@ -27,13 +37,32 @@ from monitor.unix_socket import listen_group_socket
 IDLE_TIMEOUT_S = 60.0
 MAX_OUTBUF = 256 * 1024
 ERROR_RECORD_INTERVAL_S = 1.0
+MAX_QUEUED_LINES = 64  # lines a client may send ahead of its answers
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+Cred = tuple[int, int, int]  # (pid, uid, gid)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A parsed message for the collector to decide."""
+
+    client: int  # the client's id, for the answer
+    msg: Message
+    peer: Cred | None  # SO_PEERCRED of the connection, read for this message
+    writers: tuple[Cred, ...]  # SCM_CREDENTIALS of every write that made up the line
+    boot_ns: int  # when it was received (CLOCK_BOOTTIME)
+    wall_ns: int
 
 
 @dataclass
 class _Client:
     sock: socket.socket
     peer: dict[str, int]
+    id: int = 0
     inbuf: bytearray = field(default_factory=bytearray)
+    inbuf_writers: set[Cred] = field(default_factory=set)  # writers of the partial line
+    lines: deque[tuple[bytes, frozenset[Cred]]] = field(default_factory=deque)
+    waiting: bool = False  # a request of this client is with the collector
     outbuf: bytearray = field(default_factory=bytearray)
     discarding: bool = False
     last_active: float = field(default_factory=time.monotonic)
@@ -69,6 +98,13 @@ class RegistryServer:
         self._listener: socket.socket | None = None
         self.mode = 0
         self.note: str | None = None
+        # parsed messages for the collector, and its answers (appended by the other thread)
+        self.requests: deque[Request] = deque()
+        self._answers: deque[tuple[int, bytes]] = deque()
+        self._ids = itertools.count(1)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -79,10 +115,14 @@ class RegistryServer:
         except OSError as exc:
             raise RegistryError(exc.errno, f"registry socket: {exc.strerror or exc}") from None
         lst = gs.sock
+        # every write of every client comes with its writer's credentials (accepted
+        # sockets inherit the flag)
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.mode = gs.mode
         self.note = gs.note
         self._listener = lst
         self._sel.register(lst, selectors.EVENT_READ, None)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._thread = threading.Thread(target=self._serve, name="rlguard-registry", daemon=True)
         self._thread.start()
 
@@ -99,6 +139,25 @@ class RegistryServer:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
         self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    # -- the collector's side ----------------------------------------------------------
+
+    def take(self, horizon_ns: int) -> list[Request]:
+        """Requests received at or before ``horizon_ns``, oldest first (collector thread)."""
+        out = []
+        while self.requests and self.requests[0].boot_ns <= horizon_ns:
+            out.append(self.requests.popleft())
+        return out
+
+    def answer(self, req: Request, ok: bool, **fields: object) -> None:
+        """The reply to a request (collector thread); the server thread writes it."""
+        if not ok:
+            self.errors += 1
+        self._answers.append((req.client, reply(ok, **fields)))
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -108,6 +167,8 @@ class RegistryServer:
                 for key, mask in self._sel.select(timeout=0.2):
                     if key.data is None:
                         self._accept()
+                    elif key.data == "wake":
+                        self._deliver()
                     else:
                         self._service(key.data, mask)
                 self._reap_idle()
@@ -128,14 +189,29 @@ class RegistryServer:
                 sock.send(reply(False, error="too many clients"))
             sock.close()
             return
-        c = _Client(sock, _peer(sock))
+        c = _Client(sock, _peer(sock), id=next(self._ids))
         self.clients[sock.fileno()] = c
         self._sel.register(sock, selectors.EVENT_READ, c)
+
+    def _deliver(self) -> None:
+        """Write the collector's answers; a client answered may go on with its next line."""
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(4096):
+                pass
+        by_id = {c.id: c for c in self.clients.values()}
+        while self._answers:
+            cid, data = self._answers.popleft()
+            c = by_id.get(cid)
+            if c is None:
+                continue  # it left before its answer
+            c.waiting = False
+            self._answer(c, data)
+            self._next_lines(c)
 
     def _service(self, c: _Client, mask: int) -> None:
         if mask & selectors.EVENT_READ:
             try:
-                data = c.sock.recv(65536)
+                data, anc, _flags, _addr = c.sock.recvmsg(65536, socket.CMSG_SPACE(_UCRED.size))
             except (BlockingIOError, InterruptedError):
                 data = None
             except OSError:
@@ -146,12 +222,14 @@ class RegistryServer:
                 return
             if data:
                 c.last_active = time.monotonic()
-                self._feed(c, data)
+                self._feed(c, data, _writer(anc))
         if mask & selectors.EVENT_WRITE or c.outbuf:
             self._flush(c)
 
-    def _feed(self, c: _Client, data: bytes) -> None:
+    def _feed(self, c: _Client, data: bytes, writer: Cred | None) -> None:
         c.inbuf += data
+        if writer is not None:
+            c.inbuf_writers.add(writer)
         while True:
             nl = c.inbuf.find(b"\n")
             if nl < 0:
@@ -160,29 +238,51 @@ class RegistryServer:
                         self._oversized(c)
                     c.discarding = True
                     c.inbuf.clear()
-                return
+                break
             line = bytes(c.inbuf[:nl])
+            writers = frozenset(c.inbuf_writers)
             del c.inbuf[: nl + 1]
+            # the rest of this read is the same writer's
+            c.inbuf_writers = {writer} if writer is not None and c.inbuf else set()
             if c.discarding:  # the tail of an oversized line
                 c.discarding = False
             elif len(line) > self.max_line:
                 self._oversized(c)
             elif line.strip():
-                self._handle(c, line)
+                if len(c.lines) >= MAX_QUEUED_LINES:
+                    self._error("client sends far ahead of its answers", c)
+                    self._drop(c)
+                    return
+                c.lines.append((line, writers))
+        self._next_lines(c)
+
+    def _next_lines(self, c: _Client) -> None:
+        """Handle queued lines until one waits for the collector."""
+        while c.lines and not c.waiting and c.sock.fileno() >= 0:
+            line, writers = c.lines.popleft()
+            self._handle(c, line, writers)
 
     def _oversized(self, c: _Client) -> None:
         self._answer(c, reply(False, error=f"line longer than {self.max_line} bytes"))
         self._error("oversized line", c)
 
-    def _handle(self, c: _Client, line: bytes) -> None:
+    def _handle(self, c: _Client, line: bytes, writers: frozenset[Cred]) -> None:
         try:
             msg = parse_message(line)
-            extra = self.registry.apply(msg, boottime_ns(), time.time_ns(), c.peer)
+            if msg.op == "hello":  # changes nothing: answered at once
+                extra = self.registry.apply(msg, boottime_ns(), time.time_ns(), c.peer)
+                self._answer(c, reply(True, **extra))
+                return
         except ProtocolError as exc:
             self._answer(c, reply(False, error=str(exc)))
             self._error(str(exc), c)
             return
-        self._answer(c, reply(True, **extra))
+        peer = _peer(c.sock)  # again for every message
+        cred = (peer["pid"], peer["uid"], peer["gid"]) if peer else None
+        c.waiting = True
+        self.requests.append(
+            Request(c.id, msg, cred, tuple(sorted(writers)), boottime_ns(), time.time_ns())
+        )
 
     def _answer(self, c: _Client, data: bytes) -> None:
         c.outbuf += data
@@ -243,8 +343,18 @@ class RegistryServer:
 
 def _peer(sock: socket.socket) -> dict[str, int]:
     try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, uid, gid = struct.unpack("3i", raw)
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        pid, uid, gid = _UCRED.unpack(raw)
         return {"pid": pid, "uid": uid, "gid": gid}
     except OSError:
         return {}
+
+
+def _writer(ancillary: list[tuple[int, int, bytes]]) -> Cred | None:
+    """The SCM_CREDENTIALS of one read, if the kernel attached them."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            if len(data) >= _UCRED.size:
+                pid, uid, gid = _UCRED.unpack_from(data)
+                return (pid, uid, gid)
+    return None

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from monitor.state.cgroups import CgroupIdentity, normalise_path
-from monitor.state.registry.protocol import Message, ProtocolError
+from monitor.state.registry.protocol import Message, ProtocolError, Refused
 from monitor.state.registry.records import RegistryRecord, RegistryRefusals
 
 MAX_OPEN_EPISODES = 65536
@@ -68,6 +68,26 @@ class CgroupBinding:
                 return True
         return bool(self.sandbox_id and ident.sandbox_id == self.sandbox_id)
 
+    def overlaps(self, path: str | None, container_id: str | None, sandbox_id: str | None) -> bool:
+        """Could a cgroup match both this binding and the one given?  The same subtree (either
+        inside the other), the same container (one id a prefix of the other) or sandbox."""
+        if self.path is not None and path is not None:
+            a, b = self.path.rstrip("/") + "/", path.rstrip("/") + "/"
+            if a.startswith(b) or b.startswith(a):
+                return True
+        if self.container_id and container_id:
+            mine, theirs = self.container_id, container_id
+            if mine.startswith(theirs) or theirs.startswith(mine):
+                return True
+        return bool(self.sandbox_id and self.sandbox_id == sandbox_id)
+
+    def describe(self) -> str:
+        if self.path is not None:
+            return f"cgroup {self.path}"
+        if self.container_id:
+            return f"container {self.container_id}"
+        return f"sandbox {self.sandbox_id}"
+
 
 def docker_container_id(name: str, root: str = "/var/lib/docker/containers") -> str | None:
     """Best effort: a Docker container's id from its name, read from Docker's state files."""
@@ -89,6 +109,9 @@ class Registry:
         self.cgroup_mount = cgroup_mount
         self.by_pid: dict[int, tuple[Episode, ...]] = {}
         self.by_tid: dict[int, tuple[Episode, ...]] = {}
+        # (table, task, episode seq) of bindings a process made of itself or of its own
+        # threads: the trainer binding its own work does not put it inside the episode
+        self.self_bound: frozenset[tuple[str, int, int]] = frozenset()
         self.cgroup_bindings: tuple[CgroupBinding, ...] = ()
         self.episodes: dict[str, Episode] = {}  # latest episode of each id
         self.runs: dict[str, dict[str, Any]] = {}
@@ -111,6 +134,19 @@ class Registry:
                     if ep.active_at(ts_ns):
                         return ep, via
         return None
+
+    def for_task_by_others(self, pid: int, tid: int, ts_ns: int) -> tuple[Episode, str] | None:
+        """Like :meth:`for_task`, without the bindings the process made of itself."""
+        for table, via, key in ((self.by_tid, "thread", tid), (self.by_pid, "process", pid)):
+            for ep in reversed(table.get(key, ())):
+                if ep.active_at(ts_ns) and (via, key, ep.seq) not in self.self_bound:
+                    return ep, via
+        return None
+
+    def open_binding(self, table: str, key: int) -> Episode | None:
+        """The open episode a pid ("process") or tid ("thread") is bound to, if any."""
+        eps = (self.by_pid if table == "process" else self.by_tid).get(key, ())
+        return next((e for e in reversed(eps) if e.end_ns is None), None)
 
     def has_tasks(self) -> bool:
         return bool(self.by_pid or self.by_tid)
@@ -156,8 +192,19 @@ class Registry:
 
     def _episode_start(self, msg: Message, now_ns: int, peer: dict[str, int]) -> dict[str, Any]:
         assert msg.episode_id
-        ep = self.episodes.get(msg.episode_id)
+        ep: Episode | None = self.episodes.get(msg.episode_id)
         warnings: list[str] = []
+        container_id = msg.container_id
+        if msg.container_name and not container_id:
+            container_id = docker_container_id(msg.container_name)
+            if container_id is None:
+                warnings.append(f"container_name {msg.container_name!r} not found")
+        path = normalise_path(msg.cgroup, self.cgroup_mount) if msg.cgroup else None
+        if path == "/":
+            raise ProtocolError("cgroup: the root cgroup cannot be bound to an episode")
+        # what a live episode owns stays its own until the trainer ends it: checked before
+        # anything changes, so a refused message binds nothing
+        self._refuse_owned(msg, path, container_id)
         if ep is None or ep.end_ns is not None:
             if sum(1 for e in self.episodes.values() if e.end_ns is None) >= MAX_OPEN_EPISODES:
                 raise ProtocolError(f"more than {MAX_OPEN_EPISODES} open episodes")
@@ -170,18 +217,15 @@ class Registry:
             episodes[msg.episode_id] = ep
             self.episodes = episodes
         # a repeated episode_start adds bindings to the open episode
+        sender = peer.get("pid", 0)
+        own = {("process", p, ep.seq) for p in msg.pids if p == sender}
+        own |= {("thread", t, ep.seq) for t in msg.tids if _thread_of(t, sender)}
+        if own:
+            self.self_bound = self.self_bound | own
         if msg.pids:
             self.by_pid = _bind(self.by_pid, msg.pids, ep)
         if msg.tids:
             self.by_tid = _bind(self.by_tid, msg.tids, ep)
-        container_id = msg.container_id
-        if msg.container_name and not container_id:
-            container_id = docker_container_id(msg.container_name)
-            if container_id is None:
-                warnings.append(f"container_name {msg.container_name!r} not found")
-        path = normalise_path(msg.cgroup, self.cgroup_mount) if msg.cgroup else None
-        if path == "/":
-            raise ProtocolError("cgroup: the root cgroup cannot be bound to an episode")
         if path or container_id or msg.sandbox_id:
             b = CgroupBinding(ep, path, container_id, msg.sandbox_id)
             self.cgroup_bindings = (*self.cgroup_bindings, b)
@@ -189,6 +233,29 @@ class Registry:
         if warnings:
             out["warnings"] = warnings
         return out
+
+    def _refuse_owned(self, msg: Message, path: str | None, container_id: str | None) -> None:
+        """ProtocolError when the message binds a task or cgroup another open episode owns."""
+        episode_id = msg.episode_id
+        for table, keys in (("process", msg.pids), ("thread", msg.tids)):
+            for key in keys:
+                owner = self.open_binding(table, key)
+                if owner is not None and owner.episode_id != episode_id:
+                    what = "pid" if table == "process" else "tid"
+                    raise Refused(
+                        f"{what} {key} is bound to live episode {owner.episode_id!r}: "
+                        "end that episode first"
+                    )
+        if not (path or container_id or msg.sandbox_id):
+            return
+        for b in self.cgroup_bindings:
+            if b.episode.end_ns is not None or b.episode.episode_id == episode_id:
+                continue
+            if b.overlaps(path, container_id, msg.sandbox_id):
+                raise Refused(
+                    f"{b.describe()} is bound to live episode {b.episode.episode_id!r}: "
+                    "end that episode first"
+                )
 
     def _episode_end(self, msg: Message, now_ns: int, peer: dict[str, int]) -> dict[str, Any]:
         assert msg.episode_id
@@ -256,9 +323,18 @@ class Registry:
             self.episodes = {k: e for k, e in self.episodes.items() if not stale(e)}
             self.by_pid = _prune(self.by_pid, stale)
             self.by_tid = _prune(self.by_tid, stale)
+            live = {e.seq for t in (self.by_pid, self.by_tid) for eps in t.values() for e in eps}
+            self.self_bound = frozenset(k for k in self.self_bound if k[2] in live)
             self.cgroup_bindings = tuple(b for b in self.cgroup_bindings if not stale(b.episode))
             self.version += 1
             return len(gone)
+
+
+def _thread_of(tid: int, pid: int) -> bool:
+    """Is tid a thread of process pid (now)?"""
+    if not pid:
+        return False
+    return tid == pid or os.path.isdir(f"/proc/{pid}/task/{tid}")
 
 
 def _bind(
