@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.detectors import stratum, tunnel
+from monitor.detectors import intent, stratum, tunnel
 from monitor.detectors.iocs import Iocs
 from monitor.detectors.rules import SEVERITY_RANK, Rule, load_rules
 from monitor.detectors.signals import Signal, bounded
@@ -38,6 +38,7 @@ from monitor.state.process_table import Process
 CONFIG_READ_LIMIT = 64 * 1024
 SSH_PORTS = frozenset({22, 2222})
 MAX_ALERT_KEYS = 100_000
+MAX_INTENTS = 4096  # reverse-shell intents held for confirmation by RLG-SHL-001
 FileReader = Callable[[int, str], "str | None"]
 
 
@@ -126,6 +127,8 @@ class DetectionEngine:
         self.verify_fds = read_file is read_process_file
         self.state: dict[str, ProcState] = {}
         self._alerted: OrderedDict[tuple[str, str], tuple[str, list[Signal]]] = OrderedDict()
+        # entity_id -> the reverse-shell intent raised on it, confirmed by RLG-SHL-001 later
+        self._intents: OrderedDict[str, AttributedEvent] = OrderedDict()
         self.alerts_by_rule: dict[str, int] = {}
 
     # -- state ---------------------------------------------------------------------
@@ -210,6 +213,9 @@ class DetectionEngine:
         if mining:
             out += self._finding("RLG-MIN-002", p.entity_id, mining, ae)
 
+        # reverse-shell intent on the command line: raised whether or not it connects
+        out += self._shell_intent(argv, exe, p, ae)
+
         # reverse shell: a shell started with a socket on stdin/stdout (nc -e,
         # socat exec:, bash -i >& /dev/tcp), or under a relay holding one (pty.spawn)
         if base in self.iocs.shells or name in self.iocs.shells:
@@ -225,9 +231,40 @@ class DetectionEngine:
                     bounded(f"{how} = tcp {conn.daddr}:{conn.dport}"),
                     "high",
                 )
-                out += self._finding(
-                    "RLG-SHL-001", p.entity_id, [sig], ae, {"connect_back": _dest(conn)}
-                )
+                out += self._shell(p, ae, [sig], {"connect_back": _dest(conn)})
+        return out
+
+    def _shell_intent(
+        self, argv: list[str], exe: str, p: Process, ae: AttributedEvent
+    ) -> list[Finding]:
+        if p.entity_id in self._intents:
+            return []  # one intent per process: an exec'd one-liner is read once
+        found = intent.exec_intent(argv, exe, self.iocs.shells)
+        if not found.signals:
+            return []
+        self._intents[p.entity_id] = ae
+        if len(self._intents) > MAX_INTENTS:
+            self._intents.popitem(last=False)
+        extra = {"connect_back": found.target.as_dict()} if found.target else {}
+        return self._finding(intent.RULE_SHELL_INTENT, p.entity_id, found.signals, ae, extra)
+
+    def _shell(
+        self, p: Process, ae: AttributedEvent, sigs: list[Signal], extra: dict[str, Any]
+    ) -> list[Finding]:
+        """RLG-SHL-001, and the confirmation of an intent raised on p or an ancestor."""
+        out = self._finding("RLG-SHL-001", p.entity_id, sigs, ae, extra)
+        for q in (p, *ae.lineage):
+            origin = self._intents.get(q.entity_id)
+            if origin is None:
+                continue
+            sig = Signal(
+                "behaviour",
+                "intent.confirmed",
+                bounded(f"RLG-SHL-001 on {p.name} ({p.pid}): {sigs[0].detail}"),
+                "high",
+            )
+            out += self._finding(intent.RULE_SHELL_INTENT, q.entity_id, [sig], origin, extra)
+            break
         return out
 
     def _ssh_config(self, ev: ExecEvent, argv: list[str]) -> str | None:
@@ -338,13 +375,7 @@ class DetectionEngine:
             )
         shell = tunnel.shell_banner_signal(data)
         if shell is not None and not self.iocs.is_internal(ev.daddr):
-            out += self._finding(
-                "RLG-SHL-001",
-                p.entity_id,
-                [shell],
-                ae,
-                {"connect_back": {"ip": ev.daddr, "port": ev.dport}},
-            )
+            out += self._shell(p, ae, [shell], {"connect_back": {"ip": ev.daddr, "port": ev.dport}})
         return out
 
     def _ssh_protocol(
@@ -416,9 +447,7 @@ class DetectionEngine:
                 bounded(f"dup{ev.oldfd}->{ev.newfd}: stdin/stdout = tcp {conn.daddr}:{conn.dport}"),
                 "high",
             )
-            return self._finding(
-                "RLG-SHL-001", p.entity_id, [sig], ae, {"connect_back": _dest(conn)}
-            )
+            return self._shell(p, ae, [sig], {"connect_back": _dest(conn)})
         return []
 
     # -- findings ------------------------------------------------------------------
