@@ -13,6 +13,9 @@ from __future__ import annotations
 import os
 import posixpath
 import pwd
+import re
+import stat
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +24,7 @@ from typing import Any
 from monitor.detectors import intent, stratum, tunnel
 from monitor.detectors.iocs import Iocs
 from monitor.detectors.rules import SEVERITY_RANK, Rule, load_rules
-from monitor.detectors.signals import Signal, bounded
+from monitor.detectors.signals import Confidence, Signal, bounded
 from monitor.sensor.events import (
     ConnectEvent,
     DnsEvent,
@@ -50,6 +53,8 @@ class Conn:
     dport: int
     transport: str | None
     cookie: int = 0
+    via: str | None = None  # an SSH session carried by ProxyJump/ProxyCommand
+    unknown_client: bool = False  # an SSH session a library (not a known client) opened
 
 
 @dataclass(slots=True)
@@ -58,6 +63,8 @@ class ProcState:
     ssh_sessions: list[Conn] = field(default_factory=list)
     # pool-port connects: context for this process's mining alerts
     pool_ports: list[Signal] = field(default_factory=list)
+    # autossh's own -M monitor loop: connects back to these loopback ports are its echo
+    loop_ports: set[int] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -85,9 +92,18 @@ class Finding:
         return self.rule.severity(self.signals)
 
 
+# Another process's stdin, pipes and process substitutions: reading them would steal the
+# data from the process (and could block), so they are never read.
+_NOT_OURS = re.compile(r"/dev/(stdin|stdout|stderr|fd/\d+|tty)|/proc/(self|\d+)/fd/\d+|-")
+
+
 def read_process_file(pid: int, path: str) -> str | None:
-    """Read a file as process `pid` would see it (its root and cwd), bounded."""
-    if not path:
+    """Read a regular file as process `pid` would see it (its root and cwd), bounded.
+
+    Opened non-blocking and read only when it is a regular file: a FIFO named as a config
+    file must never block the monitor.
+    """
+    if not path or _NOT_OURS.fullmatch(path):
         return None
     base = f"/proc/{pid}/root"
     if not posixpath.isabs(path):
@@ -97,10 +113,25 @@ def read_process_file(pid: int, path: str) -> str | None:
             return None
         path = posixpath.join(cwd, path)
     try:
-        with open(base + path, "rb") as fh:
-            return fh.read(CONFIG_READ_LIMIT).decode("utf-8", "replace")
+        fd = os.open(base + path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks: list[bytes] = []
+        left = CONFIG_READ_LIMIT
+        while left > 0:
+            chunk = os.read(fd, left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks).decode("utf-8", "replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def stdio_is_one_socket(pid: int) -> bool | None:
@@ -179,7 +210,9 @@ class DetectionEngine:
         pst = self.state.get(parent.entity_id)
         if pst is not None:
             # the child inherits the fd table and the SSH sessions (ssh -f forks)
-            self.state[child.entity_id] = ProcState(dict(pst.fds), list(pst.ssh_sessions))
+            self.state[child.entity_id] = ProcState(
+                dict(pst.fds), list(pst.ssh_sessions), loop_ports=set(pst.loop_ports)
+            )
         return []
 
     def _exec(
@@ -196,10 +229,12 @@ class DetectionEngine:
         # reverse tunnels on the command line (and in the ssh config it reads)
         sigs: list[Signal] = []
         if base == "ssh" or name == "ssh":
-            sigs += tunnel.ssh_forward_specs(argv, self._ssh_config(ev, argv))
+            sigs += self._ssh_exec(ev, p, parent, argv)
         elif base == "autossh" or name == "autossh":
             ssh_argv = tunnel.autossh_ssh_argv(argv)
             sigs += tunnel.autossh_signals(argv, self._ssh_config(ev, ssh_argv))
+        elif base == "plink" or name == "plink":
+            sigs += tunnel.plink_signals(argv, self._putty_session(ev, argv))
         if sigs:
             out += self._finding("RLG-TUN-003", p.entity_id, sigs, ae)
         tool = tunnel.tunnel_tool_signals(argv, exe, self.iocs)
@@ -267,22 +302,69 @@ class DetectionEngine:
             break
         return out
 
+    def _ssh_exec(
+        self, ev: ExecEvent, p: Process, parent: Process | None, argv: list[str]
+    ) -> list[Signal]:
+        """Reverse forwards of an ssh exec; records the session a proxy carries for it."""
+        piped = tunnel.ssh_config_from_pipe(argv)
+        config = None if piped is not None else self._ssh_config(ev, argv)
+        sigs = tunnel.ssh_forward_specs(argv, config)
+        if parent is not None and posixpath.basename(parent.executable or "") == "autossh":
+            # autossh -M's own loop (-R M:127.0.0.1:M+1) is its echo, not the user's forward
+            loop = {
+                spec for flag, spec in tunnel.autossh_monitor_specs(parent.args) if flag == "-R"
+            }
+            sigs = [s for s in sigs if s.detail not in loop]
+            self._st(p).loop_ports |= {int(spec.rsplit(":", 1)[1]) for spec in loop}
+        if sigs and tunnel.ssh_to_loopback(argv, config):
+            # forwards to this host itself expose nothing outside it
+            sigs = [
+                Signal(s.kind, s.name, bounded(s.detail + " (to this host)"), "low") for s in sigs
+            ]
+        proxy = tunnel.ssh_proxy(argv, config)
+        if proxy is not None:
+            # the session runs over the proxy's pipe: this ssh never sends a banner itself
+            self._st(p).ssh_sessions.append(Conn(None, 0, "tcp", via=bounded(proxy, 120)))
+        if piped is not None:
+            sigs.append(piped)
+        return sigs
+
+    def _read(self, ev: ExecEvent, path: str) -> str | None:
+        """A file the exec'ing process names; through its parent's root and cwd when the
+        process is already gone (a blocked ssh exits before its exec is read)."""
+        text = self.read_file(ev.pid, path)
+        if text is None and ev.ppid:
+            text = self.read_file(ev.ppid, path)
+        return text
+
+    def _putty_session(self, ev: ExecEvent, argv: list[str]) -> str | None:
+        name = tunnel.plink_session(argv)
+        if not name:
+            return None
+        try:
+            home = pwd.getpwuid(ev.uid).pw_dir
+        except KeyError:
+            return None
+        # PuTTY's unix storage: ~/.putty/sessions/<name, %-escaped>
+        escaped = urllib.parse.quote(name, safe="-_.")
+        return self._read(ev, posixpath.join(home, ".putty", "sessions", escaped))
+
     def _ssh_config(self, ev: ExecEvent, argv: list[str]) -> str | None:
         """The ssh config text the process reads: -F file, else user + system config."""
         path = tunnel.ssh_config_path(argv)
         if path == "none":
             return None  # `-F none`: ssh reads no config at all
         if path:
-            return self.read_file(ev.pid, path)
+            return self._read(ev, path)
         parts = []
         try:
             home = pwd.getpwuid(ev.uid).pw_dir
-            user_cfg = self.read_file(ev.pid, posixpath.join(home, ".ssh", "config"))
+            user_cfg = self._read(ev, posixpath.join(home, ".ssh", "config"))
             if user_cfg:
                 parts.append(user_cfg)
         except KeyError:
             pass
-        system = self.read_file(ev.pid, "/etc/ssh/ssh_config")
+        system = self._read(ev, "/etc/ssh/ssh_config")
         if system:
             parts.append(system)
         return "\n".join(parts) if parts else None
@@ -319,24 +401,31 @@ class DetectionEngine:
         if transport != "tcp":
             return out
         # an SSH client opening connections into the host: serving a -R forward
-        if st.ssh_sessions and self.iocs.is_internal(ev.daddr) and p.name != "sshd":
+        if (
+            st.ssh_sessions
+            and self.iocs.is_internal(ev.daddr)
+            and p.name != "sshd"
+            and not (ev.dport in st.loop_ports and _loopback(ev.daddr))
+        ):
             sess = st.ssh_sessions[-1]
+            held = sess.via or f"{sess.daddr}:{sess.dport}"
             sig = Signal(
                 "behaviour",
                 "ssh.connect_back",
-                bounded(
-                    f"holds SSH session to {sess.daddr}:{sess.dport}; "
-                    f"connected to {ev.daddr}:{ev.dport}"
-                ),
+                bounded(f"holds SSH session to {held}; connected to {ev.daddr}:{ev.dport}"),
                 "high",
             )
-            out += self._finding(
-                "RLG-TUN-001",
-                p.entity_id,
-                [sig],
-                ae,
-                {"ssh_session": _dest(sess), "connect_back": _dest(conn)},
-            )
+            extra = {"ssh_session": _dest(sess), "connect_back": _dest(conn)}
+            out += self._finding("RLG-TUN-001", p.entity_id, [sig], ae, extra)
+            if sess.unknown_client:
+                # a library's SSH session (low on its own) that now serves a remote forward
+                up = Signal(
+                    "behaviour",
+                    "ssh.unknown_client_forward",
+                    bounded(f"{p.name}'s SSH session to {held} serves a remote forward"),
+                    "high",
+                )
+                out += self._finding("RLG-TUN-002", p.entity_id, [up], ae, extra)
         sig2 = stratum.pool_port_signal(ev.dport, self.iocs)
         if (
             sig2 is not None
@@ -361,8 +450,10 @@ class DetectionEngine:
         banner = tunnel.ssh_banner(data)
         if banner is not None:
             st = self._st(p)
-            st.ssh_sessions.append(Conn(ev.daddr, ev.dport, "tcp", ev.cookie))
-            out += self._ssh_protocol(ev, p, ae, banner)
+            names = {p.name, posixpath.basename(p.executable or "")}
+            unknown = not names & self.iocs.ssh_clients
+            st.ssh_sessions.append(Conn(ev.daddr, ev.dport, "tcp", ev.cookie, None, unknown))
+            out += self._ssh_protocol(ev, p, ae, banner, unknown)
             return out
         mining = stratum.stratum_payload_signals(data)
         if mining:
@@ -379,14 +470,15 @@ class DetectionEngine:
         return out
 
     def _ssh_protocol(
-        self, ev: SendEvent, p: Process, ae: AttributedEvent, banner: str
+        self, ev: SendEvent, p: Process, ae: AttributedEvent, banner: str, unknown: bool
     ) -> list[Finding]:
-        names = {p.name, posixpath.basename(p.executable or "")}
-        known = bool(names & self.iocs.ssh_clients)
         sigs: list[Signal] = []
-        if not known:
+        if unknown:
+            # a library (paramiko for Ansible, libssh2 for git) to an SSH port is ordinary:
+            # low until a connect-back shows a remote forward (ssh.unknown_client_forward)
+            conf: Confidence = "low" if ev.dport in SSH_PORTS else "high"
             sigs.append(
-                Signal("banner", "ssh.unknown_client", bounded(f"{p.name} sent '{banner}'"), "high")
+                Signal("banner", "ssh.unknown_client", bounded(f"{p.name} sent '{banner}'"), conf)
             )
         if ev.dport not in SSH_PORTS:
             sigs.append(
@@ -494,6 +586,10 @@ class DetectionEngine:
     # findings from outside the engine (attribution, monitor/state/gpu.py), same de-duplication:
     # one per (rule, subject), again only when more severe
     report = _finding
+
+
+def _loopback(ip: str | None) -> bool:
+    return ip is not None and (ip.startswith("127.") or ip in ("::1", "::ffff:127.0.0.1"))
 
 
 def _dest(c: Conn) -> dict[str, Any]:

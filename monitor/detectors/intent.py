@@ -32,6 +32,7 @@ import binascii
 import codecs
 import posixpath
 import re
+import warnings
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -455,7 +456,7 @@ def _role(words: list[str], shells: frozenset[str]) -> str:
     lang = _lang(words[0])
     if lang is not None and lang != "awk" and _inline_code(lang, words[1:]) is None:
         return "shell"  # an interpreter reading its program from stdin
-    if prog in _CLIENTS and _client_target(prog, words[1:]) is not None:
+    if prog in _CLIENTS and client_target(prog, words[1:]) is not None:
         return "client"
     if prog in _DECODERS and _is_decoder(prog, words[1:]):
         return "decoder"
@@ -475,7 +476,7 @@ def _is_decoder(prog: str, rest: list[str]) -> bool:
     return prog in ("rev", "gunzip", "zcat") or (prog == "gzip" and "-d" in rest)
 
 
-def _client_target(prog: str, rest: list[str]) -> Target | None:
+def client_target(prog: str, rest: list[str]) -> Target | None:
     """host/port a network client connects to (None for listeners and unknown shapes)."""
     if prog in _NC_NAMES:
         if any(
@@ -503,7 +504,7 @@ def _client_target(prog: str, rest: list[str]) -> Target | None:
                 return Target(host or rest[i + 1], port or None)
         return None
     if prog == "socat":
-        addrs = _socat_addresses(rest)
+        addrs = socat_addresses(rest)
         for kind, tgt, _prog in addrs:
             if kind == "connect":
                 return tgt
@@ -543,7 +544,7 @@ def _pipeline(
     if shells_at and clients_at:
         cmd = pipeline[clients_at[0]]
         words = _strip_wrappers(cmd.words)
-        tgt = _client_target(_base(words[0]), words[1:])
+        tgt = client_target(_base(words[0]), words[1:])
         shell_words = " ".join(_strip_wrappers(pipeline[shells_at[0]].words))
         acc.add("medium", "intent.shell_pipe_client",
                 f"{shell_words[:60]} piped with {' '.join(words)[:100]}", tgt)  # fmt: skip
@@ -706,7 +707,7 @@ def _nc(rest: list[str], shells: frozenset[str], acc: _Acc) -> None:
             listen = True
     if program is None:
         return
-    tgt = None if listen else _client_target("nc", rest)
+    tgt = None if listen else client_target("nc", rest)
     shellish = _is_shellish(program, shells)
     kind = "intent.bind_shell" if listen else "intent.nc_exec"
     where = "listening" if listen else f"to {tgt.host}:{tgt.port}" if tgt else "connecting"
@@ -729,7 +730,7 @@ _SOCAT_EXEC: Final = frozenset({"exec", "system", "shell"})
 _SOCAT_VALUE_OPTS: Final = frozenset({"-b", "-t", "-T", "-L", "-W", "-lf", "-lp", "-d0"})
 
 
-def _socat_addresses(rest: list[str]) -> list[tuple[str, Target | None, str | None]]:
+def socat_addresses(rest: list[str]) -> list[tuple[str, Target | None, str | None]]:
     """(kind, target, program) for the two socat addresses: connect/listen/exec/local."""
     out: list[tuple[str, Target | None, str | None]] = []
     i = 0
@@ -784,7 +785,7 @@ def _socat_value(tail: str) -> str:
 
 
 def _socat(rest: list[str], shells: frozenset[str], acc: _Acc) -> None:
-    addrs = _socat_addresses(rest)
+    addrs = socat_addresses(rest)
     kinds = [k for k, _t, _p in addrs]
     program = next((p for k, _t, p in addrs if k == "exec"), None)
     target = next((t for k, t, _p in addrs if k == "connect"), None)
@@ -834,7 +835,9 @@ class _Py:
 def _python(code: str, shells: frozenset[str], acc: _Acc, depth: int) -> bool:
     """Read Python with ast; False when it does not parse (the token reader takes over)."""
     try:
-        tree = ast.parse(code, mode="exec")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # invalid escapes in the agent's strings
+            tree = ast.parse(code, mode="exec")
     except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
         return False
     st = _Py()

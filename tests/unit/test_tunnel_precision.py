@@ -1,0 +1,140 @@
+"""Issue 15 precision and reach for tunnels, through the engine: autossh's own loop, a
+library's SSH banner, sessions carried by a proxy, ssh configs from pipes, and configs
+read safely (a FIFO never blocks, a gone process is read through its parent)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from monitor.detectors.engine import read_process_file
+from tests.unit.test_engine import OUTSIDE, World, ids
+
+pytestmark = pytest.mark.unit
+
+
+def test_autossh_local_forward_is_silent() -> None:
+    w = World()
+    assert w.exec(10, ["/usr/bin/autossh", "-M", "0", "-N", "-L", "5432:db:5432", "bastion"]) == []
+    # autossh's ssh child with the same -L: silent too
+    assert w.exec(11, ["/usr/bin/ssh", "-N", "-L", "5432:db:5432", "bastion"], ppid=10) == []
+
+
+def test_autossh_monitor_loop_is_not_a_reverse_forward() -> None:
+    w = World()
+    w.exec(20, ["/usr/bin/autossh", "-M", "20000", "-N", "-L", "5432:db:5432", "bastion"])
+    # autossh.c builds its child: -L 20000:127.0.0.1:20000 -R 20000:127.0.0.1:20001
+    child = [
+        "/usr/bin/ssh", "-L", "20000:127.0.0.1:20000", "-R", "20000:127.0.0.1:20001",
+        "-N", "-L", "5432:db:5432", "bastion",
+    ]  # fmt: skip
+    assert w.exec(21, child, ppid=20) == []
+    w.send(21, OUTSIDE, 22, b"SSH-2.0-OpenSSH_9.2p1\r\n")
+    assert w.connect(21, "127.0.0.1", 20001, fd=5) == []  # the echo loop
+    # any other connect-back is still a reverse forward in use
+    assert ids(w.connect(21, "127.0.0.1", 8081, fd=6)) == ["RLG-TUN-001"]
+
+
+def test_autossh_with_a_real_reverse_forward_still_alerts() -> None:
+    w = World()
+    got = w.exec(30, ["/usr/bin/autossh", "-M", "0", "-N", "-R", "9000:localhost:22", "h"])
+    assert ids(got) == ["RLG-TUN-003"] and got[0].severity == "high"
+
+
+def test_library_banner_to_port_22_is_low_until_a_connect_back() -> None:
+    w = World()
+    w.exec(40, ["/usr/bin/python3", "playbook_runner.py"])
+    first = w.send(40, OUTSIDE, 22, b"SSH-2.0-paramiko_3.4.0\r\n")
+    assert ids(first) == ["RLG-TUN-002"] and first[0].severity == "low"
+    then = w.connect(40, "127.0.0.1", 8081, fd=7)
+    assert ids(then) == ["RLG-TUN-001", "RLG-TUN-002"]
+    assert then[1].severity == "high" and then[1].extra["follow_up"] is True
+
+
+def test_library_banner_to_another_port_stays_high() -> None:
+    w = World()
+    w.exec(50, ["/usr/bin/python3", "x.py"])
+    got = w.send(50, OUTSIDE, 443, b"SSH-2.0-paramiko_3.4.0\r\n")
+    assert got[0].severity == "high"
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [["-J", "root@jump"], ["-o", "ProxyJump root@jump"], ["-oProxyJump=root@jump"],
+     ["-o", "ProxyCommand=ssh -W %h:%p root@jump"], ['-oProxyCommand="nc -x p:1080 %h %p"']],
+    ids=["J", "o-space", "o-eq", "proxycommand", "proxycommand-quoted"],
+)  # fmt: skip
+def test_session_over_a_proxy_counts_for_connect_back(opts: list[str]) -> None:
+    w = World()
+    got = w.exec(60, ["/usr/bin/ssh", *opts, "-N", "-R", "9000:127.0.0.1:8081", "target"])
+    assert ids(got) == ["RLG-TUN-003"]
+    # no banner from this ssh: the proxy child carries the session
+    back = w.connect(60, "127.0.0.1", 8081, fd=4)
+    assert ids(back) == ["RLG-TUN-001"]
+    assert "ProxyJump" in back[0].signals[0].detail or "proxy" in back[0].signals[0].detail
+
+
+def test_ssh_without_proxy_or_banner_never_connects_back() -> None:
+    w = World()
+    w.exec(65, ["/usr/bin/ssh", "-N", "-L", "1:x:1", "target"])
+    assert w.connect(65, "127.0.0.1", 8081, fd=4) == []
+
+
+def test_config_from_a_pipe_is_marked_not_read() -> None:
+    reads: list[str] = []
+    w = World()
+    w.engine.read_file = lambda pid, path: reads.append(path)  # type: ignore[assignment,func-returns-value]
+    got = w.exec(70, ["/usr/bin/ssh", "-F", "/dev/fd/63", "-N", "alias"])
+    assert ids(got) == ["RLG-TUN-003"] and got[0].severity == "medium"
+    assert got[0].signals[0].name == "ssh.config_from_pipe"
+    assert "/dev/fd/63" not in reads
+
+
+def test_remote_forward_to_this_host_is_low() -> None:
+    w = World()
+    got = w.exec(75, ["/usr/bin/ssh", "-N", "-R", "9000:127.0.0.1:22", "localhost"])
+    assert got[0].severity == "low"
+
+
+def test_config_read_through_the_parent_when_the_process_is_gone(tmp_path: Path) -> None:
+    cfg = tmp_path / "c"
+    cfg.write_text("Host alias\n  HostName 198.51.100.7\n  RemoteForward 9000 127.0.0.1:22\n")
+    seen: list[int] = []
+
+    def reader(pid: int, path: str) -> str | None:
+        seen.append(pid)
+        return cfg.read_text() if pid == 1 else None  # pid 80 already exited
+
+    w = World()
+    w.engine.read_file = reader
+    got = w.exec(80, ["/usr/bin/ssh", "-F", str(cfg), "-N", "alias"])
+    assert ids(got) == ["RLG-TUN-003"] and got[0].severity == "high"
+    assert seen[:2] == [80, 1]
+
+
+def test_plink_session_file_forwards(tmp_path: Path) -> None:
+    session = "HostName=198.51.100.7\nPortForwardings=L80=x:80,R9000=localhost:22\n"
+    texts = {"/root/.putty/sessions/vps%20box": session}
+    w = World()
+    w.engine.read_file = lambda pid, path: texts.get(path)
+    got = w.exec(85, ["/usr/bin/plink", "-load", "vps box", "-N"])
+    assert ids(got) == ["RLG-TUN-003"]
+    assert [s.detail for s in got[0].signals] == ["9000=localhost:22"]
+
+
+def test_a_fifo_config_never_blocks_the_monitor(tmp_path: Path) -> None:
+    fifo = tmp_path / "cfg"
+    os.mkfifo(fifo)
+    result: list[str | None] = []
+    t = threading.Thread(target=lambda: result.append(read_process_file(os.getpid(), str(fifo))))
+    t.start()
+    t.join(timeout=10)
+    assert not t.is_alive(), "reading a FIFO blocked"
+    assert result == [None]
+    reg = tmp_path / "reg"
+    reg.write_text("RemoteForward 1 x:1\n")
+    assert read_process_file(os.getpid(), str(reg)) == "RemoteForward 1 x:1\n"
+    assert read_process_file(os.getpid(), "/dev/stdin") is None
