@@ -78,7 +78,9 @@ def build_collector(
     attributor = Attributor(table, att, registry, cgroups)
     clock = Clock()
     renderer = Renderer(table, clock)
-    engine = DetectionEngine(build_iocs(config.detectors, config.allowlist))
+    engine = DetectionEngine(
+        build_iocs(config.detectors, config.allowlist), dns_tunnel=config.dns_tunnel
+    )
     gpu = GpuHolders(config.gpu, table, cgroups, sensor)
     gpu_rules = GpuRuleDriver(config.gpu, gpu, engine, attributor, cgroups, clock)
     episode_ledger = ledger_for(config) if (heartbeat if ledger is None else ledger) else None

@@ -236,11 +236,13 @@ class Collector:
             self._note("reopen_failed", f"{exc.strerror}")
         try:
             new = load_config(self.config.source)
+            iocs = build_iocs(new.detectors, new.allowlist)  # reads the operator list files
         except ConfigError as exc:
             self._note("config_reload_failed", f"kept the running config: {exc}")
             self.sink.flush()
             return False
-        self.engine.iocs = build_iocs(new.detectors, new.allowlist)
+        self.engine.iocs = iocs
+        self.engine.dns_tunnel.reconfigure(new.dns_tunnel)
         restart = [
             name
             for name in ("probes", "tags", "process_table", "service", "siem", "ledger")

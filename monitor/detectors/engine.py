@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.detectors import intent, stratum, tunnel
+from monitor.config import DnsTunnelConfig, load_config
+from monitor.detectors import dnstunnel, intent, stratum, tunnel
 from monitor.detectors.iocs import Iocs
 from monitor.detectors.rules import SEVERITY_RANK, Rule, load_rules
 from monitor.detectors.signals import Confidence, Signal, bounded
@@ -150,8 +151,10 @@ class DetectionEngine:
         iocs: Iocs,
         rules: dict[str, Rule] | None = None,
         read_file: FileReader = read_process_file,
+        dns_tunnel: DnsTunnelConfig | None = None,
     ) -> None:
         self.iocs = iocs
+        self.dns_tunnel = dnstunnel.DnsTunnelTracker(dns_tunnel or load_config(None).dns_tunnel)
         self.rules = rules or load_rules()
         self.read_file = read_file
         # confirm reverse-shell fds in /proc (off in pure unit tests)
@@ -193,7 +196,7 @@ class DetectionEngine:
         elif isinstance(ev, SendEvent):
             found = self._send(ev, p, ae)
         elif isinstance(ev, DnsEvent):
-            found = self._dns(ev, p, ae)
+            found = self._dns(p, ae)
         elif isinstance(ev, DupEvent):
             found = self._dup(ev, p, ae)
         else:
@@ -446,6 +449,8 @@ class DetectionEngine:
         out: list[Finding] = []
         if self.iocs.is_allowed_destination(ev.daddr) or self.iocs.is_allowed_process(p.executable):
             return out
+        if ae.dns is not None:
+            return self._dns(p, ae)  # DNS over TCP: judged as DNS, like UDP
         data = ev.data
         banner = tunnel.ssh_banner(data)
         if banner is not None:
@@ -512,17 +517,21 @@ class DetectionEngine:
             {"ssh_banner": banner, "ssh_server": {"ip": ev.daddr, "port": ev.dport}},
         )
 
-    def _dns(self, ev: DnsEvent, p: Process, ae: AttributedEvent) -> list[Finding]:
+    def _dns(self, p: Process, ae: AttributedEvent) -> list[Finding]:
+        """A DNS query (UDP, or the opening of a TCP stream to port 53)."""
         q = ae.dns
         if q is None or q.is_response:
             return []
         out: list[Finding] = []
-        sig = tunnel.tunnel_dns_signal(q.name, self.iocs)
-        if sig is not None:
-            out += self._finding("RLG-TUN-005", f"{p.entity_id}/{q.name}", [sig], ae)
-        sig2 = stratum.pool_dns_signal(q.name, self.iocs)
-        if sig2 is not None:
-            out += self._finding("RLG-MIN-003", f"{p.entity_id}/{q.name}", [sig2], ae)
+        for rule_id, sig in dnstunnel.name_list_signals(q.name, self.iocs):
+            out += self._finding(rule_id, f"{p.entity_id}/{q.name}", [sig], ae)
+        # tunnelling is judged per episode (per process outside episodes)
+        key = f"episode:{ae.rl.episode_id}" if ae.rl.episode_id else f"process:{p.entity_id}"
+        got = self.dns_tunnel.observe(key, q.name, q.qtype_name, ae.event.ts_ns)
+        if got is not None:
+            reg, sigs = got
+            extra = {"dns_tunnel": {"registered_domain": reg}}
+            out += self._finding(dnstunnel.RULE_DNS_TUNNEL, f"{key}/{reg}", sigs, ae, extra)
         return out
 
     def _dup(self, ev: DupEvent, p: Process, ae: AttributedEvent) -> list[Finding]:
