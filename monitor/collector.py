@@ -343,6 +343,9 @@ class Collector:
             self.attributor.expire()
             if self.registry is not None:
                 self.registry.expire(boottime_ns())
+            late = self.engine.tick(boottime_ns())  # long-lived connections (RLG-TUN-007)
+            if late:
+                self._write_findings(late)
         if now - self._last_metrics >= self.config.output.metrics_interval_s:
             self._last_metrics = now
             self.clock.resync()

@@ -14,6 +14,7 @@ import os
 import posixpath
 import pwd
 import re
+import socket
 import stat
 import urllib.parse
 from collections import OrderedDict
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.config import DnsTunnelConfig, load_config
-from monitor.detectors import dnstunnel, intent, stratum, tunnel
+from monitor.detectors import context, dnstunnel, intent, stratum, tunnel
 from monitor.detectors.iocs import Iocs
 from monitor.detectors.rules import SEVERITY_RANK, Rule, load_rules
 from monitor.detectors.signals import Confidence, Signal, bounded
@@ -66,6 +67,10 @@ class ProcState:
     pool_ports: list[Signal] = field(default_factory=list)
     # autossh's own -M monitor loop: connects back to these loopback ports are its echo
     loop_ports: set[int] = field(default_factory=set)
+    # run from /dev/shm, /tmp, a memfd or a deleted file (context.exe_location)
+    where: Signal | None = None
+    # outside TCP connects of such a process, checked for RLG-TUN-007 by tick()
+    held: list[tuple[int, str, int, AttributedEvent]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -214,7 +219,10 @@ class DetectionEngine:
         if pst is not None:
             # the child inherits the fd table and the SSH sessions (ssh -f forks)
             self.state[child.entity_id] = ProcState(
-                dict(pst.fds), list(pst.ssh_sessions), loop_ports=set(pst.loop_ports)
+                dict(pst.fds),
+                list(pst.ssh_sessions),
+                loop_ports=set(pst.loop_ports),
+                where=pst.where,
             )
         return []
 
@@ -228,6 +236,10 @@ class DetectionEngine:
             return out
         name = posixpath.basename(argv[0]) if argv else posixpath.basename(exe)
         base = posixpath.basename(exe)
+        where = context.exe_location(self._exe_path(ev))
+        if where is not None or p.entity_id in self.state:
+            st = self._st(p)
+            st.where, st.held = where, []
 
         # reverse tunnels on the command line (and in the ssh config it reads)
         sigs: list[Signal] = []
@@ -271,6 +283,19 @@ class DetectionEngine:
                 )
                 out += self._shell(p, ae, [sig], {"connect_back": _dest(conn)})
         return out
+
+    def _exe_path(self, ev: ExecEvent) -> str:
+        """The executable as the kernel resolved it: /proc/PID/exe for relative paths and
+        fexecve (/dev/fd/N: a memfd), else the exec filename."""
+        path = ev.filename
+        if self.verify_fds and (
+            not path.startswith("/") or path.startswith(("/dev/fd/", "/proc/"))
+        ):
+            try:
+                return os.readlink(f"/proc/{ev.pid}/exe")
+            except OSError:
+                return path
+        return posixpath.normpath(path) if path.startswith("/") else path
 
     def _shell_intent(
         self, argv: list[str], exe: str, p: Process, ae: AttributedEvent
@@ -443,6 +468,39 @@ class DetectionEngine:
                 out += self._finding(
                     "RLG-MIN-004", f"{p.entity_id}/{ev.daddr}:{ev.dport}", [sig2], ae
                 )
+            if st.where is not None and ev.daddr:
+                sig3 = context.pool_port_combination(st.where, ev.daddr, ev.dport)
+                subject = f"{p.entity_id}/{ev.daddr}:{ev.dport}"
+                out += self._finding(context.RULE_VOLATILE_POOL, subject, [sig3], ae)
+        elif (
+            st.where is not None
+            and ev.daddr
+            and len(st.held) < 8
+            and not self.iocs.is_internal(ev.daddr)
+            and not self.iocs.is_allowed_destination(ev.daddr)
+        ):
+            st.held.append((ev.ts_ns, ev.daddr, ev.dport, ae))
+        return out
+
+    def tick(self, now_ns: int) -> list[Finding]:
+        """Periodic checks (the collector calls this about once a second): outside TCP
+        connections that programs from volatile locations still hold after long_lived_s."""
+        out: list[Finding] = []
+        limit = int(self.iocs.long_lived_s * 1e9)
+        for st in self.state.values():
+            if not st.held or now_ns - st.held[0][0] < limit:
+                continue
+            due = [h for h in st.held if now_ns - h[0] >= limit]
+            st.held = [h for h in st.held if now_ns - h[0] < limit]
+            for ts, daddr, dport, ae in due:
+                p = ae.process
+                if p is None or st.where is None:
+                    continue
+                if self.verify_fds and holds_established(p.pid, daddr, dport) is not True:
+                    continue
+                sig = context.long_lived_combination(st.where, daddr, dport, (now_ns - ts) / 1e9)
+                subject = f"{p.entity_id}/{daddr}:{dport}"
+                out += self._finding(context.RULE_VOLATILE_LONG_LIVED, subject, [sig], ae)
         return out
 
     def _send(self, ev: SendEvent, p: Process, ae: AttributedEvent) -> list[Finding]:
@@ -569,6 +627,13 @@ class DetectionEngine:
             if st is not None and st.pool_ports:
                 # context only: a low signal never raises the severity on its own
                 signals = list(signals) + [s for s in st.pool_ports if s not in signals]
+        st = self.state.get(p.entity_id) if p is not None else None
+        if st is not None and st.where is not None and rule.category in _CONTEXT_CATEGORIES:
+            # where the program runs from: context only, never raising the severity
+            w = st.where
+            ctx = Signal(w.kind, w.name, w.detail, "low")
+            if all(s.name != ctx.name for s in signals):
+                signals = list(signals) + [ctx]
         key = (rule_id, subject)
         prev = self._alerted.get(key)
         if prev is not None:
@@ -595,6 +660,54 @@ class DetectionEngine:
     # findings from outside the engine (attribution, monitor/state/gpu.py), same de-duplication:
     # one per (rule, subject), again only when more severe
     report = _finding
+
+
+_CONTEXT_CATEGORIES = frozenset({"mining", "tunnel", "shell"})
+
+
+def holds_established(pid: int, daddr: str, dport: int) -> bool | None:
+    """Does `pid` still hold an ESTABLISHED TCP socket to daddr:dport?  None when /proc
+    cannot tell (the process is gone).  Reads its fds and its namespace's socket table."""
+    try:
+        inodes = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    except OSError:
+        return None
+    try:
+        packed = socket.inet_pton(socket.AF_INET6 if ":" in daddr else socket.AF_INET, daddr)
+    except OSError:
+        return None
+    tables: tuple[str, ...]
+    mapped: tuple[str, ...]
+    if len(packed) == 4:
+        want_addr = packed[::-1].hex().upper()
+        tables = ("tcp", "tcp6")
+        mapped = ("0000000000000000FFFF0000" + want_addr, want_addr)
+    else:
+        words = [packed[i : i + 4][::-1].hex().upper() for i in range(0, 16, 4)]
+        mapped = ("".join(words),)
+        tables = ("tcp6",)
+    want_port = f"{dport:04X}"
+    for table in tables:
+        try:
+            with open(f"/proc/{pid}/net/{table}") as fh:
+                next(fh, None)
+                for line in fh:
+                    f = line.split()
+                    if len(f) < 10 or f[3] != "01":  # 01: ESTABLISHED
+                        continue
+                    addr, _, port = f[2].partition(":")
+                    if port == want_port and addr in mapped and f[9] in inodes:
+                        return True
+        except OSError:
+            continue
+    return False
 
 
 def _loopback(ip: str | None) -> bool:

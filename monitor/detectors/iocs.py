@@ -45,6 +45,7 @@ class Iocs:
     pool_port_connects: str = "context"
     miner_domains: frozenset[str] = frozenset()
     list_files: tuple[str, ...] = ()  # the operator list files that were read
+    long_lived_s: float = 600.0  # RLG-TUN-007: how long an outside connection must be held
 
     def is_internal(self, ip: str | None) -> bool:
         return _in(ip, self.internal_networks)
@@ -182,6 +183,7 @@ def build_iocs(detectors: DetectorsConfig, allowlist: AllowlistConfig) -> Iocs:
         allow_process_paths=tuple(allowlist.process_paths),
         pool_port_connects=detectors.pool_port_connects,
         list_files=tuple(read),
+        long_lived_s=detectors.long_lived_s,
     )
 
 

@@ -215,7 +215,7 @@ def test_label_measures() -> None:
 def test_tunnel_in_one_episode_alerts_medium_then_high(tool) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(7)
     w = World()
-    w.exec(20, ["/tmp/x"])
+    w.exec(20, ["/opt/x"])
     found: list = []
     for i in range(120):
         found += w.udp(20, tool(rng, "t.attacker.example"), qtype=16, ts=1000 + i * 1000)
@@ -228,7 +228,7 @@ def test_tunnel_in_one_episode_alerts_medium_then_high(tool) -> None:  # type: i
 def test_tunnel_over_tcp_counts_too() -> None:
     rng = random.Random(3)
     w = World(min_unique_names=20, min_record_queries=1000)
-    w.exec(25, ["/tmp/x"])
+    w.exec(25, ["/opt/x"])
     found: list = []
     for _ in range(25):
         found += w.tcp(25, dnscat2_name(rng, "attacker.example"), qtype=16)

@@ -170,7 +170,7 @@ def test_reverse_shell_to_an_internal_address_is_not_flagged() -> None:
 
 def test_pool_port_is_context_not_an_alert() -> None:
     w = World()
-    w.exec(80, ["/tmp/data-loader"])
+    w.exec(80, ["/opt/app/data-loader"])
     assert w.connect(80, OUTSIDE, 3333) == []
     f = w.send(80, OUTSIDE, 3333, b'{"id":1,"method":"mining.subscribe","params":["x/1"]}\n')
     assert ids(f) == ["RLG-MIN-001"]
@@ -180,7 +180,7 @@ def test_pool_port_is_context_not_an_alert() -> None:
 
 def test_pool_port_alert_mode() -> None:
     w = World(pool_port_connects="alert")
-    w.exec(81, ["/tmp/x"])
+    w.exec(81, ["/opt/x"])
     assert ids(w.connect(81, OUTSIDE, 3333)) == ["RLG-MIN-004"]
 
 

@@ -138,3 +138,68 @@ def test_a_fifo_config_never_blocks_the_monitor(tmp_path: Path) -> None:
     reg.write_text("RemoteForward 1 x:1\n")
     assert read_process_file(os.getpid(), str(reg)) == "RemoteForward 1 x:1\n"
     assert read_process_file(os.getpid(), "/dev/stdin") is None
+
+
+# -- process context (issue 15 item 3) ------------------------------------------------------
+
+
+def test_miner_from_dev_shm_on_a_pool_port() -> None:
+    w = World()
+    assert w.exec(90, ["/dev/shm/.x/kworker", "-B"]) == []  # the location alone: nothing
+    got = w.connect(90, OUTSIDE, 14444, fd=3)
+    assert ids(got) == ["RLG-MIN-005"] and got[0].severity == "medium"
+    assert "/dev/shm/.x/kworker" in got[0].signals[0].detail
+    # the same program on another port, or a system program on the pool port: nothing
+    assert w.connect(90, OUTSIDE, 8443, fd=4) == []
+    w.exec(91, ["/usr/bin/python3", "train.py"])
+    assert w.connect(91, OUTSIDE, 14444, fd=3) == []
+
+
+def test_memfd_or_deleted_executable_is_high() -> None:
+    w = World()
+    w.exec(92, ["/memfd:x (deleted)", "-o", "pool"])
+    got = w.connect(92, OUTSIDE, 3333, fd=3)
+    assert got[0].severity == "high"
+
+
+def test_volatile_location_rides_along_as_context() -> None:
+    w = World()
+    got = w.exec(93, ["/tmp/xmrig", "-o", "stratum+tcp://198.51.100.2:3333"])
+    assert ids(got) == ["RLG-MIN-002"]
+    names = [s.name for s in got[0].signals]
+    assert "process.volatile_exe" in names
+    assert [s.confidence for s in got[0].signals if s.name == "process.volatile_exe"] == ["low"]
+
+
+def test_long_lived_connection_from_tmp(tmp_path: Path) -> None:
+    w = World()
+    w.engine.verify_fds = False  # no real socket in a unit test: judged on the model
+    w.exec(94, ["/tmp/agent", "-connect", "x"])
+    assert w.connect(94, OUTSIDE, 11601, fd=3) == []
+    assert w.engine.tick(1 + 599 * 10**9) == []
+    got = w.engine.tick(1 + 601 * 10**9)
+    assert ids(got) == ["RLG-TUN-007"] and got[0].severity == "medium"
+    assert w.engine.tick(1 + 700 * 10**9) == []  # reported once
+    # internal destinations are not outside connections
+    w.exec(95, ["/tmp/agent2"])
+    w.connect(95, "10.1.2.3", 5432, fd=3)
+    assert w.engine.tick(1 + 2000 * 10**9) == []
+
+
+def test_holds_established_reads_the_socket_table() -> None:
+    import socket as pysocket
+
+    from monitor.detectors.engine import holds_established
+
+    srv = pysocket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    c = pysocket.create_connection(("127.0.0.1", port))
+    try:
+        assert holds_established(os.getpid(), "127.0.0.1", port) is True
+        assert holds_established(os.getpid(), "127.0.0.1", port + 1) is False
+    finally:
+        c.close()
+        srv.close()
+    assert holds_established(2**22 + 12345, "127.0.0.1", port) is None
