@@ -67,6 +67,8 @@ class ProcState:
     pool_ports: list[Signal] = field(default_factory=list)
     # autossh's own -M monitor loop: connects back to these loopback ports are its echo
     loop_ports: set[int] = field(default_factory=set)
+    # stdio fds this process itself put a socket on (connect/dup2 here, not inherited)
+    own_std: set[int] = field(default_factory=set)
     # run from /dev/shm, /tmp, a memfd or a deleted file (context.exe_location)
     where: Signal | None = None
     # outside TCP connects of such a process, checked for RLG-TUN-007 by tick()
@@ -138,6 +140,14 @@ def read_process_file(pid: int, path: str) -> str | None:
         return None
     finally:
         os.close(fd)
+
+
+def fd_is_socket(pid: int, fd: int) -> bool | None:
+    """Is fd `fd` of pid a socket now?  None when /proc cannot tell (gone)."""
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+    except OSError:
+        return None
 
 
 def stdio_is_one_socket(pid: int) -> bool | None:
@@ -344,12 +354,13 @@ class DetectionEngine:
             }
             sigs = [s for s in sigs if s.detail not in loop]
             self._st(p).loop_ports |= {int(spec.rsplit(":", 1)[1]) for spec in loop}
-        if sigs and tunnel.ssh_to_loopback(argv, config):
-            # forwards to this host itself expose nothing outside it
+        proxy = tunnel.ssh_proxy(argv, config)
+        if sigs and proxy is None and tunnel.ssh_to_loopback(argv, config):
+            # forwards to this host itself expose nothing outside it (through a proxy the
+            # jump host resolves the name: its loopback is not ours)
             sigs = [
                 Signal(s.kind, s.name, bounded(s.detail + " (to this host)"), "low") for s in sigs
             ]
-        proxy = tunnel.ssh_proxy(argv, config)
         if proxy is not None:
             # the session runs over the proxy's pipe: this ssh never sends a banner itself
             self._st(p).ssh_sessions.append(Conn(None, 0, "tcp", via=bounded(proxy, 120)))
@@ -412,20 +423,28 @@ class DetectionEngine:
             return None
         if self.iocs.is_internal(c0.daddr) or self.iocs.is_allowed_destination(c0.daddr):
             return None
-        if self.verify_fds and stdio_is_one_socket(p.pid) is False:
-            return None
+        if self.verify_fds:
+            live = stdio_is_one_socket(p.pid)
+            if live is False:
+                return None
+            if live is None and not {0, 1} <= st.own_std:
+                # the process is gone and the mapping was inherited: with close() unseen, a
+                # parent's reused fd number could be stale, so only its own dup2 counts
+                return None
         return c0
 
     def _connect(self, ev: ConnectEvent, p: Process, ae: AttributedEvent) -> list[Finding]:
         out: list[Finding] = []
         ok = ev.ret in (0, -115, 1)  # success, in progress, or seen below the syscall
         if not ok:
-            return out
+            return self._refused(ev, p, ae)
         transport = ev.transport
         conn = Conn(ev.daddr, ev.dport, transport, ev.cookie)
         st = self._st(p)
         if ev.fd >= 0:
             st.fds[ev.fd] = conn
+            if ev.fd <= 2:
+                st.own_std.add(ev.fd)
         if transport != "tcp":
             return out
         # an SSH client opening connections into the host: serving a -R forward
@@ -481,6 +500,26 @@ class DetectionEngine:
         ):
             st.held.append((ev.ts_ns, ev.daddr, ev.dport, ae))
         return out
+
+    def _refused(self, ev: ConnectEvent, p: Process, ae: AttributedEvent) -> list[Finding]:
+        """A connect the network refused is still an attempt: a program from a volatile
+        location trying a pool port (a firewall that rejects does not hide the miner)."""
+        st = self.state.get(p.entity_id)
+        if (
+            st is None
+            or st.where is None
+            or ev.ret not in _ATTEMPT_ERRORS
+            or ev.transport != "tcp"
+            or not ev.daddr
+            or stratum.pool_port_signal(ev.dport, self.iocs) is None
+            or self.iocs.is_internal(ev.daddr)
+        ):
+            return []
+        sig = context.pool_port_combination(st.where, ev.daddr, ev.dport)
+        sig = Signal(sig.kind, sig.name, bounded(f"{sig.detail} (refused)"), sig.confidence)
+        return self._finding(
+            context.RULE_VOLATILE_POOL, f"{p.entity_id}/{ev.daddr}:{ev.dport}", [sig], ae
+        )
 
     def tick(self, now_ns: int) -> list[Finding]:
         """Periodic checks (the collector calls this about once a second): outside TCP
@@ -597,8 +636,17 @@ class DetectionEngine:
         conn = st.fds.get(ev.oldfd)
         if conn is None:
             st.fds.pop(ev.newfd, None)
+            st.own_std.discard(ev.newfd)
+            return []
+        if self.verify_fds and fd_is_socket(p.pid, ev.newfd) is False:
+            # the source fd number was stale (close() is not seen): not a socket any more
+            st.fds.pop(ev.oldfd, None)
+            st.fds.pop(ev.newfd, None)
+            st.own_std.discard(ev.newfd)
             return []
         st.fds[ev.newfd] = conn
+        if ev.newfd <= 2:
+            st.own_std.add(ev.newfd)
         if p.name in self.iocs.shells and self._stdio_socket(p) is conn:
             sig = Signal(
                 "fd",
@@ -663,6 +711,8 @@ class DetectionEngine:
 
 
 _CONTEXT_CATEGORIES = frozenset({"mining", "tunnel", "shell"})
+# ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ENETUNREACH: the attempt was made
+_ATTEMPT_ERRORS = frozenset({-111, -110, -113, -101})
 
 
 def holds_established(pid: int, daddr: str, dport: int) -> bool | None:

@@ -1141,6 +1141,10 @@ _JOB_CONTROL_RE: Final = re.compile(
     rb"(?:cannot set terminal process group \(-?\d+\)[^\r\n]{0,80}"
     rb"|no job control in this shell|can't access tty; job control turned off)"
 )
+# dash writes an error's "argv0: lineno: " prefix with a write of its own before the text
+# (error.c exvwarning2: outfmt(errout, "%s: ", ...) then "%d: "), so an interactive dash on
+# a socket can open the stream with exactly that prefix and nothing else.
+_DASH_PREFIX_RE: Final = re.compile(rb"[\w./-]{1,64}: \d{1,6}: ")
 # A plain-HTTP request (e.g. a log upload) may quote those lines in its body.
 _HTTP_REQUEST_RE: Final = re.compile(rb"[A-Z]{3,10} [^ \r\n]{1,2048} HTTP/\d")
 
@@ -1163,7 +1167,8 @@ def shell_banner_signal(data: bytes) -> Signal | None:
 
     "high" "shell.job_control" for the messages bash/dash print when started
     interactive without a terminal; "medium" "shell.prompt" when the bytes are exactly a
-    shell prompt.  Kind "payload".
+    shell prompt, and "medium" "shell.error_prefix" when they are exactly dash's separate
+    "argv0: lineno: " write (the first write of that message).  Kind "payload".
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         return None
@@ -1173,6 +1178,8 @@ def shell_banner_signal(data: bytes) -> Signal | None:
     m = _JOB_CONTROL_RE.search(head)
     if m is not None:
         return _sig("payload", "shell.job_control", m.group().strip(), "high")
+    if _DASH_PREFIX_RE.fullmatch(head):
+        return _sig("payload", "shell.error_prefix", head, "medium")
     if len(head) > 512:
         return None
     text = _ESCAPE_RE.sub("", head.decode("utf-8", "replace")).strip("\r\n")

@@ -203,3 +203,19 @@ def test_holds_established_reads_the_socket_table() -> None:
         c.close()
         srv.close()
     assert holds_established(2**22 + 12345, "127.0.0.1", port) is None
+
+
+def test_refused_pool_port_connect_is_still_an_attempt() -> None:
+    from monitor.sensor.events import ConnectEvent
+    from tests.support.events import attributed
+    from tests.unit.test_engine import hdr
+
+    w = World()
+    w.exec(96, ["/dev/shm/m"])
+    p = w.table.procs[96]
+    ev = ConnectEvent(
+        **hdr(96, p.name), fd=3, ret=-111, family=2, daddr=OUTSIDE, dport=14444, sock_type=1,
+        protocol=6,
+    )  # fmt: skip
+    got = w.engine.observe(attributed(w.table, ev, p))
+    assert ids(got) == ["RLG-MIN-005"] and "(refused)" in got[0].signals[0].detail
