@@ -266,13 +266,24 @@ def _command(
         if code is not None:
             _code(lang, code, shells, acc, depth + 1)
         return
-    # a renamed interpreter: inline code after -c/-e/-r read as every language
+    # a wrapper that runs another program (ip netns exec NS python3 -c, docker exec, nsenter,
+    # chroot DIR sh -c): read the program it names
+    for i, w in enumerate(rest):
+        if _base(w) in shells or _lang(w) is not None or _base(w) in _NC_NAMES | {"socat"}:
+            _command(rest[i:], None, shells, acc, depth + 1)
+            return
+    # a renamed interpreter: inline code after -c/-e/-r, read as Python when it parses as
+    # Python, else as each other language; only a full reading (medium) counts
     for i, w in enumerate(rest[:-1]):
         if w in ("-c", "-e", "-r", "-E") and _code_like(rest[i + 1]):
-            before = len(acc.found)
-            for guess in ("python", "perl", "ruby", "php", "node"):
-                _code(guess, rest[i + 1], shells, acc, depth + 1)
-                if len(acc.found) > before:
+            guesses = ("python",) if _parses_as_python(rest[i + 1]) else _OTHER_LANGS
+            for guess in guesses:
+                trial = _Acc()
+                _code(guess, rest[i + 1], shells, trial, depth + 1)
+                if any(conf == "medium" for conf, _n, _d in trial.found):
+                    acc.found.extend(trial.found)
+                    acc.decoded.extend(trial.decoded)
+                    acc.target = acc.target or trial.target
                     acc.renamed.append(f"{prog} runs {guess} code")
                     break
             break
@@ -331,6 +342,19 @@ def _inline_code(lang: str, rest: list[str]) -> str | None:
                 continue
         i += 1
     return "\n".join(parts) if parts else None
+
+
+_OTHER_LANGS: Final = ("perl", "ruby", "php", "node")
+
+
+def _parses_as_python(code: str) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ast.parse(code[:CODE_MAX])
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
+        return False
+    return True
 
 
 def _code_like(text: str) -> bool:
@@ -1083,7 +1107,8 @@ _CONNECT_IDS: Final = {
     "lua": ("socket.tcp", "socket.connect", "t:connect", "connect"),
 }  # fmt: skip
 _EXEC_IDS: Final = {
-    "perl": ("exec", "system", "qx", "open", "fdopen", "STDIN->fdopen"),
+    # open(F, "|cmd") runs a program, but open(STDIN, ">&S") only wires fds: not listed
+    "perl": ("exec", "system", "qx", "fdopen", "STDIN->fdopen"),
     "php": ("exec", "shell_exec", "system", "passthru", "popen", "proc_open", "pcntl_exec"),
     "ruby": ("exec", "system", "spawn", "IO.popen", "Open3.popen3", "Process.spawn",
              "PTY.spawn", "popen"),

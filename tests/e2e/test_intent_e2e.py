@@ -30,6 +30,7 @@ import pytest
 from monitor.config import load_config
 from monitor.lab.outside import OutsideHost, kill_tree, visit_forwarded_port
 from monitor.sensor.dns import build_query
+from tests.support.episodes import alerts, episode, wait_alert, worker_env
 from tests.support.live import LiveMonitor
 
 pytestmark = pytest.mark.e2e
@@ -107,39 +108,6 @@ def scratch() -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def episode() -> str:
-    return f"ep-{uuid.uuid4().hex[:8]}"
-
-
-def worker_env(ep: str, path_prefix: str = "") -> dict[str, str]:
-    return {
-        "PATH": f"{path_prefix}/usr/bin:/bin:/usr/sbin:/sbin",
-        "HOME": "/root",
-        "RL_EPISODE_ID": ep,
-        "RL_WORKER_ID": "w-e2e",
-    }
-
-
-def wait_alert(
-    mon: LiveMonitor, ep: str, rule: str, timeout: float = 20, severity: str | None = None
-) -> dict:
-    return mon.wait_for(
-        lambda d: (
-            d["event"]["kind"] == "alert"
-            and d["rule"]["id"] == rule
-            and d.get("rl", {}).get("episode_id") == ep
-            and (severity is None or d["rlguard"]["alert"]["severity"] == severity)
-        ),
-        timeout=timeout,
-    )
-
-
-def alerts(mon: LiveMonitor, ep: str) -> list[dict]:
-    return mon.sink.find_all(
-        lambda d: d["event"]["kind"] == "alert" and d.get("rl", {}).get("episode_id") == ep
-    )
-
-
 def start(cmd: list[str], ep: str, path_prefix: str = "", **kw: object) -> subprocess.Popen:
     opts: dict[str, object] = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL,
                                "stderr": subprocess.DEVNULL, **kw}  # fmt: skip
@@ -150,36 +118,9 @@ def start(cmd: list[str], ep: str, path_prefix: str = "", **kw: object) -> subpr
 
 # -- a one-shot listener in the namespace ----------------------------------------------------
 
-LISTENER = textwrap.dedent(
-    r"""
-    # accepts one connection, sends a command, records what comes back (v4 or v6)
-    import socket, sys
-    fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-    s = socket.socket(fam); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(4)
-    print("ready", flush=True)
-    c, _ = s.accept()
-    c.settimeout(8)
-    c.sendall(b"echo rlguard-shell-ok; exit\n")
-    out = b""
-    try:
-        while len(out) < 65536:
-            d = c.recv(4096)
-            if not d:
-                break
-            out += d
-    except OSError:
-        pass
-    open(sys.argv[3], "wb").write(out)
-    """
-)
-
 
 def listen(host: OutsideHost, ip: str, port: int) -> Path:
-    out = host.dir / f"listener-{port}.out"
-    p = host.spawn(sys.executable, "-c", LISTENER, ip, str(port), str(out), stdout=subprocess.PIPE)
-    assert p.stdout is not None and p.stdout.readline().strip() == b"ready"
-    return out
+    return host.start_shell_listener(port, ip)
 
 
 # -- reverse shells: cheat-sheet lines ----------------------------------------------------------
@@ -312,7 +253,7 @@ def test_reverse_shell_cheat_sheet(mon, attacker, scratch, family, network) -> N
     prefix = nc_traditional_dir(scratch) if fid == "nc-traditional-e" else ""
     p = start(["bash", "-c", line], ep, prefix)
     try:
-        a = wait_alert(mon, ep, "RLG-SHL-002")
+        a = wait_alert(mon, ep, "RLG-SHL-002", timeout=20)
         assert a["rlguard"]["alert"]["severity"] in ("high", "critical"), a["event"]["reason"]
         assert a["rl"]["worker_id"] == "w-e2e" and a["rl"]["lineage"]
         assert a["threat"]["technique"][0]["id"] == "T1059.004"

