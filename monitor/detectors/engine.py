@@ -67,8 +67,9 @@ class ProcState:
     pool_ports: list[Signal] = field(default_factory=list)
     # autossh's own -M monitor loop: connects back to these loopback ports are its echo
     loop_ports: set[int] = field(default_factory=set)
-    # stdio fds this process itself put a socket on (connect/dup2 here, not inherited)
-    own_std: set[int] = field(default_factory=set)
+    # fds whose socket this process connected itself, or copied from such an fd or saw
+    # live in /proc: an inherited fd number may be stale (close() is not seen)
+    own_fds: set[int] = field(default_factory=set)
     # run from /dev/shm, /tmp, a memfd or a deleted file (context.exe_location)
     where: Signal | None = None
     # outside TCP connects of such a process, checked for RLG-TUN-007 by tick()
@@ -427,7 +428,7 @@ class DetectionEngine:
             live = stdio_is_one_socket(p.pid)
             if live is False:
                 return None
-            if live is None and not {0, 1} <= st.own_std:
+            if live is None and not {0, 1} <= st.own_fds:
                 # the process is gone and the mapping was inherited: with close() unseen, a
                 # parent's reused fd number could be stale, so only its own dup2 counts
                 return None
@@ -443,8 +444,7 @@ class DetectionEngine:
         st = self._st(p)
         if ev.fd >= 0:
             st.fds[ev.fd] = conn
-            if ev.fd <= 2:
-                st.own_std.add(ev.fd)
+            st.own_fds.add(ev.fd)
         if transport != "tcp":
             return out
         # an SSH client opening connections into the host: serving a -R forward
@@ -636,17 +636,20 @@ class DetectionEngine:
         conn = st.fds.get(ev.oldfd)
         if conn is None:
             st.fds.pop(ev.newfd, None)
-            st.own_std.discard(ev.newfd)
+            st.own_fds.discard(ev.newfd)
             return []
-        if self.verify_fds and fd_is_socket(p.pid, ev.newfd) is False:
+        live = fd_is_socket(p.pid, ev.newfd) if self.verify_fds else None
+        if live is False:
             # the source fd number was stale (close() is not seen): not a socket any more
             st.fds.pop(ev.oldfd, None)
             st.fds.pop(ev.newfd, None)
-            st.own_std.discard(ev.newfd)
+            st.own_fds.discard(ev.newfd)
             return []
         st.fds[ev.newfd] = conn
-        if ev.newfd <= 2:
-            st.own_std.add(ev.newfd)
+        if live or ev.oldfd in st.own_fds:
+            st.own_fds.add(ev.newfd)
+        else:
+            st.own_fds.discard(ev.newfd)
         if p.name in self.iocs.shells and self._stdio_socket(p) is conn:
             sig = Signal(
                 "fd",

@@ -36,6 +36,7 @@ import warnings
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Final
 
 from monitor.detectors import shellwords
@@ -137,16 +138,23 @@ class _Acc:
             self.target = target
 
 
+@lru_cache(maxsize=8192)
 def _base(word: str) -> str:
     return posixpath.basename(word.rstrip("/")).lower() if word else ""
 
 
+_VERSIONED: Final = re.compile(r"(python|pypy|perl|ruby|lua|php)\d?(?:\.\d+)?")
+
+
+@lru_cache(maxsize=8192)
 def _lang(word: str) -> str | None:
     """The interpreter language of a program name (python3.11 -> python)."""
     base = _base(word)
-    base = re.sub(r"(\d)\.\d+$", r"\1", base)
-    base = re.sub(r"^(python|pypy|perl|ruby|lua|php)\d?(\.\d+)?$", r"\1", base)
-    return _INTERPRETERS.get(base)
+    got = _INTERPRETERS.get(base)
+    if got is None and base[:2] in ("py", "pe", "ru", "lu", "ph"):
+        m = _VERSIONED.fullmatch(base)
+        got = _INTERPRETERS.get(m.group(1)) if m else None
+    return got
 
 
 # ---------------------------------------------------------------------------------------
@@ -266,12 +274,13 @@ def _command(
         if code is not None:
             _code(lang, code, shells, acc, depth + 1)
         return
-    # a wrapper that runs another program (ip netns exec NS python3 -c, docker exec, nsenter,
-    # chroot DIR sh -c): read the program it names
-    for i, w in enumerate(rest):
-        if _base(w) in shells or _lang(w) is not None or _base(w) in _NC_NAMES | {"socat"}:
-            _command(rest[i:], None, shells, acc, depth + 1)
-            return
+    # a launcher that runs another program (ip netns exec NS python3 -c, docker exec,
+    # nsenter, chroot DIR sh -c): read the program it names
+    if names & _LAUNCHERS:
+        for i, w in enumerate(rest[:32]):
+            if _base(w) in shells or _lang(w) is not None or _base(w) in _NC_NAMES | {"socat"}:
+                _command(rest[i:], None, shells, acc, depth + 1)
+                return
     # a renamed interpreter: inline code after -c/-e/-r, read as Python when it parses as
     # Python, else as each other language; only a full reading (medium) counts
     for i, w in enumerate(rest[:-1]):
@@ -345,6 +354,13 @@ def _inline_code(lang: str, rest: list[str]) -> str | None:
 
 
 _OTHER_LANGS: Final = ("perl", "ruby", "php", "node")
+# Programs whose arguments name another program to run.
+_LAUNCHERS: Final = frozenset(
+    {"ip", "docker", "podman", "nerdctl", "crictl", "kubectl", "oc", "nsenter", "chroot",
+     "unshare", "systemd-run", "firejail", "bwrap", "runc", "ctr", "lxc-attach", "schroot",
+     "proot", "fakeroot", "parallel", "watch", "ssh-agent", "dbus-run-session",
+     "xvfb-run", "catchsegv", "valgrind", "perf", "gdb", "setpriv", "capsh", "numactl"}
+)  # fmt: skip
 
 
 def _parses_as_python(code: str) -> bool:

@@ -10,6 +10,7 @@ still holds ``$NAME`` is marked dynamic.  Pure, no I/O, never raises on hostile 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -22,6 +23,9 @@ RESERVED: Final = frozenset(
      "case", "esac", "{", "}", "!", "function", "select", "time", "[[", "]]"}
 )  # fmt: skip
 _OPERATORS: Final = ("&&", "||", ";;", "|&", "|", ";", "&", "\n", "(", ")")
+_OPERATOR_RE: Final = re.compile("|".join(re.escape(o) for o in _OPERATORS))
+# Characters with no special meaning in a word outside quotes.
+_PLAIN: Final = re.compile(r"[^ \t\r\n;&|()<>\\'\"$`]+")
 _REDIR_OPS: Final = ("&>>", "&>", "<<<", "<<-", "<<", "<>", ">>", ">&", "<&", ">|", ">", "<")
 _ANSI_SIMPLE: Final = {
     "n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "e": "\x1b", "E": "\x1b",
@@ -143,6 +147,11 @@ class _Lexer:
         s, n = self.s, len(self.s)
         dynamic = False
         while self.i < n:
+            plain = _PLAIN.match(s, self.i)
+            if plain is not None:  # a run of ordinary characters at once
+                out.append(plain.group())
+                self.i = plain.end()
+                continue
             c = s[self.i]
             if c in " \t\r\n;&|()<>":
                 break
@@ -161,13 +170,10 @@ class _Lexer:
             elif c == "$" and self._peek(1) == "'":
                 self.i += 2
                 out.append(self._ansi_c())
-            elif self._substitution(out, cmd):
+            elif c in "$`" and self._substitution(out, cmd):
                 dynamic = True
-            elif c == "$":
-                dynamic = True
-                out.append(c)
-                self.i += 1
-            else:
+            else:  # a lone "$" (an expansion) or "`" without its pair
+                dynamic = dynamic or c == "$"
                 out.append(c)
                 self.i += 1
         text = "".join(out)
@@ -205,7 +211,7 @@ class _Lexer:
                     out.append(s[self.i + 1])
                 self.i += 2
                 continue
-            if self._substitution(out, cmd):
+            if c in "$`" and self._substitution(out, cmd):
                 dynamic = True
                 continue
             if c == "$":
@@ -277,7 +283,7 @@ class _Lexer:
                     fd = int(s[self.i : j])
                     self.i = j
                     c = s[self.i]
-            op = self._redir_op() if c in "<>&" else None
+            op = self._redir_op() if c in "<>" or (c == "&" and self._peek(1) == ">") else None
             if op is not None:
                 self.i += len(op)
                 while self.i < n and s[self.i] in " \t":
@@ -291,7 +297,8 @@ class _Lexer:
                 target = self.word(cmd)
                 cmd.redirs.append(Redir(fd, op, target))
                 continue
-            matched = next((o for o in _OPERATORS if s.startswith(o, self.i)), None)
+            m = _OPERATOR_RE.match(s, self.i) if c in "&|;()\n" else None
+            matched = m.group() if m is not None else None
             if matched is not None:
                 self.i += len(matched)
                 if matched in ("|", "|&"):

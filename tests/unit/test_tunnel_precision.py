@@ -219,3 +219,23 @@ def test_refused_pool_port_connect_is_still_an_attempt() -> None:
     )  # fmt: skip
     got = w.engine.observe(attributed(w.table, ev, p))
     assert ids(got) == ["RLG-MIN-005"] and "(refused)" in got[0].signals[0].detail
+
+
+def test_stale_inherited_fd_is_not_a_reverse_shell_once_gone() -> None:
+    """close() is not seen: a long-lived parent's old socket fd number, reused for a file
+    and dup2'd onto a child's stdio, must not read as a shell on a socket when the child is
+    gone before /proc can tell (pids here do not exist, as for a process already exited)."""
+    w = World()
+    w.engine.verify_fds = True
+    parent, child, own = 4_000_001, 4_000_002, 4_000_003
+    w.exec(parent, ["/usr/bin/python3", "-m", "pytest"])
+    w.connect(parent, OUTSIDE, 2299, fd=9)  # later closed; fd 9 reused (unseen)
+    w.fork(parent, child)
+    w.dup(child, 9, 0)
+    w.dup(child, 9, 1)
+    assert w.exec(child, ["/bin/bash", "-c", "true"], ppid=parent) == []
+    # the same dup2s by the process that connected the socket itself still count
+    w.exec(own, ["/bin/bash", "-i"])
+    w.connect(own, OUTSIDE, 4444, fd=3)
+    w.dup(own, 3, 1)
+    assert ids(w.dup(own, 3, 0)) == ["RLG-SHL-001"]
