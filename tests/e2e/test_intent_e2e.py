@@ -30,7 +30,7 @@ import pytest
 from monitor.config import load_config
 from monitor.lab.outside import OutsideHost, kill_tree, visit_forwarded_port
 from monitor.sensor.dns import build_query
-from tests.support.episodes import alerts, episode, wait_alert, worker_env
+from tests.support.episodes import alerts, episode, in_test_episode, wait_alert, worker_env
 from tests.support.live import LiveMonitor
 
 pytestmark = pytest.mark.e2e
@@ -73,7 +73,7 @@ def mon(bastion: OutsideHost) -> Iterator[LiveMonitor]:
         allowlist=dataclasses.replace(cfg.allowlist, ssh_destinations=(f"{bastion.ip4}/32",)),
         detectors=dataclasses.replace(cfg.detectors, long_lived_s=10.0),
     )
-    m = LiveMonitor(cfg).start()
+    m = LiveMonitor(cfg, keep=in_test_episode).start()
     try:
         yield m
     finally:

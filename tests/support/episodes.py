@@ -23,6 +23,14 @@ def worker_env(ep: str, path_prefix: str = "") -> dict[str, str]:
     }
 
 
+def in_test_episode(doc: dict) -> bool:
+    """Lines attributed to an episode a test made (`ep-…`): what a LiveMonitor of an
+    end-to-end module needs to keep on a machine other sessions also load."""
+    rl = doc.get("rl")
+    ep = rl.get("episode_id") if isinstance(rl, dict) else None
+    return isinstance(ep, str) and ep.startswith("ep-")
+
+
 def alerts(mon: LiveMonitor, ep: str) -> list[dict]:
     """Every alert the monitor wrote so far for episode `ep`."""
     return mon.sink.find_all(
