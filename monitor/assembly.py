@@ -85,7 +85,9 @@ def build_collector(
     clock = Clock()
     renderer = Renderer(table, clock)
     engine = DetectionEngine(
-        build_iocs(config.detectors, config.allowlist), load_rules(settings=config.rules)
+        build_iocs(config.detectors, config.allowlist),
+        load_rules(settings=config.rules),
+        dns_tunnel=config.dns_tunnel,
     )
     gpu = GpuHolders(config.gpu, table, cgroups, sensor)
     gpu_rules = GpuRuleDriver(config.gpu, gpu, engine, attributor, cgroups, clock)

@@ -357,6 +357,7 @@ def rules(
             "pool_url_schemes": len(iocs.pool_url_schemes),
             "pool_ports": len(iocs.pool_ports),
             "pool_domains": len(iocs.pool_domains),
+            "miner_domains": len(iocs.miner_domains),
             "tunnel_tools": len(iocs.tunnel_tools),
             "tunnel_domains": len(iocs.tunnel_domains),
             "ssh_clients": len(iocs.ssh_clients),

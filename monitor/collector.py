@@ -284,12 +284,14 @@ class Collector:
         try:
             new = load_config(self.config.source)
             rules = load_rules(settings=new.rules)
+            iocs = build_iocs(new.detectors, new.allowlist)  # reads the operator list files
         except (ConfigError, RuleError) as exc:
             self._note("config_reload_failed", f"kept the running config: {exc}")
             self.sink.flush()
             return False
-        self.engine.iocs = build_iocs(new.detectors, new.allowlist)
+        self.engine.iocs = iocs
         self.engine.rules = rules
+        self.engine.dns_tunnel.reconfigure(new.dns_tunnel)
         if self.gate is not None:  # who may bind applies now; the socket itself at a restart
             self.gate.trust = Trust.from_config(new.registry)
         restart = [
@@ -400,6 +402,9 @@ class Collector:
             self.attributor.expire()
             if self.registry is not None:
                 self.registry.expire(boottime_ns())
+            late = self.engine.tick(boottime_ns())  # long-lived connections (RLG-TUN-007)
+            if late:
+                self._write_findings(late)
         if now - self._last_metrics >= self.config.output.metrics_interval_s:
             self._last_metrics = now
             self.clock.resync()

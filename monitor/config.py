@@ -41,6 +41,7 @@ __all__ = [
     "Check",
     "Config",
     "ConfigError",
+    "DnsTunnelConfig",
     "FieldSpec",
     "GpuConfig",
     "Kind",
@@ -234,6 +235,7 @@ IOC_LISTS = (
     "pool_url_schemes",
     "pool_ports",
     "pool_domains",
+    "miner_domains",
     "tunnel_tools",
     "tunnel_domains",
     "ssh_clients",
@@ -433,12 +435,31 @@ class DetectorsConfig:
     pool_url_schemes: tuple[str, ...]
     pool_ports: tuple[int, ...]
     pool_domains: tuple[str, ...]
+    miner_domains: tuple[str, ...]
     tunnel_tools: tuple[str, ...]
     tunnel_domains: tuple[str, ...]
     ssh_clients: tuple[str, ...]
     shells: tuple[str, ...]
     replace: tuple[str, ...]
     pool_port_connects: str
+    list_files: tuple[str, ...]
+    long_lived_s: float
+
+
+@dataclass(frozen=True)
+class DnsTunnelConfig:
+    """``[dns_tunnel]``: DNS tunnelling per episode and registered domain."""
+
+    enabled: bool
+    window_s: float
+    min_unique_names: int
+    long_label: int
+    min_entropy: float
+    suspicious_fraction: float
+    record_types: tuple[str, ...]
+    min_record_queries: int
+    max_tracked: int
+    allow_domains: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -896,7 +917,21 @@ SCHEMA: tuple[SectionSpec, ...] = (
                 'alert on its own only with pool_port_connects = "alert".',
                 (between(1, 65535),),
             ),
-            FieldSpec("pool_domains", Kind.STR_LIST, [], "Mining pool domain suffixes.", (DOMAIN,)),
+            FieldSpec(
+                "pool_domains",
+                Kind.STR_LIST,
+                [],
+                "Mining pool domains: the domain and its subdomains match.",
+                (DOMAIN,),
+            ),
+            FieldSpec(
+                "miner_domains",
+                Kind.STR_LIST,
+                [],
+                "Domains only miners contact (donation and update endpoints): the domain and "
+                "its subdomains match, high confidence.",
+                (DOMAIN,),
+            ),
             FieldSpec(
                 "tunnel_tools", Kind.STR_LIST, [], "Reverse-tunnel tool names.", (NON_EMPTY,)
             ),
@@ -934,6 +969,103 @@ SCHEMA: tuple[SectionSpec, ...] = (
                 'alerts and never alerts on it alone; "alert" also raises a low-severity '
                 'RLG-MIN-004 alert; "off" ignores pool ports.',
                 (one_of("context", "alert", "off"),),
+            ),
+            FieldSpec(
+                "list_files",
+                Kind.STR_LIST,
+                [],
+                "Extra list files (TOML, globs allowed), read at start and on reload: each "
+                "holds lists named like the keys above (`pool_domains = [...]`, optionally in "
+                "tables) that are added to them, so operators update indicators without a "
+                "release. A missing file is skipped; a malformed one is an error that names it.",
+                (NON_EMPTY,),
+            ),
+            FieldSpec(
+                "long_lived_s",
+                Kind.FLOAT,
+                600.0,
+                "A program run from /dev/shm, /tmp, a memfd or a deleted file that holds an "
+                "outside TCP connection this long is reported (RLG-PRC-001).",
+                (between(10, 86400),),
+            ),
+        ),
+    ),
+    SectionSpec(
+        name="dns_tunnel",
+        doc=(
+            "DNS tunnelling (RLG-TUN-006): per episode (or per process outside episodes) and "
+            "registered domain (public-suffix list), within a window: many unique names whose "
+            "labels are long or random, and a volume of TXT/NULL/CNAME-style queries."
+        ),
+        result=DnsTunnelConfig,
+        fields=(
+            FieldSpec("enabled", Kind.BOOL, True, "Track DNS queries for tunnelling.", ()),
+            FieldSpec(
+                "window_s",
+                Kind.FLOAT,
+                300.0,
+                "Counting window; counts start again after it.",
+                (between(1, 86400),),
+            ),
+            FieldSpec(
+                "min_unique_names",
+                Kind.INT,
+                50,
+                "Unique names under one registered domain in a window before the label shape "
+                "is judged.",
+                (between(5, 100000),),
+            ),
+            FieldSpec(
+                "long_label",
+                Kind.INT,
+                40,
+                "A label at least this long counts as long (DNS allows 63).",
+                (between(16, 63),),
+            ),
+            FieldSpec(
+                "min_entropy",
+                Kind.FLOAT,
+                3.5,
+                "Shannon entropy (bits per character) of the subdomain part, for parts of 24 "
+                "characters or more with the digit share of hex or base32 text (15 %+), that "
+                "counts as random.",
+                (between(1, 6),),
+            ),
+            FieldSpec(
+                "suspicious_fraction",
+                Kind.FLOAT,
+                0.5,
+                "Share of the unique names that must be long or random.",
+                (between(0.05, 1),),
+            ),
+            FieldSpec(
+                "record_types",
+                Kind.STR_LIST,
+                ["TXT", "NULL", "CNAME", "MX", "SRV", "ANY", "TYPE65399"],
+                "Query types tunnels carry data in (iodine: NULL, PRIVATE=TYPE65399, TXT, "
+                "SRV, MX, CNAME; dnscat2: TXT, CNAME, MX).",
+                (NON_EMPTY,),
+            ),
+            FieldSpec(
+                "min_record_queries",
+                Kind.INT,
+                100,
+                "Queries of those types under one registered domain in a window.",
+                (between(5, 1000000),),
+            ),
+            FieldSpec(
+                "max_tracked",
+                Kind.INT,
+                4096,
+                "(episode, registered domain) pairs held; the oldest is dropped beyond it.",
+                (between(16, 1000000),),
+            ),
+            FieldSpec(
+                "allow_domains",
+                Kind.STR_LIST,
+                [],
+                "Registered domains never judged (a cluster's own service discovery).",
+                (DOMAIN,),
             ),
         ),
     ),
@@ -1457,6 +1589,7 @@ class Config:
     probes: ProbesConfig
     process_table: ProcessTableConfig
     detectors: DetectorsConfig
+    dns_tunnel: DnsTunnelConfig
     allowlist: AllowlistConfig
     rules: RulesConfig
     siem: SiemConfig

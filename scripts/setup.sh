@@ -17,6 +17,7 @@ readonly TEST_PACKAGES=(
     openssh-server openssh-client liburing-dev tmux bpftrace
     procps util-linux file shellcheck rsync git curl socat netcat-openbsd
     postgresql
+    php-cli ruby ncat netcat-traditional putty-tools autossh sshuttle redis-tools postgresql-client
 )
 readonly SYS_PYTHON=/usr/bin/python3
 readonly STATE_DIR=/var/lib/rlguard

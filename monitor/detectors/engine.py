@@ -13,15 +13,20 @@ from __future__ import annotations
 import os
 import posixpath
 import pwd
+import re
+import socket
+import stat
+import urllib.parse
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.detectors import stratum, tunnel
+from monitor.config import DnsTunnelConfig, load_config
+from monitor.detectors import context, dnstunnel, intent, stratum, tunnel
 from monitor.detectors.iocs import Iocs
 from monitor.detectors.rules import SEVERITY_RANK, Rule, RuleSet, load_rules
-from monitor.detectors.signals import Signal, bounded
+from monitor.detectors.signals import Confidence, Signal, bounded
 from monitor.sensor.events import (
     ConnectEvent,
     DnsEvent,
@@ -38,6 +43,7 @@ from monitor.state.process_table import Process
 CONFIG_READ_LIMIT = 64 * 1024
 SSH_PORTS = frozenset({22, 2222})
 MAX_ALERT_KEYS = 100_000
+MAX_INTENTS = 4096  # reverse-shell intents held for confirmation by RLG-SHL-001
 FileReader = Callable[[int, str], "str | None"]
 
 
@@ -49,6 +55,8 @@ class Conn:
     dport: int
     transport: str | None
     cookie: int = 0
+    via: str | None = None  # an SSH session carried by ProxyJump/ProxyCommand
+    unknown_client: bool = False  # an SSH session a library (not a known client) opened
 
 
 @dataclass(slots=True)
@@ -57,6 +65,15 @@ class ProcState:
     ssh_sessions: list[Conn] = field(default_factory=list)
     # pool-port connects: context for this process's mining alerts
     pool_ports: list[Signal] = field(default_factory=list)
+    # autossh's own -M monitor loop: connects back to these loopback ports are its echo
+    loop_ports: set[int] = field(default_factory=set)
+    # fds whose socket this process connected itself, or copied from such an fd or saw
+    # live in /proc: an inherited fd number may be stale (close() is not seen)
+    own_fds: set[int] = field(default_factory=set)
+    # run from /dev/shm, /tmp, a memfd or a deleted file (context.exe_location)
+    where: Signal | None = None
+    # outside TCP connects of such a process, checked for RLG-TUN-007 by tick()
+    held: list[tuple[int, str, int, AttributedEvent]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -84,9 +101,18 @@ class Finding:
         return self.rule.severity(self.signals)
 
 
+# Another process's stdin, pipes and process substitutions: reading them would steal the
+# data from the process (and could block), so they are never read.
+_NOT_OURS = re.compile(r"/dev/(stdin|stdout|stderr|fd/\d+|tty)|/proc/(self|\d+)/fd/\d+|-")
+
+
 def read_process_file(pid: int, path: str) -> str | None:
-    """Read a file as process `pid` would see it (its root and cwd), bounded."""
-    if not path:
+    """Read a regular file as process `pid` would see it (its root and cwd), bounded.
+
+    Opened non-blocking and read only when it is a regular file: a FIFO named as a config
+    file must never block the monitor.
+    """
+    if not path or _NOT_OURS.fullmatch(path):
         return None
     base = f"/proc/{pid}/root"
     if not posixpath.isabs(path):
@@ -96,8 +122,31 @@ def read_process_file(pid: int, path: str) -> str | None:
             return None
         path = posixpath.join(cwd, path)
     try:
-        with open(base + path, "rb") as fh:
-            return fh.read(CONFIG_READ_LIMIT).decode("utf-8", "replace")
+        fd = os.open(base + path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks: list[bytes] = []
+        left = CONFIG_READ_LIMIT
+        while left > 0:
+            chunk = os.read(fd, left)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks).decode("utf-8", "replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def fd_is_socket(pid: int, fd: int) -> bool | None:
+    """Is fd `fd` of pid a socket now?  None when /proc cannot tell (gone)."""
+    try:
+        return os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
     except OSError:
         return None
 
@@ -118,14 +167,18 @@ class DetectionEngine:
         iocs: Iocs,
         rules: RuleSet | None = None,
         read_file: FileReader = read_process_file,
+        dns_tunnel: DnsTunnelConfig | None = None,
     ) -> None:
         self.iocs = iocs
+        self.dns_tunnel = dnstunnel.DnsTunnelTracker(dns_tunnel or load_config(None).dns_tunnel)
         self.rules = rules if rules is not None else load_rules()
         self.read_file = read_file
         # confirm reverse-shell fds in /proc (off in pure unit tests)
         self.verify_fds = read_file is read_process_file
         self.state: dict[str, ProcState] = {}
         self._alerted: OrderedDict[tuple[str, str], tuple[str, list[Signal]]] = OrderedDict()
+        # entity_id -> the reverse-shell intent raised on it, confirmed by RLG-SHL-001 later
+        self._intents: OrderedDict[str, AttributedEvent] = OrderedDict()
         self.alerts_by_rule: dict[str, int] = {}
 
     # -- state ---------------------------------------------------------------------
@@ -159,7 +212,7 @@ class DetectionEngine:
         elif isinstance(ev, SendEvent):
             found = self._send(ev, p, ae)
         elif isinstance(ev, DnsEvent):
-            found = self._dns(ev, p, ae)
+            found = self._dns(p, ae)
         elif isinstance(ev, DupEvent):
             found = self._dup(ev, p, ae)
         else:
@@ -176,7 +229,12 @@ class DetectionEngine:
         pst = self.state.get(parent.entity_id)
         if pst is not None:
             # the child inherits the fd table and the SSH sessions (ssh -f forks)
-            self.state[child.entity_id] = ProcState(dict(pst.fds), list(pst.ssh_sessions))
+            self.state[child.entity_id] = ProcState(
+                dict(pst.fds),
+                list(pst.ssh_sessions),
+                loop_ports=set(pst.loop_ports),
+                where=pst.where,
+            )
         return []
 
     def _exec(
@@ -189,14 +247,20 @@ class DetectionEngine:
             return out
         name = posixpath.basename(argv[0]) if argv else posixpath.basename(exe)
         base = posixpath.basename(exe)
+        where = context.exe_location(self._exe_path(ev))
+        if where is not None or p.entity_id in self.state:
+            st = self._st(p)
+            st.where, st.held = where, []
 
         # reverse tunnels on the command line (and in the ssh config it reads)
         sigs: list[Signal] = []
         if base == "ssh" or name == "ssh":
-            sigs += tunnel.ssh_forward_specs(argv, self._ssh_config(ev, argv))
+            sigs += self._ssh_exec(ev, p, parent, argv)
         elif base == "autossh" or name == "autossh":
             ssh_argv = tunnel.autossh_ssh_argv(argv)
             sigs += tunnel.autossh_signals(argv, self._ssh_config(ev, ssh_argv))
+        elif base == "plink" or name == "plink":
+            sigs += tunnel.plink_signals(argv, self._putty_session(ev, argv))
         if sigs:
             out += self._finding(tunnel.RULE_SSH_FORWARD, p.entity_id, sigs, ae)
         tool = tunnel.tunnel_tool_signals(argv, exe, self.iocs)
@@ -209,6 +273,9 @@ class DetectionEngine:
         mining = stratum.miner_argv_signals(argv, exe, self.iocs, cfg_text)
         if mining:
             out += self._finding(stratum.RULE_MINER_ARGV, p.entity_id, mining, ae)
+
+        # reverse-shell intent on the command line: raised whether or not it connects
+        out += self._shell_intent(argv, exe, p, ae)
 
         # reverse shell: a shell started with a socket on stdin/stdout (nc -e,
         # socat exec:, bash -i >& /dev/tcp), or under a relay holding one (pty.spawn)
@@ -225,9 +292,107 @@ class DetectionEngine:
                     bounded(f"{how} = tcp {conn.daddr}:{conn.dport}"),
                     "high",
                 )
-                back = {"connect_back": _dest(conn)}
-                out += self._finding(tunnel.RULE_REVERSE_SHELL, p.entity_id, [sig], ae, back)
+                out += self._shell(p, ae, [sig], {"connect_back": _dest(conn)})
         return out
+
+    def _exe_path(self, ev: ExecEvent) -> str:
+        """The executable as the kernel resolved it: /proc/PID/exe for relative paths and
+        fexecve (/dev/fd/N: a memfd), else the exec filename."""
+        path = ev.filename
+        if self.verify_fds and (
+            not path.startswith("/") or path.startswith(("/dev/fd/", "/proc/"))
+        ):
+            try:
+                return os.readlink(f"/proc/{ev.pid}/exe")
+            except OSError:
+                return path
+        return posixpath.normpath(path) if path.startswith("/") else path
+
+    def _shell_intent(
+        self, argv: list[str], exe: str, p: Process, ae: AttributedEvent
+    ) -> list[Finding]:
+        if p.entity_id in self._intents:
+            return []  # one intent per process: an exec'd one-liner is read once
+        found = intent.exec_intent(argv, exe, self.iocs.shells)
+        if not found.signals:
+            return []
+        self._intents[p.entity_id] = ae
+        if len(self._intents) > MAX_INTENTS:
+            self._intents.popitem(last=False)
+        extra = {"connect_back": found.target.as_dict()} if found.target else {}
+        return self._finding(intent.RULE_SHELL_INTENT, p.entity_id, found.signals, ae, extra)
+
+    def _shell(
+        self,
+        p: Process,
+        ae: AttributedEvent,
+        sigs: list[Signal],
+        extra: dict[str, Any],
+        subject: str | None = None,
+    ) -> list[Finding]:
+        """RLG-SHL-001, and the confirmation of an intent raised on p or an ancestor."""
+        out = self._finding(tunnel.RULE_REVERSE_SHELL, subject or p.entity_id, sigs, ae, extra)
+        for q in (p, *ae.lineage):
+            origin = self._intents.get(q.entity_id)
+            if origin is None:
+                continue
+            sig = Signal(
+                "behaviour",
+                "intent.confirmed",
+                bounded(f"RLG-SHL-001 on {p.name} ({p.pid}): {sigs[0].detail}"),
+                "high",
+            )
+            out += self._finding(intent.RULE_SHELL_INTENT, q.entity_id, [sig], origin, extra)
+            break
+        return out
+
+    def _ssh_exec(
+        self, ev: ExecEvent, p: Process, parent: Process | None, argv: list[str]
+    ) -> list[Signal]:
+        """Reverse forwards of an ssh exec; records the session a proxy carries for it."""
+        piped = tunnel.ssh_config_from_pipe(argv)
+        config = None if piped is not None else self._ssh_config(ev, argv)
+        sigs = tunnel.ssh_forward_specs(argv, config)
+        if parent is not None and posixpath.basename(parent.executable or "") == "autossh":
+            # autossh -M's own loop (-R M:127.0.0.1:M+1) is its echo, not the user's forward
+            loop = {
+                spec for flag, spec in tunnel.autossh_monitor_specs(parent.args) if flag == "-R"
+            }
+            sigs = [s for s in sigs if s.detail not in loop]
+            self._st(p).loop_ports |= {int(spec.rsplit(":", 1)[1]) for spec in loop}
+        proxy = tunnel.ssh_proxy(argv, config)
+        if sigs and proxy is None and tunnel.ssh_to_loopback(argv, config):
+            # forwards to this host itself expose nothing outside it (through a proxy the
+            # jump host resolves the name: its loopback is not ours)
+            sigs = [
+                Signal(s.kind, s.name, bounded(s.detail + " (to this host)"), "low") for s in sigs
+            ]
+        if proxy is not None:
+            # the session runs over the proxy's pipe: this ssh never sends a banner itself
+            self._st(p).ssh_sessions.append(Conn(None, 0, "tcp", via=bounded(proxy, 120)))
+        if piped is not None:
+            sigs.append(piped)
+        return sigs
+
+    def _read(self, ev: ExecEvent, path: str) -> str | None:
+        """A file the exec'ing process names; through its parent's root and cwd when the
+        process is already gone (a blocked ssh exits before its exec is read)."""
+        text = self.read_file(ev.pid, path)
+        if text is None and ev.ppid:
+            text = self.read_file(ev.ppid, path)
+        return text
+
+    def _putty_session(self, ev: ExecEvent, argv: list[str]) -> str | None:
+        name = tunnel.plink_session(argv)
+        if not name:
+            return None
+        try:
+            home = pwd.getpwuid(ev.uid).pw_dir
+        except KeyError:
+            return None
+        # PuTTY's unix storage: ~/.putty/sessions/<name, %-escaped>
+        escaped = urllib.parse.quote(name, safe="-_.")
+        return self._read(ev, posixpath.join(home, ".putty", "sessions", escaped))
 
     def _ssh_config(self, ev: ExecEvent, argv: list[str]) -> str | None:
         """The ssh config text the process reads: -F file, else user + system config."""
@@ -235,16 +400,16 @@ class DetectionEngine:
         if path == "none":
             return None  # `-F none`: ssh reads no config at all
         if path:
-            return self.read_file(ev.pid, path)
+            return self._read(ev, path)
         parts = []
         try:
             home = pwd.getpwuid(ev.uid).pw_dir
-            user_cfg = self.read_file(ev.pid, posixpath.join(home, ".ssh", "config"))
+            user_cfg = self._read(ev, posixpath.join(home, ".ssh", "config"))
             if user_cfg:
                 parts.append(user_cfg)
         except KeyError:
             pass
-        system = self.read_file(ev.pid, "/etc/ssh/ssh_config")
+        system = self._read(ev, "/etc/ssh/ssh_config")
         if system:
             parts.append(system)
         return "\n".join(parts) if parts else None
@@ -264,41 +429,55 @@ class DetectionEngine:
             return None
         if self.iocs.is_internal(c0.daddr) or self.iocs.is_allowed_destination(c0.daddr):
             return None
-        if self.verify_fds and stdio_is_one_socket(p.pid) is False:
-            return None
+        if self.verify_fds:
+            live = stdio_is_one_socket(p.pid)
+            if live is False:
+                return None
+            if live is None and not {0, 1} <= st.own_fds:
+                # the process is gone and the mapping was inherited: with close() unseen, a
+                # parent's reused fd number could be stale, so only its own dup2 counts
+                return None
         return c0
 
     def _connect(self, ev: ConnectEvent, p: Process, ae: AttributedEvent) -> list[Finding]:
         out: list[Finding] = []
         ok = ev.ret in (0, -115, 1)  # success, in progress, or seen below the syscall
         if not ok:
-            return out
+            return self._refused(ev, p, ae)
         transport = ev.transport
         conn = Conn(ev.daddr, ev.dport, transport, ev.cookie)
         st = self._st(p)
         if ev.fd >= 0:
             st.fds[ev.fd] = conn
+            st.own_fds.add(ev.fd)
         if transport != "tcp":
             return out
         # an SSH client opening connections into the host: serving a -R forward
-        if st.ssh_sessions and self.iocs.is_internal(ev.daddr) and p.name != "sshd":
+        if (
+            st.ssh_sessions
+            and self.iocs.is_internal(ev.daddr)
+            and p.name != "sshd"
+            and not (ev.dport in st.loop_ports and _loopback(ev.daddr))
+        ):
             sess = st.ssh_sessions[-1]
+            held = sess.via or f"{sess.daddr}:{sess.dport}"
             sig = Signal(
                 "behaviour",
                 "ssh.connect_back",
-                bounded(
-                    f"holds SSH session to {sess.daddr}:{sess.dport}; "
-                    f"connected to {ev.daddr}:{ev.dport}"
-                ),
+                bounded(f"holds SSH session to {held}; connected to {ev.daddr}:{ev.dport}"),
                 "high",
             )
-            out += self._finding(
-                tunnel.RULE_SSH_CONNECT_BACK,
-                p.entity_id,
-                [sig],
-                ae,
-                {"ssh_session": _dest(sess), "connect_back": _dest(conn)},
-            )
+            extra = {"ssh_session": _dest(sess), "connect_back": _dest(conn)}
+            out += self._finding(tunnel.RULE_SSH_CONNECT_BACK, p.entity_id, [sig], ae, extra)
+            if sess.unknown_client:
+                # a library's SSH session (low on its own) that now serves a remote forward
+                up = Signal(
+                    "behaviour",
+                    "ssh.unknown_client_forward",
+                    bounded(f"{p.name}'s SSH session to {held} serves a remote forward"),
+                    "high",
+                )
+                out += self._finding(tunnel.RULE_SSH_PROTOCOL, p.entity_id, [up], ae, extra)
         sig2 = stratum.pool_port_signal(ev.dport, self.iocs)
         if (
             sig2 is not None
@@ -312,12 +491,67 @@ class DetectionEngine:
             if self.iocs.pool_port_connects == "alert":
                 subject = f"{p.entity_id}/{ev.daddr}:{ev.dport}"
                 out += self._finding(stratum.RULE_POOL_PORT, subject, [sig2], ae)
+            if st.where is not None and ev.daddr:
+                sig3 = context.pool_port_combination(st.where, ev.daddr, ev.dport)
+                subject = f"{p.entity_id}/{ev.daddr}:{ev.dport}"
+                out += self._finding(context.RULE_VOLATILE_POOL, subject, [sig3], ae)
+        elif (
+            st.where is not None
+            and ev.daddr
+            and len(st.held) < 8
+            and not self.iocs.is_internal(ev.daddr)
+            and not self.iocs.is_allowed_destination(ev.daddr)
+        ):
+            st.held.append((ev.ts_ns, ev.daddr, ev.dport, ae))
+        return out
+
+    def _refused(self, ev: ConnectEvent, p: Process, ae: AttributedEvent) -> list[Finding]:
+        """A connect the network refused is still an attempt: a program from a volatile
+        location trying a pool port (a firewall that rejects does not hide the miner)."""
+        st = self.state.get(p.entity_id)
+        if (
+            st is None
+            or st.where is None
+            or ev.ret not in _ATTEMPT_ERRORS
+            or ev.transport != "tcp"
+            or not ev.daddr
+            or stratum.pool_port_signal(ev.dport, self.iocs) is None
+            or self.iocs.is_internal(ev.daddr)
+        ):
+            return []
+        sig = context.pool_port_combination(st.where, ev.daddr, ev.dport)
+        sig = Signal(sig.kind, sig.name, bounded(f"{sig.detail} (refused)"), sig.confidence)
+        return self._finding(
+            context.RULE_VOLATILE_POOL, f"{p.entity_id}/{ev.daddr}:{ev.dport}", [sig], ae
+        )
+
+    def tick(self, now_ns: int) -> list[Finding]:
+        """Periodic checks (the collector calls this about once a second): outside TCP
+        connections that programs from volatile locations still hold after long_lived_s."""
+        out: list[Finding] = []
+        limit = int(self.iocs.long_lived_s * 1e9)
+        for st in self.state.values():
+            if not st.held or now_ns - st.held[0][0] < limit:
+                continue
+            due = [h for h in st.held if now_ns - h[0] >= limit]
+            st.held = [h for h in st.held if now_ns - h[0] < limit]
+            for ts, daddr, dport, ae in due:
+                p = ae.process
+                if p is None or st.where is None:
+                    continue
+                if self.verify_fds and holds_established(p.pid, daddr, dport) is not True:
+                    continue
+                sig = context.long_lived_combination(st.where, daddr, dport, (now_ns - ts) / 1e9)
+                subject = f"{p.entity_id}/{daddr}:{dport}"
+                out += self._finding(context.RULE_VOLATILE_LONG_LIVED, subject, [sig], ae)
         return out
 
     def _send(self, ev: SendEvent, p: Process, ae: AttributedEvent) -> list[Finding]:
         out: list[Finding] = []
         if self.iocs.is_allowed_destination(ev.daddr) or self.iocs.is_allowed_process(p.executable):
             return out
+        if ae.dns is not None:
+            return self._dns(p, ae)  # DNS over TCP: judged as DNS, like UDP
         # a socket another process connected: the pair is the subject, so that neither an
         # earlier alert of the sender nor of the owner hides this stream's
         owner = ae.rl.socket_owner
@@ -326,8 +560,10 @@ class DetectionEngine:
         banner = tunnel.ssh_banner(data)
         if banner is not None:
             st = self._st(p)
-            st.ssh_sessions.append(Conn(ev.daddr, ev.dport, "tcp", ev.cookie))
-            out += self._ssh_protocol(ev, p, ae, banner, subject)
+            names = {p.name, posixpath.basename(p.executable or "")}
+            unknown = not names & self.iocs.ssh_clients
+            st.ssh_sessions.append(Conn(ev.daddr, ev.dport, "tcp", ev.cookie, None, unknown))
+            out += self._ssh_protocol(ev, p, ae, banner, subject, unknown)
             return out
         mining = stratum.stratum_payload_signals(data)
         if mining:
@@ -340,24 +576,27 @@ class DetectionEngine:
             )
         shell = tunnel.shell_banner_signal(data)
         if shell is not None and not self.iocs.is_internal(ev.daddr):
-            out += self._finding(
-                tunnel.RULE_REVERSE_SHELL,
-                subject,
-                [shell],
-                ae,
-                {"connect_back": {"ip": ev.daddr, "port": ev.dport}},
+            out += self._shell(
+                p, ae, [shell], {"connect_back": {"ip": ev.daddr, "port": ev.dport}}, subject
             )
         return out
 
     def _ssh_protocol(
-        self, ev: SendEvent, p: Process, ae: AttributedEvent, banner: str, subject: str
+        self,
+        ev: SendEvent,
+        p: Process,
+        ae: AttributedEvent,
+        banner: str,
+        subject: str,
+        unknown: bool,
     ) -> list[Finding]:
-        names = {p.name, posixpath.basename(p.executable or "")}
-        known = bool(names & self.iocs.ssh_clients)
         sigs: list[Signal] = []
-        if not known:
+        if unknown:
+            # a library (paramiko for Ansible, libssh2 for git) to an SSH port is ordinary:
+            # low until a connect-back shows a remote forward (ssh.unknown_client_forward)
+            conf: Confidence = "low" if ev.dport in SSH_PORTS else "high"
             sigs.append(
-                Signal("banner", "ssh.unknown_client", bounded(f"{p.name} sent '{banner}'"), "high")
+                Signal("banner", "ssh.unknown_client", bounded(f"{p.name} sent '{banner}'"), conf)
             )
         if ev.dport not in SSH_PORTS:
             sigs.append(
@@ -391,17 +630,21 @@ class DetectionEngine:
             {"ssh_banner": banner, "ssh_server": {"ip": ev.daddr, "port": ev.dport}},
         )
 
-    def _dns(self, ev: DnsEvent, p: Process, ae: AttributedEvent) -> list[Finding]:
+    def _dns(self, p: Process, ae: AttributedEvent) -> list[Finding]:
+        """A DNS query (UDP, or the opening of a TCP stream to port 53)."""
         q = ae.dns
         if q is None or q.is_response:
             return []
         out: list[Finding] = []
-        sig = tunnel.tunnel_dns_signal(q.name, self.iocs)
-        if sig is not None:
-            out += self._finding(tunnel.RULE_TUNNEL_DNS, f"{p.entity_id}/{q.name}", [sig], ae)
-        sig2 = stratum.pool_dns_signal(q.name, self.iocs)
-        if sig2 is not None:
-            out += self._finding(stratum.RULE_POOL_DNS, f"{p.entity_id}/{q.name}", [sig2], ae)
+        for rule_id, sig in dnstunnel.name_list_signals(q.name, self.iocs):
+            out += self._finding(rule_id, f"{p.entity_id}/{q.name}", [sig], ae)
+        # tunnelling is judged per episode (per process outside episodes)
+        key = f"episode:{ae.rl.episode_id}" if ae.rl.episode_id else f"process:{p.entity_id}"
+        got = self.dns_tunnel.observe(key, q.name, q.qtype_name, ae.event.ts_ns)
+        if got is not None:
+            reg, sigs = got
+            extra = {"dns_tunnel": {"registered_domain": reg}}
+            out += self._finding(dnstunnel.RULE_DNS_TUNNEL, f"{key}/{reg}", sigs, ae, extra)
         return out
 
     def _dup(self, ev: DupEvent, p: Process, ae: AttributedEvent) -> list[Finding]:
@@ -409,8 +652,20 @@ class DetectionEngine:
         conn = st.fds.get(ev.oldfd)
         if conn is None:
             st.fds.pop(ev.newfd, None)
+            st.own_fds.discard(ev.newfd)
+            return []
+        live = fd_is_socket(p.pid, ev.newfd) if self.verify_fds else None
+        if live is False:
+            # the source fd number was stale (close() is not seen): not a socket any more
+            st.fds.pop(ev.oldfd, None)
+            st.fds.pop(ev.newfd, None)
+            st.own_fds.discard(ev.newfd)
             return []
         st.fds[ev.newfd] = conn
+        if live or ev.oldfd in st.own_fds:
+            st.own_fds.add(ev.newfd)
+        else:
+            st.own_fds.discard(ev.newfd)
         if p.name in self.iocs.shells and self._stdio_socket(p) is conn:
             sig = Signal(
                 "fd",
@@ -418,8 +673,7 @@ class DetectionEngine:
                 bounded(f"dup{ev.oldfd}->{ev.newfd}: stdin/stdout = tcp {conn.daddr}:{conn.dport}"),
                 "high",
             )
-            back = {"connect_back": _dest(conn)}
-            return self._finding(tunnel.RULE_REVERSE_SHELL, p.entity_id, [sig], ae, back)
+            return self._shell(p, ae, [sig], {"connect_back": _dest(conn)})
         return []
 
     # -- findings ------------------------------------------------------------------
@@ -446,6 +700,13 @@ class DetectionEngine:
             if st is not None and st.pool_ports:
                 # context only: a low signal never raises the severity on its own
                 signals = list(signals) + [s for s in st.pool_ports if s not in signals]
+        st = self.state.get(p.entity_id) if p is not None else None
+        if st is not None and st.where is not None and rule.category in _CONTEXT_CATEGORIES:
+            # where the program runs from: context only, never raising the severity
+            w = st.where
+            ctx = Signal(w.kind, w.name, w.detail, "low")
+            if all(s.name != ctx.name for s in signals):
+                signals = list(signals) + [ctx]
         key = (rule_id, subject)
         prev = self._alerted.get(key)
         if prev is not None:
@@ -475,6 +736,60 @@ class DetectionEngine:
     # findings from outside the engine (attribution, monitor/state/gpu.py), same de-duplication:
     # one per (rule, subject), again only when more severe
     report = _finding
+
+
+_CONTEXT_CATEGORIES = frozenset({"mining", "tunnel", "shell"})
+# ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, ENETUNREACH: the attempt was made
+_ATTEMPT_ERRORS = frozenset({-111, -110, -113, -101})
+
+
+def holds_established(pid: int, daddr: str, dport: int) -> bool | None:
+    """Does `pid` still hold an ESTABLISHED TCP socket to daddr:dport?  None when /proc
+    cannot tell (the process is gone).  Reads its fds and its namespace's socket table."""
+    try:
+        inodes = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    except OSError:
+        return None
+    try:
+        packed = socket.inet_pton(socket.AF_INET6 if ":" in daddr else socket.AF_INET, daddr)
+    except OSError:
+        return None
+    tables: tuple[str, ...]
+    mapped: tuple[str, ...]
+    if len(packed) == 4:
+        want_addr = packed[::-1].hex().upper()
+        tables = ("tcp", "tcp6")
+        mapped = ("0000000000000000FFFF0000" + want_addr, want_addr)
+    else:
+        words = [packed[i : i + 4][::-1].hex().upper() for i in range(0, 16, 4)]
+        mapped = ("".join(words),)
+        tables = ("tcp6",)
+    want_port = f"{dport:04X}"
+    for table in tables:
+        try:
+            with open(f"/proc/{pid}/net/{table}") as fh:
+                next(fh, None)
+                for line in fh:
+                    f = line.split()
+                    if len(f) < 10 or f[3] != "01":  # 01: ESTABLISHED
+                        continue
+                    addr, _, port = f[2].partition(":")
+                    if port == want_port and addr in mapped and f[9] in inodes:
+                        return True
+        except OSError:
+            continue
+    return False
+
+
+def _loopback(ip: str | None) -> bool:
+    return ip is not None and (ip.startswith("127.") or ip in ("::1", "::ffff:127.0.0.1"))
 
 
 def _dest(c: Conn) -> dict[str, Any]:

@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from monitor.config import RULES_FILE, RulesConfig
-from monitor.detectors import crossing, gpu, stratum, tag_conflict, tunnel
+from monitor.detectors import (
+    context,
+    crossing,
+    dnstunnel,
+    gpu,
+    intent,
+    stratum,
+    tag_conflict,
+    tunnel,
+)
 from monitor.detectors.signals import CONFIDENCE_RANK, Signal
 
 if sys.version_info >= (3, 11):
@@ -39,6 +48,9 @@ DETECTORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (gpu.__name__, gpu.RULES),
     (tag_conflict.__name__, tag_conflict.RULES),
     (crossing.__name__, crossing.RULES),
+    (intent.__name__, intent.RULES),
+    (dnstunnel.__name__, dnstunnel.RULES),
+    (context.__name__, context.RULES),
 )
 
 

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from monitor.detectors.intent import client_target, socat_addresses
 from monitor.detectors.iocs import Iocs, domain_match
 from monitor.detectors.signals import CONFIDENCE_RANK, Confidence, Signal
 from monitor.sanitize import safe_text
@@ -44,12 +45,18 @@ __all__ = [
     "autossh_monitor_specs",
     "autossh_signals",
     "autossh_ssh_argv",
+    "plink_session",
+    "plink_signals",
     "shell_banner_signal",
     "ssh_banner",
+    "ssh_config_from_pipe",
     "ssh_config_path",
     "ssh_destination",
     "ssh_forward_specs",
     "ssh_local_or_dynamic",
+    "ssh_proxy",
+    "ssh_to_loopback",
+    "sshuttle_server_signal",
     "tunnel_dns_signal",
     "tunnel_tool_signals",
 ]
@@ -119,9 +126,17 @@ def _prog(name: str | None) -> str:
     return base[:-4] if base.endswith(".exe") else base
 
 
+_SCRIPT_HOSTS: Final = re.compile(r"(python|pypy|perl|ruby|node)[\d.]*")
+
+
 def _names_of(argv: Sequence[str], exe: str | None) -> tuple[str, ...]:
-    """Program names to match on: argv[0] and the executable (either may be renamed)."""
+    """Program names to match on: argv[0], the executable (either may be renamed) and, for
+    an interpreter, the script it runs (``python3 /usr/bin/sshuttle``, ``rforward.py``)."""
     names = [_prog(argv[0]) if argv else "", _prog(exe)]
+    if len(argv) > 1 and any(_SCRIPT_HOSTS.fullmatch(n) for n in names if n):
+        script = next((a for a in argv[1:] if not a.startswith("-")), "")
+        if script and not any(a in ("-c", "-m", "-e") for a in argv[1 : argv.index(script)]):
+            names.append(_prog(script))
     return tuple(n for n in names if n)
 
 
@@ -418,7 +433,8 @@ def _match_block(args: list[str]) -> bool | None:
     return True if [a.lower() for a in args] == ["all"] else None
 
 
-def _apply_config(state: _Forwarding, text: str, host: str | None) -> None:
+def _config_options(text: str, host: str | None) -> Iterator[tuple[str, list[str], bool]]:
+    """(keyword, args, certain) of the config lines that apply (or may apply) to `host`."""
     active: bool | None = True  # lines before the first Host/Match apply to every host
     for raw in text.splitlines():
         parsed = _config_line(raw)
@@ -430,7 +446,12 @@ def _apply_config(state: _Forwarding, text: str, host: str | None) -> None:
         elif keyword == "match":
             active = _match_block(args)
         elif active is not False:
-            state.option(keyword, args, "config", active is True)
+            yield keyword, args, active is True
+
+
+def _apply_config(state: _Forwarding, text: str, host: str | None) -> None:
+    for keyword, args, certain in _config_options(text, host):
+        state.option(keyword, args, "config", certain)
 
 
 def _apply_cmdline(state: _Forwarding, options: Sequence[tuple[str, str | None]]) -> None:
@@ -594,13 +615,17 @@ def autossh_monitor_specs(argv: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def autossh_signals(argv: Sequence[str], config_text: str | None = None) -> list[Signal]:
-    """autossh: an "autossh" signal ("high" when the ssh it runs has a reverse forward,
-    else "medium"), an informational "autossh.monitor" for a monitoring loop, and the
-    `ssh_forward_specs` signals of the ssh command it runs."""
+    """autossh: nothing unless the ssh it runs forwards in reverse; then an "autossh"
+    signal ("high" for a certain forward, else "medium"), an informational
+    "autossh.monitor" for a monitoring loop, and the `ssh_forward_specs` signals.
+    autossh's own -M loop (the -R it adds to its ssh child) is not a reverse forward of
+    the user's: the engine recognises it on the child with `autossh_monitor_specs`."""
     own = list(argv[1 : argv.index("--")] if "--" in argv[1:] else argv[1:])
     if "-V" in own:
         return []  # prints its version and exits
     ssh_signals = ssh_forward_specs(autossh_ssh_argv(argv), config_text)
+    if not ssh_signals:
+        return []  # -L / -D / plain keep-alive sessions are not reverse tunnels
     reverse = any(s.confidence == "high" for s in ssh_signals)
     out = [_sig("argv", "autossh", " ".join(argv), "high" if reverse else "medium")]
     loop = autossh_monitor_specs(argv)
@@ -732,6 +757,8 @@ _CLOUDFLARED_MANAGE: Final = frozenset(
 
 
 def _cloudflared(args: Sequence[str]) -> list[Signal] | None:
+    if "access" in _positionals(args, frozenset({"config", "loglevel", "logfile"}))[:1]:
+        return []  # the client side of Cloudflare Access (ssh/tcp/rdp): not a tunnel out
     if "tunnel" in args:
         after = args[args.index("tunnel") + 1 :]
         if "run" in after or _has_flag(after, *_CLOUDFLARED_QUICK):
@@ -790,9 +817,221 @@ def _rathole(args: Sequence[str]) -> list[Signal] | None:
     return [_sig("argv", "rathole", " ".join(args) or "rathole", "medium")]
 
 
+def _chisel_shape(args: Sequence[str]) -> list[Signal] | None:
+    """chisel under any name: `client <server> R:…` is its grammar and nobody else's."""
+    words = _positionals(args, _CHISEL_VALUE_FLAGS)
+    if words[:1] != ["client"] or len(words) < 3:
+        return None
+    reverse = [r for r in words[2:] if _CHISEL_REMOTE.fullmatch(r)]
+    if not reverse:
+        return None
+    return [_sig("argv", "chisel.reverse", f"{r} (chisel client grammar, renamed binary)", "high")
+            for r in reverse]  # fmt: skip
+
+
+# chisel share/settings/remote.go: R:[local-host:]local-port:remote-host:remote-port[/proto],
+# R:socks, R:[host:]port:socks, R:stdio:... .
+_CHISEL_REMOTE: Final = re.compile(r"R:(?:socks|[\w.\[\]:-]*\d+(?::socks)?(?:/(?:tcp|udp))?)")
+
+
+def _is_local(host: str | None, iocs: Iocs) -> bool:
+    if not host:
+        return False
+    h = host.strip("[]").lower()
+    return h in ("localhost", "0", "ip6-localhost") or h.startswith("127.") or h == "::1" or (
+        iocs.is_internal(h)
+    )  # fmt: skip
+
+
+def _socat(args: Sequence[str], iocs: Iocs) -> list[Signal] | None:
+    """socat connect-connect: a relay; one end inside the host and one outside exposes a
+    local service to the outside (IATT "Connect - Connect" pivot)."""
+    addrs = socat_addresses(list(args))
+    targets = [t for kind, t, _p in addrs if kind == "connect" and t is not None]
+    if len(targets) < 2:
+        return []  # listen-connect forwarders, exec: (the intent rule), stdio: no opinion
+    local = [t for t in targets if _is_local(t.host, iocs)]
+    outside = [t for t in targets if not _is_local(t.host, iocs)]
+    detail = " <-> ".join(f"{t.host}:{t.port}" for t in targets)
+    if local and outside:
+        return [_sig("argv", "socat.relay", f"{detail} (exposes a local service)", "high")]
+    if outside:
+        return [_sig("argv", "socat.relay", detail, "medium")]
+    return []
+
+
+def _ncat_relay(args: Sequence[str], iocs: Iocs) -> list[Signal] | None:
+    """`ncat OUTSIDE PORT -c "ncat localhost 22"`: the connect-connect relay of nc."""
+    inner: str | None = None
+    for i, a in enumerate(args):
+        if a in ("-c", "-e", "--sh-exec", "--exec") and i + 1 < len(args):
+            inner = args[i + 1]
+    if inner is None:
+        return None
+    words = inner.split()
+    if not words or _prog(words[0]) not in ("nc", "ncat", "netcat", "socat", "telnet"):
+        return None
+    outer_t = client_target("nc", list(args))
+    inner_t = client_target(_prog(words[0]), words[1:])
+    if outer_t is None or inner_t is None:
+        return None
+    if _is_local(inner_t.host, iocs) and not _is_local(outer_t.host, iocs):
+        detail = f"{outer_t.host}:{outer_t.port} <-> {inner_t.host}:{inner_t.port}"
+        return [_sig("argv", "nc.relay", f"{detail} (exposes a local service)", "high")]
+    return None
+
+
+_SSHUTTLE_VALUE_FLAGS: Final = frozenset(
+    {"r", "remote", "e", "ssh-cmd", "x", "exclude", "X", "exclude-from", "python", "l",
+     "listen", "method", "dns-hosts"}
+)  # fmt: skip
+# sshuttle ssh.py connect(): the server bootstrap it runs through the remote sshd.
+_SSHUTTLE_BOOT: Final = re.compile(
+    r'compile\(sys\.stdin\.read\(\d+\),\s*"assembler\.py",\s*"exec"\)'
+)
+
+
+def _sshuttle(args: Sequence[str]) -> list[Signal] | None:
+    if _has_flag(args, "server"):
+        return [_sig("argv", "sshuttle.server", " ".join(args), "high")]
+    if _has_flag(args, "firewall", "hostwatch"):
+        return []  # root helpers of a client that is reported on its own
+    remote = _flag_values(args, ("r", "remote"))
+    # -vvr host: the value follows a flag cluster ending in r
+    for i, a in enumerate(args):
+        if re.fullmatch(r"-[a-zA-Z]*r", a) and a != "-r" and i + 1 < len(args):
+            remote.append(args[i + 1])
+    if remote:
+        return [_sig("argv", "sshuttle.client", f"VPN over ssh to {remote[0]}: {' '.join(args)}",
+                     "high")]  # fmt: skip
+    return None
+
+
+def sshuttle_server_signal(code: str) -> Signal | None:
+    """The server half of sshuttle, started through sshd: python -c '… "assembler.py" …'."""
+    if isinstance(code, str) and _SSHUTTLE_BOOT.search(code[:4096]):
+        return _sig("argv", "sshuttle.server", code, "high")
+    return None
+
+
+def _rforward(args: Sequence[str]) -> list[Signal] | None:
+    """paramiko demos/rforward.py: `rforward.py [-p RPORT] [-r host:port] server[:port]`."""
+    remote = _flag_values(args, ("r", "remote"))
+    rport = _flag_values(args, ("p", "remote-port"))
+    if remote or rport:
+        spec = f"remote port {rport[0] if rport else '4000'} -> {remote[0] if remote else '?'}"
+        return [_sig("argv", "paramiko.rforward", f"{spec}: {' '.join(args)}", "high")]
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# PuTTY plink
+# ---------------------------------------------------------------------------------------
+
+# PuTTY cmdline.c / plink: options that take a value (the rest are flags).
+_PLINK_VALUE: Final = frozenset(
+    {"-load", "-P", "-l", "-L", "-R", "-D", "-m", "-i", "-pw", "-pwfile", "-hostkey",
+     "-sercfg", "-sshlog", "-sshrawlog", "-proxycmd", "-loghost", "-nc", "-J", "-jumphost",
+     "-cert", "-logfile", "-serial"}
+)  # fmt: skip
+
+
+def plink_session(argv: Sequence[str]) -> str | None:
+    """The saved session `-load NAME` names (its forwards live in ~/.putty/sessions)."""
+    for i, a in enumerate(argv[1:], start=1):
+        if a == "-load" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def plink_signals(argv: Sequence[str], session_text: str | None = None) -> list[Signal]:
+    """PuTTY plink: -R on the command line, or R entries in the loaded session's
+    PortForwardings (PuTTY stores them as ``R9000=localhost:22,L…``, with an optional 4/6
+    prefix).  Options are read until the command starts (after the host)."""
+    out: list[Signal] = []
+    host_seen = False
+    i = 1
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("-"):
+            if a in _PLINK_VALUE:
+                value = argv[i + 1] if i + 1 < len(argv) else ""
+                if a == "-R" and value:
+                    out.append(_sig("argv", "plink.remote_forward", value, "high"))
+                i += 2
+                continue
+            i += 1
+            continue
+        if host_seen:
+            break  # the remote command
+        host_seen = True
+        i += 1
+    if session_text:
+        for line in session_text.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() != "PortForwardings":
+                continue
+            for entry in value.split(","):
+                entry = entry.strip().lstrip("46")
+                if entry.startswith("R"):
+                    out.append(_sig("config", "plink.remote_forward", entry[1:], "high"))
+    return _dedupe(out)
+
+
+# ---------------------------------------------------------------------------------------
+# ssh: proxies and where the config comes from
+# ---------------------------------------------------------------------------------------
+
+_PIPE_PATHS: Final = re.compile(r"(/dev/(stdin|fd/\d+)|/proc/(self|\d+)/fd/\d+|-)")
+
+
+def ssh_config_from_pipe(argv: Sequence[str]) -> Signal | None:
+    """-F /dev/stdin, /dev/fd/N (a process substitution), /proc/self/fd/N: a config no one
+    else can read.  The engine must not read it (it would steal ssh's input)."""
+    path = ssh_config_path(argv)
+    if path is None or _PIPE_PATHS.fullmatch(path) is None:
+        return None
+    return _sig("argv", "ssh.config_from_pipe", f"-F {path}: config read from a pipe", "medium")
+
+
+def ssh_proxy(argv: Sequence[str], config_text: str | None = None) -> str | None:
+    """The ProxyJump / ProxyCommand ssh uses (-J, -o ProxyJump=…, -oProxyCommand …, the
+    config), first obtained value as ssh takes it; None for none or "none"."""
+    parsed = _parse_ssh(argv, _SSH_ARGS_MODERN)
+    for letter, optarg in parsed.options:
+        if optarg is None:
+            continue
+        if letter == "J":
+            return None if optarg.lower() == "none" else f"ProxyJump {optarg}"
+        if letter == "o":
+            line = _config_line(optarg)
+            if line and line[0] in ("proxyjump", "proxycommand") and line[1]:
+                value = " ".join(line[1])
+                return None if value.lower() == "none" else f"{line[0]} {value}"
+    if config_text:
+        host = _host_of(parsed.destination) if parsed.destination else None
+        for keyword, args, certain in _config_options(config_text, host):
+            if certain and keyword in ("proxyjump", "proxycommand") and args:
+                value = " ".join(args)
+                return None if value.lower() == "none" else f"{keyword} {value}"
+    return None
+
+
+def ssh_to_loopback(argv: Sequence[str], config_text: str | None = None) -> bool:
+    """ssh to this host itself (localhost, 127.x, ::1) without a HostName rewrite: its -R
+    forwards loop back into the host and expose nothing outside."""
+    host = ssh_destination(argv)
+    if host is None or (config_text and re.search(r"(?im)^\s*hostname\b", config_text)):
+        return False
+    h = host.strip("[]").lower()
+    return h == "localhost" or h.startswith("127.") or h == "::1"
+
+
 _SSH_NAMES: Final = ("ssh", "slogin")
 
 _TOOL_PARSERS: Final = (
+    ("sshuttle", _sshuttle),
+    ("rforward", _rforward),
     ("chisel", _chisel),
     ("frpc", _frpc),
     ("ngrok", _ngrok),
@@ -833,6 +1072,16 @@ def tunnel_tool_signals(argv: Sequence[str], exe: str | None, iocs: Iocs) -> lis
     tool = _known_tool(names, [t for t, _ in _TOOL_PARSERS])
     if tool is not None:
         found = dict(_TOOL_PARSERS)[tool](args)
+    if found is None and "socat" in names:
+        return _socat(args, iocs) or []
+    if found is None and any(n in ("nc", "ncat", "netcat") for n in names):
+        return _ncat_relay(args, iocs) or []
+    if found is None and any(_SCRIPT_HOSTS.fullmatch(n) for n in names) and "-c" in args:
+        boot = sshuttle_server_signal(args[args.index("-c") + 1] if args[-1] != "-c" else "")
+        if boot is not None:
+            return [boot]
+    if found is None:
+        found = _chisel_shape(args)
     ligolo = _known_tool(names, ("ligolo",))
     if found is None and (ligolo or _known_tool(names, ("agent",))):
         found = _ligolo(args, named=ligolo is not None)
@@ -855,6 +1104,8 @@ def argv_signals(
     names = _names_of(argv, exe)
     if any(n in _SSH_NAMES for n in names):
         return ssh_forward_specs(argv, config_text)
+    if "plink" in names:
+        return plink_signals(argv, config_text)
     if _known_tool(names, ("autossh",)):
         return autossh_signals(argv, config_text)
     return tunnel_tool_signals(argv, exe, iocs)
@@ -914,6 +1165,10 @@ _JOB_CONTROL_RE: Final = re.compile(
     rb"(?:cannot set terminal process group \(-?\d+\)[^\r\n]{0,80}"
     rb"|no job control in this shell|can't access tty; job control turned off)"
 )
+# dash writes an error's "argv0: lineno: " prefix with a write of its own before the text
+# (error.c exvwarning2: outfmt(errout, "%s: ", ...) then "%d: "), so an interactive dash on
+# a socket can open the stream with exactly that prefix and nothing else.
+_DASH_PREFIX_RE: Final = re.compile(rb"[\w./-]{1,64}: \d{1,6}: ")
 # A plain-HTTP request (e.g. a log upload) may quote those lines in its body.
 _HTTP_REQUEST_RE: Final = re.compile(rb"[A-Z]{3,10} [^ \r\n]{1,2048} HTTP/\d")
 
@@ -936,7 +1191,8 @@ def shell_banner_signal(data: bytes) -> Signal | None:
 
     "high" "shell.job_control" for the messages bash/dash print when started
     interactive without a terminal; "medium" "shell.prompt" when the bytes are exactly a
-    shell prompt.  Kind "payload".
+    shell prompt, and "medium" "shell.error_prefix" when they are exactly dash's separate
+    "argv0: lineno: " write (the first write of that message).  Kind "payload".
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         return None
@@ -946,6 +1202,8 @@ def shell_banner_signal(data: bytes) -> Signal | None:
     m = _JOB_CONTROL_RE.search(head)
     if m is not None:
         return _sig("payload", "shell.job_control", m.group().strip(), "high")
+    if _DASH_PREFIX_RE.fullmatch(head):
+        return _sig("payload", "shell.error_prefix", head, "medium")
     if len(head) > 512:
         return None
     text = _ESCAPE_RE.sub("", head.decode("utf-8", "replace")).strip("\r\n")

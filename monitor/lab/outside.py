@@ -81,13 +81,14 @@ DNS_SERVER = textwrap.dedent(
 
 SHELL_LISTENER = textwrap.dedent(
     r"""
-    # accepts one reverse shell, sends a command, records what comes back
+    # accepts one reverse shell (IPv4 or IPv6), sends a command, records what comes back
     import socket, sys, time
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+    s = socket.socket(fam); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(4)
     print("ready", flush=True)
     c, _ = s.accept()
-    c.settimeout(5)
+    c.settimeout(8)
     c.sendall(b"echo rlguard-shell-ok; exit\n")
     out = b""
     try:
@@ -166,13 +167,15 @@ class OutsideHost(NetnsHost):
         p = self.spawn(sys.executable, "-c", DNS_SERVER, self.ip4, stdout=subprocess.PIPE)
         _ready(p)
 
-    def start_shell_listener(self, port: int = 4444) -> Path:
+    def start_shell_listener(self, port: int = 4444, ip: str | None = None) -> Path:
+        """A one-shot listener on `ip` (the host's IPv4 address by default): it sends
+        `echo rlguard-shell-ok; exit` and writes what comes back to the returned file."""
         out = self.dir / f"shell-{port}.out"
         p = self.spawn(
             sys.executable,
             "-c",
             SHELL_LISTENER,
-            self.ip4,
+            ip or self.ip4,
             str(port),
             str(out),
             stdout=subprocess.PIPE,

@@ -21,6 +21,7 @@ __all__ = [
     "DnsQuestion",
     "build_query",
     "parse_dns_message",
+    "parse_stream_query",
     "qtype_name",
     "read_name",
 ]
@@ -189,6 +190,24 @@ def parse_dns_message(payload: bytes, tcp: bool = False) -> DnsQuestion | None:
         qtype_name=qtype_name(qtype),
         qclass=qclass,
     )
+
+
+DNS_TCP_PORT: Final = 53
+
+
+def parse_stream_query(payload: bytes, dport: int) -> DnsQuestion | None:
+    """The DNS question at the start of a TCP stream to port 53 (RFC 1035 4.2.2, RFC 7766).
+
+    A function of the stream's opening bytes alone, however many segments they were
+    captured from: the 2-byte length prefix, then the message (possibly cut short by
+    the capture).  None for other ports, responses and anything that is not DNS.
+    """
+    if dport != DNS_TCP_PORT or len(payload) < 2 + HEADER_LEN:
+        return None
+    q = parse_dns_message(payload, tcp=True)
+    if q is None or q.is_response or q.opcode != 0 or not 0 < q.qdcount <= 4:
+        return None
+    return q
 
 
 def _encode_name(name: str) -> bytes:

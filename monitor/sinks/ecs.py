@@ -467,17 +467,27 @@ class Renderer:
             detail["socket"]["owner_differs"] = True
         if ev.flags & SEND_SENDER_KNOWN:  # the kernel named the task that sent the bytes
             detail["socket"]["sender"] = "queued" if ev.flags & SEND_SENDER_QUEUED else "call"
+        if ae.dns is not None:  # DNS over TCP: the same dns.* as UDP
+            self._dns_fields(ae, doc)
+            detail["dns"] = {"parsed": True, "transport": "tcp"}
         return detail
+
+    @staticmethod
+    def _dns_fields(ae: AttributedEvent, doc: dict[str, Any]) -> None:
+        q = ae.dns
+        if q is None:
+            return
+        doc["network"]["protocol"] = "dns"
+        doc["dns"] = {
+            "id": str(q.id),
+            "type": "answer" if q.is_response else "query",
+            "question": {"name": q.name, "type": q.qtype_name},
+        }
 
     def _dns(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
         ev = cast(DnsEvent, ae.event)
         self._five_tuple(doc, ev.family, ev.saddr, ev.sport, ev.daddr, ev.dport, 17)
         doc["network"]["protocol"] = "dns"
-        q = ae.dns
-        if q is not None:
-            doc["dns"] = {
-                "id": str(q.id),
-                "type": "answer" if q.is_response else "query",
-                "question": {"name": q.name, "type": q.qtype_name},
-            }
-        return {"payload": self.payload(ev.data, ev.payload_len), "dns": {"parsed": q is not None}}
+        self._dns_fields(ae, doc)
+        parsed = ae.dns is not None
+        return {"payload": self.payload(ev.data, ev.payload_len), "dns": {"parsed": parsed}}

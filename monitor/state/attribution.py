@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 from monitor.clock import boottime_ns
 from monitor.config import AttributionConfig
-from monitor.sensor.dns import parse_dns_message
-from monitor.sensor.events import DnsEvent, Event, ExecEvent, ForkEvent
+from monitor.sensor.dns import parse_dns_message, parse_stream_query
+from monitor.sensor.events import DnsEvent, Event, ExecEvent, ForkEvent, SendEvent
 from monitor.state.attributed import (
     NO_CONTEXT,
     AttributedEvent,
@@ -372,7 +372,12 @@ class Attributor:
         if parent is None and p.ppid:
             parent = self.table.procs.get(p.ppid)
         rl = self._context(p, lineage, ev.tagset_id, ev.tag_origin, ev.tid, ev.ts_ns, ident, ev)
-        dns = parse_dns_message(ev.data) if isinstance(ev, DnsEvent) else None
+        if isinstance(ev, DnsEvent):
+            dns = parse_dns_message(ev.data)
+        elif isinstance(ev, SendEvent):  # DNS over TCP: the stream's opening bytes
+            dns = parse_stream_query(ev.data, ev.dport)
+        else:
+            dns = None
         return AttributedEvent(ev, p, parent, lineage, rl, ident, dns)
 
     def context_of(self, p: Process, ts_ns: int) -> RlContext:

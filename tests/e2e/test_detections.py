@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import pytest
 from monitor.config import load_config
 from monitor.lab.outside import OutsideHost, kill_tree, visit_forwarded_port
 from monitor.sensor.dns import build_query
+from tests.support.episodes import alerts, episode, in_test_episode, wait_alert, worker_env
 from tests.support.live import LiveMonitor
 
 pytestmark = pytest.mark.e2e
@@ -67,7 +67,7 @@ def mon(bastion: OutsideHost) -> Iterator[LiveMonitor]:
         cfg,
         allowlist=dataclasses.replace(cfg.allowlist, ssh_destinations=(f"{bastion.ip4}/32",)),
     )
-    m = LiveMonitor(cfg).start()
+    m = LiveMonitor(cfg, keep=in_test_episode).start()
     try:
         yield m
     finally:
@@ -87,31 +87,6 @@ def web() -> Iterator[int]:
         yield 8081
     finally:
         kill_tree(p)
-
-
-def episode() -> str:
-    return f"ep-{uuid.uuid4().hex[:8]}"
-
-
-def worker_env(ep: str) -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", "HOME": "/root", "RL_EPISODE_ID": ep, "RL_WORKER_ID": "w-e2e"}
-
-
-def alerts(mon: LiveMonitor, ep: str) -> list[dict]:
-    return mon.sink.find_all(
-        lambda d: d["event"]["kind"] == "alert" and d.get("rl", {}).get("episode_id") == ep
-    )
-
-
-def wait_alert(mon: LiveMonitor, ep: str, rule: str, timeout: float = 15) -> dict:
-    return mon.wait_for(
-        lambda d: (
-            d["event"]["kind"] == "alert"
-            and d["rule"]["id"] == rule
-            and d.get("rl", {}).get("episode_id") == ep
-        ),
-        timeout=timeout,
-    )
 
 
 def assert_common(alert: dict, ep: str) -> None:

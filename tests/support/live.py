@@ -21,9 +21,15 @@ Doc = dict[str, Any]
 
 
 class MemorySink:
-    """Keeps every document, serialised and parsed back, exactly as a reader sees it."""
+    """Keeps every document, serialised and parsed back, exactly as a reader sees it.
 
-    def __init__(self) -> None:
+    `keep`, when given, selects the documents held (every one is still serialised and
+    parsed): the monitor sees the whole machine, and other sessions' floods would otherwise
+    fill memory and make every wait scan millions of lines.
+    """
+
+    def __init__(self, keep: Callable[[Doc], bool] | None = None) -> None:
+        self.keep = keep
         self.lines: list[bytes] = []
         self.docs: list[Doc] = []
         self._cond = threading.Condition()
@@ -35,6 +41,9 @@ class MemorySink:
     def write(self, doc: Doc) -> None:
         line = orjson.dumps(doc)
         parsed = orjson.loads(line)  # a strict parser: proof that the line is valid JSON
+        if self.keep is not None and not self.keep(parsed):
+            self.lines_written += 1
+            return
         with self._cond:
             self.lines.append(line)
             self.docs.append(parsed)
@@ -68,8 +77,10 @@ class MemorySink:
 
 
 class LiveMonitor:
-    def __init__(self, config: Config, ledger: bool = False) -> None:
-        self.sink = MemorySink()
+    def __init__(
+        self, config: Config, ledger: bool = False, keep: Callable[[Doc], bool] | None = None
+    ) -> None:
+        self.sink = MemorySink(keep)
         self.collector = build_collector(config, self.sink, heartbeat=False, ledger=ledger)
         self._thread: threading.Thread | None = None
 

