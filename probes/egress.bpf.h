@@ -1,47 +1,19 @@
 /* cgroup_skb/egress: the first payload bytes of a new outbound TCP
- * connection and the UDP DNS queries. */
+ * connection (the rest of its opening: streams.bpf.h) and the UDP DNS queries. */
 
 BPF_PERCPU_ARRAY(send_scratch, struct rlg_send_event, 1);
 BPF_PERCPU_ARRAY(dns_scratch, struct rlg_dns_event, 1);
-
-/* Source and destination from the IPv4 or IPv6 header (packet bytes: ABI). */
-static __always_inline void load_addrs(struct __sk_buff *skb, u16 family,
-                                       unsigned char *saddr, unsigned char *daddr) {
-    if (family == RLG_AF_INET) {
-        bpf_skb_load_bytes(skb, 12, saddr, 4);
-        bpf_skb_load_bytes(skb, 16, daddr, 4);
-    } else {
-        bpf_skb_load_bytes(skb, 8, saddr, 16);
-        bpf_skb_load_bytes(skb, 24, daddr, 16);
-    }
-}
 
 /* cgroup_skb/egress sees every packet a local socket sends, whatever the
  * syscall (write, send*, writev, sendfile, io_uring) and whichever process
  * holds the socket; it runs in the sending task for the first segment of a
  * connection and for UDP. */
 int rlg_egress(struct __sk_buff *skb) {
-    u32 l4 = 0;
     u8 proto = 0;
     u16 family = 0;
-    if (skb->protocol == bpf_htons(RLG_ETH_P_IP)) {
-        u8 vihl = 0;
-        u16 frag = 0;
-        if (bpf_skb_load_bytes(skb, 0, &vihl, 1) < 0)
-            return 1;
-        bpf_skb_load_bytes(skb, 6, &frag, 2);
-        if (bpf_ntohs(frag) & 0x1FFF)
-            return 1;       /* not the first fragment */
-        bpf_skb_load_bytes(skb, 9, &proto, 1);
-        l4 = (vihl & 0x0F) * 4;
-        family = RLG_AF_INET;
-    } else if (skb->protocol == bpf_htons(RLG_ETH_P_IPV6)) {
-        bpf_skb_load_bytes(skb, 6, &proto, 1);
-        l4 = 40;            /* extension headers are not followed */
-        family = RLG_AF_INET6;
-    } else {
+    u32 l4 = l4_offset(skb, &family, &proto);   /* IPv6 extension headers followed */
+    if (!l4)
         return 1;
-    }
 
     if (proto == RLG_IPPROTO_TCP) {
         /* payload first: SYN, RST and bare ACKs (most packets of a connect
@@ -57,12 +29,19 @@ int rlg_egress(struct __sk_buff *skb) {
         if (!f)
             return 1;
         u32 plen = skb->len - off;
+        u32 seq = 0;
+        bpf_skb_load_bytes(skb, l4 + 4, &seq, 4);
+        seq = bpf_ntohl(seq);
+        if (f->flags & RLG_FRESH_OUT) {
+            /* a later segment: the rest of the opening, activity (streams.bpf.h) */
+            stream_out(skb, f, cookie, off, plen, seq, family, l4);
+            return 1;
+        }
         u32 zero = 0;
         struct rlg_send_event *e = send_scratch.lookup(&zero);
         if (!e)
             return 1;
         u32 owner = f->owner_pid;
-        fresh_tcp.delete(&cookie);
         fill_task(&e->hdr, RLG_EV_SEND);
         e->hdr.cgroup_id = bpf_skb_cgroup_id(skb);
         if (e->hdr.pid != owner)
@@ -91,6 +70,8 @@ int rlg_egress(struct __sk_buff *skb) {
         if (size > sizeof(*e))
             size = sizeof(*e);
         emit(e, size, RLG_EV_SEND);
+        /* the rest of this segment, if the send record could not hold it */
+        stream_first(skb, f, cookie, off, plen, seq, n, family, l4);
         return 1;
     }
 

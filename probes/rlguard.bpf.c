@@ -30,5 +30,7 @@
 #include "dup.bpf.h"            /* dup2/dup3 onto fds 0-2 */
 #include "connect.bpf.h"        /* connect() syscall and cgroup/connect4/6 */
 #include "tcp_state.bpf.h"      /* sock:inet_sock_set_state */
+#include "tls.bpf.h"            /* uprobes on TLS libraries: plaintext (issue 14) */
+#include "streams.bpf.h"        /* stream openings, replies (cgroup_skb/ingress), activity */
 #include "egress.bpf.h"         /* cgroup_skb/egress: first bytes and DNS */
 #include "gpu.bpf.h"            /* open/close of GPU device nodes */

@@ -16,6 +16,7 @@ readonly BASE_PACKAGES=(
 readonly TEST_PACKAGES=(
     openssh-server openssh-client liburing-dev tmux bpftrace
     procps util-linux file shellcheck rsync git curl socat netcat-openbsd
+    openssl gnutls-bin
 )
 readonly SYS_PYTHON=/usr/bin/python3
 readonly STATE_DIR=/var/lib/rlguard

@@ -49,10 +49,21 @@ BPF_TABLE("lru_hash", u32, struct rlg_pending_connect, pending_connect, 4096);
 /* tgid -> boot ns of its last exec (part of the connect fold key) */
 BPF_TABLE("lru_hash", u32, u64, exec_gen, 65536);
 
-/* socket cookie of a new outbound TCP connection whose first payload is still to come */
+/* socket cookie of an outbound TCP connection: its first payload is still to come, or its
+ * opening (and reply) is being captured and its activity counted (streams.bpf.h) */
 struct rlg_fresh {
     u32 owner_pid;
-    u32 pad;
+    u32 flags;      /* RLG_FRESH_* (streams.bpf.h); 0: no payload seen yet */
+    u32 seq0;       /* TCP sequence number of the opening's byte 0 */
+    u32 next;       /* opening bytes captured so far */
+    u32 rseq0;      /* the same for the reply */
+    u32 rnext;
+    u64 start_ns;   /* first payload, either way */
+    u64 tick_ns;    /* last activity record */
+    u64 segs;       /* payload segments and bytes sent, received */
+    u64 bytes;
+    u64 rsegs;
+    u64 rbytes;
 };
 BPF_TABLE("lru_hash", u64, struct rlg_fresh, fresh_tcp, 65536);
 
