@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.detectors import stratum, tunnel
+from monitor.detectors import stratum, streams, tunnel
+from monitor.detectors.fingerprints import Fingerprint, load_fingerprints
 from monitor.detectors.iocs import Iocs
 from monitor.detectors.rules import SEVERITY_RANK, Rule, load_rules
 from monitor.detectors.signals import Signal, bounded
@@ -31,13 +32,20 @@ from monitor.sensor.events import (
     ExitEvent,
     ForkEvent,
     SendEvent,
+    StreamEvent,
+    TlsBindEvent,
+    TlsDataEvent,
 )
 from monitor.state.attributed import AttributedEvent
 from monitor.state.process_table import Process
+from monitor.streams.unwrap import levels as unwrap_levels
+from monitor.streams.view import StreamView
 
 CONFIG_READ_LIMIT = 64 * 1024
 SSH_PORTS = frozenset({22, 2222})
 MAX_ALERT_KEYS = 100_000
+# mining rules the behaviour mark does not raise: a port alone, and the mark's own rule
+SHAPE_EXEMPT = frozenset({"RLG-MIN-004", "RLG-MIN-006"})
 FileReader = Callable[[int, str], "str | None"]
 
 
@@ -57,6 +65,12 @@ class ProcState:
     ssh_sessions: list[Conn] = field(default_factory=list)
     # pool-port connects: context for this process's mining alerts
     pool_ports: list[Signal] = field(default_factory=list)
+    pool_lookup: bool = False  # looked up a pool domain (the Noise heuristic's context)
+    # weak facts from its streams (a listed TLS fingerprint), by rule category
+    context: dict[str, list[Signal]] = field(default_factory=dict)
+    ssh_cookies: set[int] = field(default_factory=set)  # streams recorded as SSH sessions
+    # the behaviour rule's mark (RLG-MIN-006), as a medium signal in other mining alerts
+    mining_shape: Signal | None = None
 
 
 @dataclass(slots=True)
@@ -118,9 +132,11 @@ class DetectionEngine:
         iocs: Iocs,
         rules: dict[str, Rule] | None = None,
         read_file: FileReader = read_process_file,
+        fingerprints: dict[str, Fingerprint] | None = None,
     ) -> None:
         self.iocs = iocs
         self.rules = rules or load_rules()
+        self.fingerprints = load_fingerprints() if fingerprints is None else fingerprints
         self.read_file = read_file
         # confirm reverse-shell fds in /proc (off in pure unit tests)
         self.verify_fds = read_file is read_process_file
@@ -156,8 +172,10 @@ class DetectionEngine:
             found = self._exec(ev, p, ae, ae.parent)
         elif isinstance(ev, ConnectEvent):
             found = self._connect(ev, p, ae)
-        elif isinstance(ev, SendEvent):
-            found = self._send(ev, p, ae)
+        elif isinstance(ev, SendEvent) or (
+            isinstance(ev, (StreamEvent, TlsDataEvent, TlsBindEvent)) and ae.stream is not None
+        ):
+            found = self._stream(ae, p)
         elif isinstance(ev, DnsEvent):
             found = self._dns(ev, p, ae)
         elif isinstance(ev, DupEvent):
@@ -316,78 +334,97 @@ class DetectionEngine:
                 )
         return out
 
-    def _send(self, ev: SendEvent, p: Process, ae: AttributedEvent) -> list[Finding]:
+    def _stream(self, ae: AttributedEvent, p: Process) -> list[Finding]:
+        """A stream's opening (or its first segment) at every depth it unwraps to."""
+        view = ae.stream
+        first_len = -1
+        if isinstance(ae.event, SendEvent):
+            first_len = ae.event.payload_len
+            if view is None:  # built without a tracker (unit tests): the segment alone
+                view = single_segment_view(ae.event)
+        if view is None:
+            return []
+        eff = view.effective
+        if self.iocs.is_allowed_destination(eff.host) or (
+            not view.proxied and self.iocs.is_allowed_destination(view.daddr)
+        ):
+            return []
+        st = self._st(p)
+        verdict = streams.judge(
+            view, self.iocs, self.fingerprints, pool_lookup=st.pool_lookup, first_len=first_len
+        )
+        for sig in verdict.context:
+            cat = "mining" if sig.name.endswith(".mining") else "tunnel"
+            bucket = st.context.setdefault(cat, [])
+            if sig not in bucket and len(bucket) < 8:
+                bucket.append(sig)
         out: list[Finding] = []
-        if self.iocs.is_allowed_destination(ev.daddr) or self.iocs.is_allowed_process(p.executable):
-            return out
-        data = ev.data
-        banner = tunnel.ssh_banner(data)
-        if banner is not None:
-            st = self._st(p)
-            st.ssh_sessions.append(Conn(ev.daddr, ev.dport, "tcp", ev.cookie))
-            out += self._ssh_protocol(ev, p, ae, banner)
-            return out
-        mining = stratum.stratum_payload_signals(data)
-        if mining:
-            out += self._finding(
-                "RLG-MIN-001",
-                p.entity_id,
-                mining,
-                ae,
-                {"pool": {"ip": ev.daddr, "port": ev.dport}},
-            )
-        shell = tunnel.shell_banner_signal(data)
-        if shell is not None and not self.iocs.is_internal(ev.daddr):
-            out += self._finding(
-                "RLG-SHL-001",
-                p.entity_id,
-                [shell],
-                ae,
-                {"connect_back": {"ip": ev.daddr, "port": ev.dport}},
-            )
+        for level, banner in verdict.ssh_banners:
+            if view.cookie not in st.ssh_cookies or not view.cookie:
+                if view.cookie:
+                    st.ssh_cookies.add(view.cookie)
+                st.ssh_sessions.append(Conn(eff.host, eff.port or 0, "tcp", view.cookie))
+            out += self._ssh_protocol(ae, p, banner, view, streams.where(level))
+        for f in verdict.findings:
+            extra = dict(f.extra)
+            if view.layers or view.tls_library:
+                extra["stream"] = view.summary()
+            out += self._finding(f.rule, p.entity_id + f.subject, list(f.signals), ae, extra)
         return out
 
     def _ssh_protocol(
-        self, ev: SendEvent, p: Process, ae: AttributedEvent, banner: str
+        self, ae: AttributedEvent, p: Process, banner: str, view: StreamView, path: str
     ) -> list[Finding]:
         names = {p.name, posixpath.basename(p.executable or "")}
         known = bool(names & self.iocs.ssh_clients)
+        eff = view.effective
+        port = eff.port or view.dport
+        via = f" [{path}]" if path else ""
         sigs: list[Signal] = []
         if not known:
             sigs.append(
-                Signal("banner", "ssh.unknown_client", bounded(f"{p.name} sent '{banner}'"), "high")
+                Signal(
+                    "banner",
+                    "ssh.unknown_client",
+                    bounded(f"{p.name} sent '{banner}'{via}"),
+                    "high",
+                )
             )
-        if ev.dport not in SSH_PORTS:
+        if port not in SSH_PORTS:
             sigs.append(
                 Signal(
                     "banner",
                     "ssh.non_ssh_port",
-                    bounded(f"SSH to port {ev.dport}: '{banner}'"),
+                    bounded(f"SSH to port {port}: '{banner}'{via}"),
                     "medium",
                 )
             )
         if (
             self.iocs.ssh_destinations
-            and not self.iocs.is_ssh_destination(ev.daddr)
-            and not self.iocs.is_internal(ev.daddr)
+            and not self.iocs.is_ssh_destination(eff.host)
+            and not self.iocs.is_internal(eff.host)
         ):
             sigs.append(
                 Signal(
                     "banner",
                     "ssh.outside_allowlist",
-                    bounded(f"SSH to {ev.daddr}, not an allowed SSH host"),
+                    bounded(f"SSH to {eff.host}, not an allowed SSH host{via}"),
                     "medium",
                 )
             )
+        if path and path != "tls plaintext":
+            sigs.append(
+                Signal("banner", "ssh.tunnelled", bounded(f"SSH carried inside {path}"), "medium")
+            )
         if not sigs:
             return []
-        return self._finding(
-            "RLG-TUN-002",
-            p.entity_id,
-            sigs,
-            ae,
-            {"ssh_banner": banner, "ssh_server": {"ip": ev.daddr, "port": ev.dport}},
-        )
+        extra: dict[str, Any] = {
+            "ssh_banner": banner,
+            "ssh_server": {"ip": eff.host, "port": port},
+        }
+        if view.layers:
+            extra["stream"] = view.summary()
+        return self._finding("RLG-TUN-002", p.entity_id, sigs, ae, extra)
 
     def _dns(self, ev: DnsEvent, p: Process, ae: AttributedEvent) -> list[Finding]:
         q = ae.dns
@@ -399,6 +436,7 @@ class DetectionEngine:
             out += self._finding("RLG-TUN-005", f"{p.entity_id}/{q.name}", [sig], ae)
         sig2 = stratum.pool_dns_signal(q.name, self.iocs)
         if sig2 is not None:
+            self._st(p).pool_lookup = True
             out += self._finding("RLG-MIN-003", f"{p.entity_id}/{q.name}", [sig2], ae)
         return out
 
@@ -434,11 +472,16 @@ class DetectionEngine:
         """A finding unless the same (rule, subject) was already reported at least as severe."""
         rule = self.rules[rule_id]
         p = ae.process
-        if rule.category == "mining" and rule_id != "RLG-MIN-004" and p is not None:
-            st = self.state.get(p.entity_id)
-            if st is not None and st.pool_ports:
+        st = self.state.get(p.entity_id) if p is not None else None
+        if rule.category == "mining" and rule_id != "RLG-MIN-004" and st is not None:
+            if st.pool_ports:
                 # context only: a low signal never raises the severity on its own
                 signals = list(signals) + [s for s in st.pool_ports if s not in signals]
+        if st is not None and st.mining_shape is not None and rule_id not in SHAPE_EXEMPT:
+            if rule.category == "mining" and st.mining_shape not in signals:
+                signals = list(signals) + [st.mining_shape]
+        if st is not None and st.context.get(rule.category):
+            signals = list(signals) + [s for s in st.context[rule.category] if s not in signals]
         key = (rule_id, subject)
         prev = self._alerted.get(key)
         if prev is not None:
@@ -462,9 +505,29 @@ class DetectionEngine:
             f.extra["previous_severity"] = prev[0]
         return [f]
 
+    def mark_mining_shape(self, p: Process, sig: Signal, ae: AttributedEvent) -> list[Finding]:
+        """The behaviour rule found a mining-shaped connection: every mining alert of the
+        process (past and future) carries it as a medium signal, which raises them."""
+        st = self._st(p)
+        st.mining_shape = Signal(sig.kind, sig.name, sig.detail, "medium")
+        out: list[Finding] = []
+        for rule_id, subject in list(self._alerted):
+            rule = self.rules.get(rule_id)
+            if rule is None or rule.category != "mining" or rule_id in SHAPE_EXEMPT:
+                continue
+            if subject == p.entity_id or subject.startswith(p.entity_id + "/"):
+                out += self._finding(rule_id, subject, [st.mining_shape], ae)
+        return out
+
     # findings from outside the engine (attribution, monitor/state/gpu.py), same de-duplication:
     # one per (rule, subject), again only when more severe
     report = _finding
+
+
+def single_segment_view(ev: SendEvent) -> StreamView:
+    """The view of one first segment on its own (no tracker: unit tests, replays)."""
+    lv, layers = unwrap_levels(ev.data)
+    return StreamView(ev.cookie, ev.daddr, ev.dport, lv, layers, sent=len(ev.data))
 
 
 def _dest(c: Conn) -> dict[str, Any]:

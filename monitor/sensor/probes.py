@@ -416,7 +416,7 @@ class Sensor:
         errors: list[str] = []
         for sym, fn in TLS_UPROBES[kind]:
             try:
-                self.bpf.attach_uprobe(name=path, sym=sym, fn_name=fn)
+                self.bpf.attach_uprobe(name=path.encode(), sym=sym.encode(), fn_name=fn.encode())
             except Exception as exc:  # bcc raises bare Exception
                 errors.append(f"{sym}: {exc}")
                 continue

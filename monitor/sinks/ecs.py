@@ -34,6 +34,7 @@ from monitor.sensor.events import (
     GpuCloseEvent,
     GpuOpenEvent,
     SendEvent,
+    StreamTickEvent,
     TcpStateEvent,
     errno_name,
 )
@@ -53,6 +54,11 @@ CATEGORY = {
     "dup": (["process"], ["change"], "rlguard.process"),
     "gpu_open": (["file"], ["access"], "rlguard.gpu"),
     "gpu_close": (["file"], ["end"], "rlguard.gpu"),
+    # a stream's opening showed something new: a proxy's target, a WebSocket, TLS plaintext
+    "stream": (["network"], ["connection", "protocol"], "rlguard.network"),
+    "tls_data": (["network"], ["connection", "protocol"], "rlguard.network"),
+    "tls_bind": (["network"], ["connection", "protocol"], "rlguard.network"),
+    "stream_tick": (["network"], ["connection"], "rlguard.network"),
 }
 
 
@@ -199,7 +205,7 @@ class Renderer:
                 "technique": [{"id": t[0], "name": t[1]} for t in rule.techniques],
             },
         }
-        for key in ("host", "process", "rl", "destination", "source", "network", "dns"):
+        for key in ("host", "process", "rl", "destination", "source", "network", "dns", "tls"):
             if key in src:
                 doc[key] = src[key]
         doc["rlguard"] = {
@@ -424,7 +430,59 @@ class Renderer:
         }
         if ev.flags & SEND_OWNER_DIFFERS:
             detail["socket"]["owner_differs"] = True
+        self._stream_fields(ae, doc, detail)
         return detail
+
+    @staticmethod
+    def _stream_fields(ae: AttributedEvent, doc: dict[str, Any], detail: dict[str, Any]) -> None:
+        """tls.* (ECS) and rlguard.stream of a stream whose layers are known."""
+        view = ae.stream
+        if view is None:
+            return
+        hello = view.tls_hello()
+        if hello is not None:
+            client: dict[str, Any] = {}
+            if hello.host:
+                client["server_name"] = hello.host
+            ja4 = hello.get("ja4")
+            if ja4:
+                client["ja4"] = ja4
+            tls: dict[str, Any] = {"client": client}
+            version = hello.get("version")
+            if version and version[0].isdigit():
+                tls["version"] = f"{version[0]}.{version[1]}"
+                tls["version_protocol"] = "tls"
+            doc["tls"] = tls
+        if view.layers or view.tls_library:
+            detail["stream"] = view.summary()
+
+    def _stream_line(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        """A stream showed something new: its layers, effective destination, plaintext."""
+        view = ae.stream
+        detail: dict[str, Any] = {}
+        if view is not None and view.daddr:
+            self._five_tuple(doc, view.family, view.saddr, view.sport, view.daddr, view.dport, 6)
+        self._stream_fields(ae, doc, detail)
+        return detail
+
+    _stream = _stream_line
+    _tls_data = _stream_line
+    _tls_bind = _stream_line
+
+    def _stream_tick(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        ev = cast(StreamTickEvent, ae.event)
+        doc["destination"] = {"ip": ev.daddr, "port": ev.dport}
+        doc["network"] = {"transport": "tcp", "type": self._net_type(ev.family)}
+        return {
+            "activity": {
+                "cookie": ev.cookie,
+                "segments": ev.segs,
+                "bytes": ev.bytes,
+                "reply_segments": ev.rsegs,
+                "reply_bytes": ev.rbytes,
+                "first_payload": self.clock.iso(ev.first_ns),
+            }
+        }
 
     def _dns(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
         ev = cast(DnsEvent, ae.event)
