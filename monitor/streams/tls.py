@@ -234,21 +234,26 @@ def _hash12(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def _no_grease(values: tuple[int, ...]) -> list[int]:
+    return [v for v in values if v not in _GREASE]
+
+
 def ja4_parts(h: ClientHello) -> tuple[str, str, str]:
     """The raw lists JA4 hashes (JA4_r without the prefix): ciphers, extensions, sigalgs."""
-    ciphers = ",".join(f"{c:04x}" for c in sorted(h.ciphers))
-    exts = ",".join(f"{e:04x}" for e in sorted(h.extensions) if e not in (EXT_SNI, EXT_ALPN))
-    sigs = ",".join(f"{s:04x}" for s in h.signature_algorithms)
+    ciphers = ",".join(f"{c:04x}" for c in sorted(_no_grease(h.ciphers)))
+    exts = ",".join(
+        f"{e:04x}" for e in sorted(_no_grease(h.extensions)) if e not in (EXT_SNI, EXT_ALPN)
+    )
+    sigs = ",".join(f"{s:04x}" for s in _no_grease(h.signature_algorithms))
     return ciphers, exts, sigs
 
 
 def ja4(h: ClientHello) -> str:
-    """The JA4 fingerprint of a TCP (``t``) ClientHello."""
+    """The JA4 fingerprint of a TCP (``t``) ClientHello (GREASE left out everywhere)."""
     dest = "d" if EXT_SNI in h.extensions else "i"
-    a = (
-        f"t{h.tls_version}{dest}{min(len(h.ciphers), 99):02d}"
-        f"{min(len(h.extensions), 99):02d}{_alpn_chars(h.alpn_first_raw)}"
-    )
+    n_ciphers = min(len(_no_grease(h.ciphers)), 99)
+    n_exts = min(len(_no_grease(h.extensions)), 99)
+    a = f"t{h.tls_version}{dest}{n_ciphers:02d}{n_exts:02d}{_alpn_chars(h.alpn_first_raw)}"
     ciphers, exts, sigs = ja4_parts(h)
     b = _hash12(ciphers) if ciphers else EMPTY_HASH
     c = _hash12(f"{exts}_{sigs}" if sigs else exts) if exts else EMPTY_HASH

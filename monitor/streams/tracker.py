@@ -62,7 +62,7 @@ class Stream:
     cut_short: bool = False
     gaps: int = 0
     closed: bool = False
-    announced: tuple[Layer, ...] = ()  # layers a line has reported
+    announced: tuple[tuple[str, str | None, int | None], ...] = ()  # layers a line reported
     tls_announced: bool = False
     _cache_key: tuple[int, int, int] = (-1, -1, -1)
     _cache: tuple[list[Level], tuple[Layer, ...]] | None = None
@@ -222,10 +222,18 @@ class StreamTracker:
         s = self.streams.get(view.cookie)
         if s is None:
             return False
-        new_layers = view.layers != s.announced and len(view.layers) > len(s.announced)
+        # only layers whose header is whole: a proxy once it names its target, TLS once its
+        # ClientHello parsed (a greeting alone says nothing yet)
+        settled = tuple(
+            (layer.kind, layer.host, layer.port)
+            for layer in view.layers
+            if not (layer.is_proxy and layer.host is None)
+            and not (layer.kind == "tls" and not layer.detail)
+        )
+        new_layers = bool(settled) and settled != s.announced
         new_tls = view.tls_library is not None and not s.tls_announced
         if new_layers:
-            s.announced = view.layers
+            s.announced = settled
         if new_tls:
             s.tls_announced = True
         return new_layers or new_tls

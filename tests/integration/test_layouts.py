@@ -6,7 +6,7 @@ import pytest
 
 from monitor.config import load_config
 from monitor.sensor.probes import Sensor
-from tests.unit.test_decode import Connect, Exec, GpuClose, GpuOpen, Hdr, Send
+from tests.unit.test_decode import Connect, Exec, GpuClose, GpuOpen, Hdr, Send, StreamRec, TlsData
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +31,8 @@ def test_mirrors_match_bcc() -> None:
         assert fields(lay["send"]) == fields(Send)
         assert fields(lay["gpu_open"]) == fields(GpuOpen)
         assert fields(lay["gpu_close"]) == fields(GpuClose)
+        assert fields(lay["stream"]) == fields(StreamRec)
+        assert fields(lay["tls_data"]) == fields(TlsData)
         assert fields(lay["exec"]._fields_[0][1]) == fields(Hdr)
     finally:
         s.close()
