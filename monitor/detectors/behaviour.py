@@ -128,6 +128,7 @@ class MiningBehaviour:
         self.gpu = gpu
         self.engine = engine
         self.proc = proc
+        self.self_pid = os.getpid()
         self._conns: OrderedDict[int, _Conn] = OrderedDict()
         self._users: OrderedDict[str, set[str]] = OrderedDict()
 
@@ -143,6 +144,8 @@ class MiningBehaviour:
     def _connect(self, ev: ConnectEvent, ae: AttributedEvent) -> None:
         if ae.process is None or not ev.daddr or ev.ret not in (0, -115, 1):
             return
+        if ev.pid == self.self_pid:
+            return  # the monitor's own connections (its SIEM output) are not a "use"
         users = self._users.get(ev.daddr)
         if users is None:
             users = self._users[ev.daddr] = set()
