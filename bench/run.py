@@ -14,7 +14,7 @@ memory.  Connects are counted as the connects the lines stand for
 
 usage: sudo .venv/bin/python bench/run.py [--quick] [--rounds 3] [-n N] [--exec-n N]
        [--payload-n N] [--churn-n N] [--only WORKLOAD] [--variant NAME=CFLAGS]
-       [--no-bpftrace] [--no-alert]
+       [--baseline TREE] [--no-bpftrace] [--no-alert]
 """
 
 from __future__ import annotations
@@ -267,18 +267,24 @@ def _total(v: Any) -> int:
 
 
 def monitored(
-    kind: str, wl: Workload, cmd: list[str], n: int, out: Path, cflags: str | None
+    kind: str,
+    wl: Workload,
+    cmd: list[str],
+    n: int,
+    out: Path,
+    cflags: str | None,
+    tree: Path = REPO,
 ) -> dict[str, Any]:
     t0 = time.monotonic()
     if kind != "bpftrace":
-        # this checkout's monitor package, whatever the venv's entry point points at
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        # this checkout's monitor package (or --baseline's), whatever the venv points at
+        env = dict(os.environ, PYTHONPATH=str(tree))
         if cflags:
             env["RLGUARD_BPF_CFLAGS"] = cflags
         mon = spawn(
             [sys.executable, "-m", "monitor.cli", "run", "--config", str(BENCH_CONFIG)]
             + ["--output", str(out)],
-            cwd=REPO,
+            cwd=tree,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -457,6 +463,12 @@ def main() -> int:
         help="also run rlguard with these probe flags, e.g. "
         "'no-filter=-DRLG_NO_TCP_FILTER -DRLG_NO_CONNECT_FOLD' (before/after in one run)",
     )
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="also run rlguard from this tree (e.g. an export of main) in every round: "
+        "before and after side by side",
+    )
     ap.add_argument("--no-bpftrace", action="store_true", help="skip the bpftrace peer")
     ap.add_argument("--no-alert", action="store_true", help="skip the alert-latency run")
     args = ap.parse_args()
@@ -473,6 +485,8 @@ def main() -> int:
     for v in args.variant:
         name, _, flags = v.partition("=")
         variants[name] = flags
+    if args.baseline:
+        variants["baseline"] = None
     kinds = [*variants, *([] if args.no_bpftrace else ["bpftrace"])]
     bins = build()
     wls = [w for w in workloads(ns) if not args.only or w.name in args.only]
@@ -500,7 +514,8 @@ def main() -> int:
                 for kind in kinds:
                     if kind == "bpftrace" and wl.bpftrace_probe is None:
                         continue
-                    r = monitored(kind, wl, cmd, n, OUT / "events.ndjson", variants.get(kind))
+                    tree = args.baseline if kind == "baseline" else REPO
+                    r = monitored(kind, wl, cmd, n, OUT / "events.ndjson", variants.get(kind), tree)
                     if bare:
                         r["ratio"] = r["ops_s"] / bare
                     row[kind] = r

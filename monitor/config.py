@@ -1322,9 +1322,10 @@ SCHEMA: tuple[SectionSpec, ...] = (
             FieldSpec(
                 "max_streams",
                 Kind.INT,
-                8192,
-                "Streams whose opening user space holds at once; beyond it the oldest is "
-                "dropped and counted (rlguard.streams.evicted).",
+                4096,
+                "Streams whose opening user space holds at once (each at most bytes + "
+                "reply_bytes + bytes of TLS plaintext); beyond it the oldest is dropped and "
+                "counted (rlguard.streams.evicted).",
                 (between(64, 1_000_000),),
             ),
             FieldSpec(

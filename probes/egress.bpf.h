@@ -18,12 +18,16 @@ int rlg_egress(struct __sk_buff *skb) {
     if (proto == RLG_IPPROTO_TCP) {
         /* payload first: SYN, RST and bare ACKs (most packets of a connect
          * storm) leave before the hash lookup */
-        u8 doff = 0;
-        if (bpf_skb_load_bytes(skb, l4 + 12, &doff, 1) < 0)
+        u8 th[2] = {};      /* data offset, flags */
+        if (bpf_skb_load_bytes(skb, l4 + 12, th, 2) < 0)
             return 1;
-        u32 off = l4 + (doff >> 4) * 4;
-        if (skb->len <= off)
+        u32 off = l4 + (th[0] >> 4) * 4;
+        int ends = th[1] & (RLG_TCP_FIN | RLG_TCP_RST);
+        if (skb->len <= off) {
+            if (ends)
+                stream_end(skb);    /* our FIN or RST: the stream is over */
             return 1;       /* SYN or bare ACK: no payload yet */
+        }
         u64 cookie = bpf_get_socket_cookie(skb);
         struct rlg_fresh *f = fresh_tcp.lookup(&cookie);
         if (!f)
@@ -35,6 +39,8 @@ int rlg_egress(struct __sk_buff *skb) {
         if (f->flags & RLG_FRESH_OUT) {
             /* a later segment: the rest of the opening, activity (streams.bpf.h) */
             stream_out(skb, f, cookie, off, plen, seq, family, l4);
+            if (ends)
+                stream_end(skb);
             return 1;
         }
         u32 zero = 0;
@@ -72,6 +78,8 @@ int rlg_egress(struct __sk_buff *skb) {
         emit(e, size, RLG_EV_SEND);
         /* the rest of this segment, if the send record could not hold it */
         stream_first(skb, f, cookie, off, plen, seq, n, family, l4);
+        if (ends)
+            stream_end(skb);
         return 1;
     }
 

@@ -22,6 +22,7 @@ BPF_ARRAY(layout_stream_tick, struct rlg_stream_tick_event, 1);
 #define RLG_FRESH_REPLY 0x200        /* first reply payload seen: rseq0 is set */
 #define RLG_FRESH_OUT_DONE 0x400     /* opening captured (bound reached or window over) */
 #define RLG_FRESH_REPLY_DONE 0x800
+#define RLG_FRESH_SOCK 0x1000        /* the socket's address is in stream_socks */
 
 #ifndef RLG_IPV6_EXT_MAX
 #define RLG_IPV6_EXT_MAX 8           /* IPv6 extension headers followed to the transport */
@@ -236,12 +237,32 @@ static __always_inline void stream_first(struct __sk_buff *skb, struct rlg_fresh
     f->tick_ns = now;
     f->segs = 1;
     f->bytes = plen;
-    u64 sk = (u64)skb->sk;  /* the socket's kernel address: an id for sock_send_length */
-    if (sk)
+    /* the socket's kernel address, an id for sock_send_length: only for an opening that
+     * can carry TLS (a ClientHello, or a SOCKS or CONNECT proxy before one) */
+    u8 first = 0;
+    bpf_skb_load_bytes(skb, pkt_off, &first, 1);
+    u64 sk = (u64)skb->sk;
+    if (sk && (first == 0x16 || first == 0x05 || first == 0x04 || first == 'C')) {
         stream_socks.update(&sk, &cookie);
+        f->flags |= RLG_FRESH_SOCK;
+    }
     if (sent < plen)
         stream_chunk(skb, f, cookie, pkt_off, plen, seq, 0, family, l4, now);
     tls_bind_segment(f, cookie, now);
+}
+
+/* The connection ends (our FIN or RST leaves): forget its stream, so that the map
+ * holds live connections and a storm of short ones does not evict long ones. */
+static __always_inline void stream_end(struct __sk_buff *skb) {
+    u64 cookie = bpf_get_socket_cookie(skb);
+    struct rlg_fresh *f = fresh_tcp.lookup(&cookie);
+    if (!f)
+        return;
+    if (f->flags & RLG_FRESH_SOCK) {
+        u64 sk = (u64)skb->sk;
+        stream_socks.delete(&sk);
+    }
+    fresh_tcp.delete(&cookie);
 }
 
 #if RLG_REPLY_BYTES > 0

@@ -271,8 +271,8 @@ def stratum_stream_signals(data: bytes) -> list[Signal]:
     """Signals from a stream's reassembled opening: the payload rules, and JSON lines that
     follow a greeting (a client that says hello, reads the answer, then logs in)."""
     out = stratum_payload_signals(data)
-    if out or not data:
-        return out
+    if out or b"{" not in data:
+        return out  # no JSON anywhere: nothing after a greeting either
     head = bytes(data[:SCAN_LIMIT])
     if _framing(head) is not None:
         return out

@@ -26,7 +26,7 @@ from monitor.detectors import stratum, tunnel
 from monitor.detectors.fingerprints import Fingerprint
 from monitor.detectors.iocs import Iocs, domain_match
 from monitor.detectors.signals import Confidence, Signal, bounded
-from monitor.streams.view import Layer, Level, StreamView
+from monitor.streams.view import Endpoint, Layer, Level, StreamView
 
 RULE_STRATUM = "RLG-MIN-001"
 RULE_SHELL = "RLG-SHL-001"
@@ -129,7 +129,7 @@ def judge(
                         extra={"connect_back": {"ip": eff.host, "port": eff.port}},
                     )
                 )
-            bore = BORE_CLIENT.search(level.data[:512])
+            bore = BORE_CLIENT.search(level.data, 0, 512) if b"\x00" in level.data else None
             if bore is not None:
                 detail = f"bore client {bore.group(0)[:-1].decode('ascii', 'replace')}"
                 out.findings.append(
@@ -146,7 +146,8 @@ def judge(
         out.findings.append(
             StreamFinding(RULE_STRATUM, tuple(_dedupe(mining)), extra={"pool": _pool(view)})
         )
-    _layer_findings(view, iocs, fingerprints, out)
+    if view.layers:
+        _layer_findings(view, iocs, fingerprints, out, eff)
     if first_len == stratum.NOISE_FIRST_LEN and view.levels and not view.proxied:
         first = view.levels[0].data[: stratum.NOISE_FIRST_LEN]
         to_pool = view.dport in iocs.pool_ports
@@ -165,9 +166,12 @@ def judge(
 
 
 def _layer_findings(
-    view: StreamView, iocs: Iocs, fingerprints: dict[str, Fingerprint], out: StreamJudgement
+    view: StreamView,
+    iocs: Iocs,
+    fingerprints: dict[str, Fingerprint],
+    out: StreamJudgement,
+    eff: Endpoint,
 ) -> None:
-    eff = view.effective
     subject = f"/{eff.host}:{eff.port}"
     for layer in view.layers:
         if layer.kind == "websocket":

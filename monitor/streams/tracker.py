@@ -64,15 +64,13 @@ class Stream:
     closed: bool = False
     announced: tuple[tuple[str, str | None, int | None], ...] = ()  # layers a line reported
     tls_announced: bool = False
-    _cache_key: tuple[int, int, int] = (-1, -1, -1)
-    _cache: tuple[list[Level], tuple[Layer, ...]] | None = None
 
 
 class StreamTracker:
     """Reassembles stream openings; the collector feeds it, the detectors read its views."""
 
     def __init__(
-        self, *, max_streams: int = 8192, window_s: float = 60.0, unwrap_depth: int = 4
+        self, *, max_streams: int = 4096, window_s: float = 60.0, unwrap_depth: int = 4
     ) -> None:
         self.max_streams = max_streams
         self.window_ns = int(window_s * NS)
@@ -291,16 +289,13 @@ class StreamTracker:
             s.tls = obj
 
     def _levels(self, s: Stream) -> tuple[list[Level], tuple[Layer, ...]]:
-        key = (len(s.out), len(s.reply), len(s.tls.data) if s.tls else -1)
-        if s._cache is not None and s._cache_key == key:
-            return s._cache
+        # computed for each change and not kept: the views live as long as one event
         wire, layers = unwrap.levels(bytes(s.out), bytes(s.reply), depth=self.depth)
         if s.tls is not None and s.tls.data:
             plain, layers = unwrap.levels(
                 bytes(s.tls.data), source="tls", prefix=layers, depth=self.depth
             )
             wire = wire + plain
-        s._cache_key, s._cache = key, (wire, layers)
         return wire, layers
 
     def _view(self, s: Stream, changed: set[str]) -> StreamView:

@@ -129,13 +129,13 @@ class StreamView:
     def effective(self) -> Endpoint:
         """Where the stream really goes: the innermost proxy's target, else the peer."""
         for layer in reversed(self.layers):
-            if layer.is_proxy and layer.host:
+            if layer.kind in PROXY_KINDS and layer.host:
                 return Endpoint(layer.host, layer.port)
         return Endpoint(self.daddr, self.dport)
 
     @property
     def proxied(self) -> bool:
-        return any(layer.is_proxy for layer in self.layers)
+        return any(layer.kind in PROXY_KINDS for layer in self.layers)
 
     def tls_hello(self) -> Layer | None:
         for layer in self.layers:
