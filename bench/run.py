@@ -213,13 +213,22 @@ class Watcher:
             self.events += chunk.count(b"\n") - len(lost)
 
 
-def storm(cmd: list[str]) -> float:
+def storm(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the storm process itself).
+
+    The CPU time includes the kernel work done in the process's context (syscalls, the
+    programs on its hooks, loopback softirq it runs), and unlike the wall time it hardly
+    moves with other load on a shared machine.
+    """
     t0 = time.perf_counter()
     p = spawn(cmd)
-    if p.wait() != 0:
-        raise RuntimeError(f"{cmd[0]} exited {p.returncode}")
+    _, status, ru = os.wait4(p.pid, 0)
+    elapsed = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
     LIVE.remove(p)
-    return time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} exited {p.returncode}")
+    return elapsed, ru.ru_utime + ru.ru_stime
 
 
 def armed(p: subprocess.Popen[bytes], w: Watcher, t0: float, what: str) -> float:
@@ -305,11 +314,12 @@ def monitored(
         time.sleep(0.5)
         rss0, c0 = rss_mib(mon.pid), cpu_s(mon.pid)
         peak = PeakRss(mon.pid)
-        elapsed = storm(cmd)
+        elapsed, storm_cpu = storm(cmd)
         c1 = cpu_s(mon.pid)
         drain = wait_idle(mon.pid, 300 if kind != "bpftrace" else 30)
         res: dict[str, Any] = {
             "ops_s": n / elapsed,
+            "storm_cpu_us": 1e6 * storm_cpu / n,
             "startup_s": startup,
             "cpu_storm_pct": 100 * (c1 - c0) / elapsed,
             "cpu_total_s": cpu_s(mon.pid) - c0,
@@ -318,6 +328,8 @@ def monitored(
             "rss_after_mib": rss_mib(mon.pid),
             "expected": n,
         }
+        # the monitor's CPU per operation, drain included (user space's cost)
+        res["monitor_cpu_us"] = 1e6 * res["cpu_total_s"] / n
         if wl.name == "churn" and kind != "bpftrace":
             # exited processes leave the table after exit_grace_s (5 s) + one expiry tick
             time.sleep(7)
@@ -387,6 +399,8 @@ def table(res: dict[str, Any], kinds: list[str]) -> str:
         "tool",
         "ops/s med [min-max]",
         "x bare med [min-max]",
+        "storm cpu us/op",
+        "monitor cpu us/op",
         "start s",
         "cpu%",
         "rss MiB before->after(->settled)",
@@ -417,6 +431,8 @@ def table(res: dict[str, Any], kinds: list[str]) -> str:
                     kind,
                     span(r["ops_s"], ",.0f"),
                     span(r["ratio"], ".2f") if "ratio" in r else ("1" if kind == "bare" else ""),
+                    span(r["storm_cpu_us"], ".1f") if "storm_cpu_us" in r else "",
+                    med(r, "monitor_cpu_us", ".1f"),
                     med(r, "startup_s", ".2f"),
                     med(r, "cpu_storm_pct", ".0f"),
                     rss,
@@ -509,9 +525,13 @@ def main() -> int:
                 row: dict[str, Any] = {}
                 bare = None
                 if wl.bare:
-                    bare = n / storm(cmd)
-                    row["bare"] = {"ops_s": bare}
-                for kind in kinds:
+                    elapsed, storm_cpu = storm(cmd)
+                    bare = n / elapsed
+                    row["bare"] = {"ops_s": bare, "storm_cpu_us": 1e6 * storm_cpu / n}
+                # the monitored kinds in a rotated order each round: a load that comes and
+                # goes on a shared machine does not always fall on the same one
+                shift = rnd % len(kinds)
+                for kind in kinds[shift:] + kinds[:shift]:
                     if kind == "bpftrace" and wl.bpftrace_probe is None:
                         continue
                     tree = args.baseline if kind == "baseline" else REPO

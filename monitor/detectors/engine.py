@@ -344,10 +344,9 @@ class DetectionEngine:
                 view = single_segment_view(ae.event)
         if view is None:
             return []
-        eff = view.effective
-        if self.iocs.is_allowed_destination(eff.host) or (
-            not view.proxied and self.iocs.is_allowed_destination(view.daddr)
-        ):
+        proxied = view.proxied
+        host = view.effective.host if proxied else view.daddr
+        if self.iocs.is_allowed_destination(host):
             return []
         st = self._st(p)
         verdict = streams.judge(
@@ -363,6 +362,7 @@ class DetectionEngine:
             if view.cookie not in st.ssh_cookies or not view.cookie:
                 if view.cookie:
                     st.ssh_cookies.add(view.cookie)
+                eff = view.effective
                 st.ssh_sessions.append(Conn(eff.host, eff.port or 0, "tcp", view.cookie))
             out += self._ssh_protocol(ae, p, banner, view, streams.where(level))
         for f in verdict.findings:

@@ -56,11 +56,15 @@ class StreamFinding:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
 class StreamJudgement:
-    findings: list[StreamFinding] = field(default_factory=list)
-    ssh_banners: list[tuple[Level, str]] = field(default_factory=list)
-    context: list[Signal] = field(default_factory=list)  # weak facts for the process
+    """What one look at a stream found (a plain class: made for every look)."""
+
+    __slots__ = ("findings", "ssh_banners", "context")
+
+    def __init__(self) -> None:
+        self.findings: list[StreamFinding] = []
+        self.ssh_banners: list[tuple[Level, str]] = []
+        self.context: list[Signal] = []  # weak facts for the process
 
 
 def where(level: Level) -> str:
@@ -110,18 +114,18 @@ def judge(
     first_len: bytes in the stream's first segment (-1: unknown).
     """
     out = StreamJudgement()
-    eff = view.effective
     mining: list[tuple[int, Signal]] = []
     for level in view.levels:
         if level.data:
             found = stratum.stratum_stream_signals(level.data)
-            found += stratum.stratum_v2_signals(level.data)
+            if level.data[:2] == b"\x00\x00":  # a Stratum V2 frame header starts so
+                found += stratum.stratum_v2_signals(level.data)
             mining += [(level.depth, _tagged(s, level)) for s in found]
             banner = tunnel.ssh_banner(level.data)
             if banner is not None:
                 out.ssh_banners.append((level, banner))
             shell = tunnel.shell_banner_signal(level.data)
-            if shell is not None and not iocs.is_internal(eff.host):
+            if shell is not None and not iocs.is_internal((eff := view.effective).host):
                 out.findings.append(
                     StreamFinding(
                         RULE_SHELL,
@@ -131,6 +135,7 @@ def judge(
                 )
             bore = BORE_CLIENT.search(level.data, 0, 512) if b"\x00" in level.data else None
             if bore is not None:
+                eff = view.effective
                 detail = f"bore client {bore.group(0)[:-1].decode('ascii', 'replace')}"
                 out.findings.append(
                     StreamFinding(
@@ -147,7 +152,7 @@ def judge(
             StreamFinding(RULE_STRATUM, tuple(_dedupe(mining)), extra={"pool": _pool(view)})
         )
     if view.layers:
-        _layer_findings(view, iocs, fingerprints, out, eff)
+        _layer_findings(view, iocs, fingerprints, out, view.effective)
     if first_len == stratum.NOISE_FIRST_LEN and view.levels and not view.proxied:
         first = view.levels[0].data[: stratum.NOISE_FIRST_LEN]
         to_pool = view.dport in iocs.pool_ports

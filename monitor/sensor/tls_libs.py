@@ -86,7 +86,8 @@ class TlsLibraries:
     # -- entry points ----------------------------------------------------------------
 
     def start(self) -> list[Library]:
-        """Attach to every file the globs name and every file a running process maps."""
+        """Attach to every file the globs name (the system's libraries, before "armed");
+        the files running processes map are looked for at the first tick()."""
         if not self.cfg.tls:
             return []
         new: list[Library] = []
@@ -96,7 +97,7 @@ class TlsLibraries:
                     lib = self._attach(path, "glob")
                     if lib is not None:
                         new.append(lib)
-        new += self.scan_all()
+        self._last_scan = -float("inf")  # the first tick scans every process
         return new
 
     def on_exec(self, pid: int, now: float | None = None) -> None:
@@ -118,13 +119,15 @@ class TlsLibraries:
             pids.add(self._pending.popleft()[1])
         for pid in pids:
             new += self.scan_pid(pid, "exec")
-        if self.cfg.tls_rescan_s and t - self._last_scan >= self.cfg.tls_rescan_s:
-            new += self.scan_all()
+        if self._last_scan == -float("inf") or (
+            self.cfg.tls_rescan_s and t - self._last_scan >= self.cfg.tls_rescan_s
+        ):
+            new += self.scan_all(t)
         return new
 
-    def scan_all(self) -> list[Library]:
+    def scan_all(self, now: float | None = None) -> list[Library]:
         started = time.monotonic()
-        self._last_scan = started
+        self._last_scan = started if now is None else now
         new: list[Library] = []
         try:
             pids = [int(d) for d in os.listdir(self.proc) if d.isdigit()]

@@ -41,29 +41,44 @@ class TlsObject:
     last_ns: int = 0
 
 
-@dataclass(slots=True)
 class Stream:
-    """One connection's opening as far as it has come."""
+    """One connection's opening as far as it has come.
 
-    cookie: int
-    pid: int  # the subject: the process the detectors judge
-    owner_pid: int
-    family: int = 0
-    saddr: str | None = None
-    sport: int = 0
-    daddr: str | None = None
-    dport: int = 0
-    out: bytearray = field(default_factory=bytearray)
-    reply: bytearray = field(default_factory=bytearray)
-    tls: TlsObject | None = None
-    first_ns: int = 0
-    last_ns: int = 0
-    truncated: bool = False
-    cut_short: bool = False
-    gaps: int = 0
-    closed: bool = False
-    announced: tuple[tuple[str, str | None, int | None], ...] = ()  # layers a line reported
-    tls_announced: bool = False
+    A plain class with __slots__ and one __init__: made for every outbound connection,
+    so it costs as little as a Python object can.
+    """
+
+    __slots__ = (
+        "cookie", "pid", "owner_pid", "family", "saddr", "sport", "daddr", "dport", "out",
+        "reply", "tls", "first_ns", "last_ns", "truncated", "cut_short", "gaps", "closed",
+        "announced", "tls_announced",
+    )  # fmt: skip
+
+    def __init__(self, cookie: int, pid: int, owner_pid: int, ts: int) -> None:
+        self.cookie = cookie
+        self.pid = pid  # the subject: the process the detectors judge
+        self.owner_pid = owner_pid
+        self.family = 0
+        self.saddr: str | None = None
+        self.sport = 0
+        self.daddr: str | None = None
+        self.dport = 0
+        self.out = bytearray()
+        self.reply = bytearray()
+        self.tls: TlsObject | None = None
+        self.first_ns = ts
+        self.last_ns = ts
+        self.truncated = False
+        self.cut_short = False
+        self.gaps = 0
+        self.closed = False
+        self.announced: tuple[tuple[str, str | None, int | None], ...] = ()  # layers a line said
+        self.tls_announced = False
+
+
+CHANGED_DATA = frozenset({"data"})
+CHANGED_REPLY = frozenset({"reply"})
+CHANGED_TLS = frozenset({"tls"})
 
 
 class StreamTracker:
@@ -76,6 +91,9 @@ class StreamTracker:
         self.window_ns = int(window_s * NS)
         self.depth = unwrap_depth
         self.streams: OrderedDict[int, Stream] = OrderedDict()
+        # openings of one segment so far, kept as their send record (most connections
+        # never send a second chunk): a Stream is made only when one comes
+        self._first: OrderedDict[int, tuple[SendEvent, int]] = OrderedDict()
         self.tls: OrderedDict[tuple[int, int], TlsObject] = OrderedDict()
         self._by_tuple: dict[tuple[str | None, int, str | None, int], int] = {}
         self._fds: OrderedDict[tuple[int, int], int] = OrderedDict()
@@ -110,15 +128,33 @@ class StreamTracker:
         """The first segment: a new stream (or the start of one a reply announced)."""
         s = self.streams.get(ev.cookie)
         if s is None:
-            s = self._new(ev.cookie, pid, ev.owner_pid, ev.ts_ns)
+            self.counts["streams"] += 1
+            first = self._first
+            first[ev.cookie] = (ev, pid)
+            if len(first) > self.max_streams:
+                first.popitem(last=False)
+                self.counts["evicted"] += 1
+            levels, layers = unwrap.levels(ev.data, depth=self.depth)
+            return StreamView(
+                ev.cookie,
+                ev.daddr,
+                ev.dport,
+                levels,
+                layers,
+                sent=len(ev.data),
+                changed=CHANGED_DATA,
+                family=ev.family,
+                saddr=ev.saddr,
+                sport=ev.sport,
+            )
         s.pid = pid
         self._endpoints(s, ev.family, ev.saddr, ev.sport, ev.daddr, ev.dport)
         self._place(s, s.out, 0, ev.data, ev.ts_ns)
-        return self._view(s, {"data"})
+        return self._view(s, CHANGED_DATA)
 
     def on_chunk(self, ev: StreamEvent) -> StreamView | None:
         """A later chunk of the opening or of the reply; None if it changed nothing."""
-        s = self.streams.get(ev.cookie)
+        s = self.get(ev.cookie)
         if s is None:
             if not ev.reply:  # a reply may come first (a server banner); our bytes may not
                 self.counts["orphan_chunks"] += 1
@@ -142,7 +178,7 @@ class StreamTracker:
         buf = s.reply if ev.reply else s.out
         if not self._place(s, buf, ev.offset, ev.data, ev.ts_ns):
             return None
-        return self._view(s, {"reply" if ev.reply else "data"})
+        return self._view(s, CHANGED_REPLY if ev.reply else CHANGED_DATA)
 
     def on_tls_data(self, ev: TlsDataEvent) -> StreamView:
         """Plaintext a process handed its TLS library; judged whether or not it is bound."""
@@ -194,6 +230,13 @@ class StreamTracker:
     def expire(self, now_ns: int) -> None:
         """Drop closed streams and those past their window; TLS objects idle as long."""
         limit = self.window_ns + 5 * NS
+        first = self._first
+        while first:
+            cookie, (ev, _) = next(iter(first.items()))
+            if now_ns - ev.ts_ns <= limit:
+                break
+            del first[cookie]
+            self.counts["expired"] += 1
         for cookie in [c for c, s in self.streams.items() if s.closed]:
             self._drop(cookie, "closed")
         while self.streams:
@@ -210,10 +253,25 @@ class StreamTracker:
                 self.counts["tls_unbound"] += 1
 
     def stats(self) -> dict[str, Any]:
-        return {**self.counts, "open": len(self.streams), "tls_open": len(self.tls)}
+        return {
+            **self.counts,
+            "open": len(self.streams) + len(self._first),
+            "tls_open": len(self.tls),
+        }
 
     def get(self, cookie: int) -> Stream | None:
-        return self.streams.get(cookie)
+        """The stream (made now from its first segment if that is all there was)."""
+        s = self.streams.get(cookie)
+        if s is not None:
+            return s
+        got = self._first.pop(cookie, None)
+        if got is None:
+            return None
+        ev, pid = got
+        s = self._new(cookie, pid, ev.owner_pid, ev.ts_ns, counted=True)
+        self._endpoints(s, ev.family, ev.saddr, ev.sport, ev.daddr, ev.dport)
+        s.out += ev.data
+        return s
 
     def announce(self, view: StreamView) -> bool:
         """Does this view say something a line has not (a new layer, plaintext first seen)?"""
@@ -238,10 +296,11 @@ class StreamTracker:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _new(self, cookie: int, pid: int, owner: int, ts: int) -> Stream:
-        s = Stream(cookie, pid, owner, first_ns=ts, last_ns=ts)
+    def _new(self, cookie: int, pid: int, owner: int, ts: int, counted: bool = False) -> Stream:
+        s = Stream(cookie, pid, owner, ts)
         self.streams[cookie] = s
-        self.counts["streams"] += 1
+        if not counted:
+            self.counts["streams"] += 1
         if len(self.streams) > self.max_streams:
             old_cookie, _ = next(iter(self.streams.items()))
             self._drop(old_cookie, "evicted")
@@ -264,7 +323,8 @@ class StreamTracker:
             self.tls.pop((s.tls.pid, s.tls.ssl), None)
 
     def _touch(self, s: Stream, ts: int) -> None:
-        s.last_ns = max(s.last_ns, ts)
+        if ts > s.last_ns:
+            s.last_ns = ts
         self.streams.move_to_end(s.cookie)
 
     def _place(self, s: Stream, buf: bytearray, offset: int, data: bytes, ts: int) -> bool:
@@ -284,13 +344,15 @@ class StreamTracker:
     def _bind(self, obj: TlsObject, cookie: int, how: str) -> None:
         obj.cookie = cookie
         self.counts[how] += 1
-        s = self.streams.get(cookie)
+        s = self.get(cookie)
         if s is not None:
             s.tls = obj
 
     def _levels(self, s: Stream) -> tuple[list[Level], tuple[Layer, ...]]:
         # computed for each change and not kept: the views live as long as one event
-        wire, layers = unwrap.levels(bytes(s.out), bytes(s.reply), depth=self.depth)
+        wire, layers = unwrap.levels(
+            bytes(s.out), bytes(s.reply) if s.reply else b"", depth=self.depth
+        )
         if s.tls is not None and s.tls.data:
             plain, layers = unwrap.levels(
                 bytes(s.tls.data), source="tls", prefix=layers, depth=self.depth
@@ -298,7 +360,7 @@ class StreamTracker:
             wire = wire + plain
         return wire, layers
 
-    def _view(self, s: Stream, changed: set[str]) -> StreamView:
+    def _view(self, s: Stream, changed: frozenset[str]) -> StreamView:
         lv, layers = self._levels(s)
         return StreamView(
             cookie=s.cookie,
@@ -312,18 +374,18 @@ class StreamTracker:
             truncated=s.truncated,
             cut_short=s.cut_short,
             gaps=s.gaps,
-            changed=frozenset(changed),
+            changed=changed,
             family=s.family,
             saddr=s.saddr,
             sport=s.sport,
         )
 
     def _tls_view(self, obj: TlsObject) -> StreamView:
-        s = self.streams.get(obj.cookie) if obj.cookie else None
+        s = self.get(obj.cookie) if obj.cookie else None
         if s is not None:
             s.tls = obj
             self._touch(s, obj.last_ns)
-            return self._view(s, {"tls"})
+            return self._view(s, CHANGED_TLS)
         # plaintext of a connection we cannot name: judged on its own
         lv, layers = unwrap.levels(
             bytes(obj.data), source="tls", prefix=(Layer("tls"),), depth=self.depth
@@ -336,5 +398,5 @@ class StreamTracker:
             layers=layers,
             tls_library=obj.library,
             gaps=obj.gaps,
-            changed=frozenset({"tls"}),
+            changed=CHANGED_TLS,
         )

@@ -13,6 +13,8 @@ from monitor.streams import http, socks, tls
 from monitor.streams.view import Layer, Level, Peeled
 
 DEFAULT_DEPTH = 4
+# first bytes a wrapper can start with: SOCKS 5 and 4, a TLS handshake, an HTTP method
+PEEL_FIRST = frozenset({5, 4, tls.HANDSHAKE, *range(0x41, 0x5B)})
 
 
 def peel_tls(data: bytes) -> Peeled | None:
@@ -61,6 +63,8 @@ def levels(
     """The readable bytes at each depth, and every layer peeled (the last may be opaque
     or not yet complete)."""
     out = [Level(source, prefix, data, reply)]
+    if not data or data[0] not in PEEL_FIRST:
+        return out, prefix  # the common case: nothing wraps these bytes
     layers = list(prefix)
     cur, cur_reply = data, reply
     for _ in range(depth):

@@ -93,12 +93,14 @@ def test_bounds_evict_expire_close() -> None:
     t = StreamTracker(max_streams=64, window_s=10)
     for c in range(70):
         t.on_send(send(b"x", cookie=c + 100, ts=S), 100)
-    assert len(t.streams) == 64 and t.counts["evicted"] == 6
-    t.on_close("10.0.0.1", 40000, "198.51.100.2", 3333)  # the last stream's tuple
+    assert t.stats()["open"] == 64 and t.counts["evicted"] == 6
+    assert t.on_chunk(chunk(b"yz", 1, cookie=169)) is not None  # a second chunk: a Stream
+    assert bytes(t.get(169).out) == b"xyz"  # type: ignore[union-attr]
+    t.on_close("10.0.0.1", 40000, "198.51.100.2", 3333)  # its tuple
     t.expire(2 * S)
-    assert t.counts["closed"] == 1 and len(t.streams) == 63
-    t.expire(S + 16 * S)  # past the window and its grace
-    assert not t.streams and t.counts["expired"] == 63
+    assert t.counts["closed"] == 1 and t.stats()["open"] == 63
+    t.expire(S + 16 * S)  # past the window and its grace: one-segment openings go too
+    assert t.stats()["open"] == 0 and t.counts["expired"] == 63
 
 
 def test_tls_plaintext_binds_by_fd_or_cookie_or_stays_alone() -> None:

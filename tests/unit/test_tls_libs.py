@@ -59,29 +59,34 @@ def test_start_attaches_each_file_once_host_and_container(tree) -> None:
     sensor = FakeSensor()
     t = libs(tree, sensor)
     got = t.start()
+    assert [lib.found_by for lib in got] == ["glob"], "the maps are read at the first tick"
+    got += t.tick(now=0.0)
     paths = sorted(lib.path for lib in got)
     assert str(tree["lib"] / "libgnutls.so.30") in paths
     assert str(tree["lib"] / "libssl.so.3") in paths
     assert str(tree["proc"] / "101" / "root" / "opt" / "rlg-test-nowhere" / "libssl.so.3") in paths
     assert len(got) == 3 == len(sensor.tls_attached), "pid 102 maps the host file: no repeat"
     assert {lib.found_by for lib in got} == {"glob", "maps"}
-    assert t.start() == [] and t.scan_all() == []
+    assert t.start() == [] and t.tick(now=1.0) == [] and t.scan_all() == []
 
 
 def test_exec_checks_come_due_and_the_rescan_is_periodic(tree) -> None:
     sensor = FakeSensor()
     t = libs(tree, sensor, tls_rescan_s=100.0)
-    t._last_scan = 0.0
+    t.start()
+    t.tick(now=0.0)  # the first scan
+    sensor.tls_attached.clear()
     (tree["proc"] / "103").mkdir()
     (tree["proc"] / "103" / "maps").write_text(maps_line(str(tree["lib"] / "libssl.so.3")))
+    (tree["lib"] / "libssl.so.1.1").write_bytes(b"\x7fELF other version")
+    (tree["proc"] / "103" / "maps").write_text(maps_line(str(tree["lib"] / "libssl.so.1.1")))
     t.on_exec(103, now=10.0)
-    assert t.tick(now=10.1) == []  # not due yet (and no rescan: none since start at 0)
-    t._last_scan = 10.0
+    assert t.tick(now=10.1) == []  # not due yet, and no rescan before tls_rescan_s
     got = t.tick(now=10.6)
     assert [lib.found_by for lib in got] == ["exec"]
     assert t.stats()["pending_checks"] == 1  # the later look is still queued
-    t.tick(now=111.0)
-    assert t.scans == 1, "the periodic scan ran"
+    t.tick(now=101.0)
+    assert t.scans == 2, "the periodic scan ran"
 
 
 def test_a_file_that_cannot_be_probed_is_reported_once(tree) -> None:
@@ -90,7 +95,7 @@ def test_a_file_that_cannot_be_probed_is_reported_once(tree) -> None:
             raise RuntimeError("no symbols")
 
     t = libs(tree, Refusing())
-    assert t.start() == []
+    assert t.start() == [] and t.tick(now=0.0) == []
     assert t.stats()["failed"] == 3 and t.stats()["attached"] == 0
     assert t.scan_all() == []
 
