@@ -11,18 +11,16 @@ BPF_PERCPU_ARRAY(dns_scratch, struct rlg_dns_event, 1);
 int rlg_egress(struct __sk_buff *skb) {
     u8 proto = 0;
     u16 family = 0;
-    u32 l4 = l4_offset(skb, &family, &proto);   /* IPv6 extension headers followed */
+    u8 th[RLG_TH] = {};     /* the transport header's first bytes */
+    u32 l4 = l4_head(skb, &family, &proto, th);  /* IPv6 extension headers followed */
     if (!l4)
         return 1;
 
     if (proto == RLG_IPPROTO_TCP) {
         /* payload first: SYN, RST and bare ACKs (most packets of a connect
          * storm) leave before the hash lookup */
-        u8 th[2] = {};      /* data offset, flags */
-        if (bpf_skb_load_bytes(skb, l4 + 12, th, 2) < 0)
-            return 1;
-        u32 off = l4 + (th[0] >> 4) * 4;
-        int ends = th[1] & (RLG_TCP_FIN | RLG_TCP_RST);
+        u32 off = l4 + (th[12] >> 4) * 4;
+        int ends = th[13] & (RLG_TCP_FIN | RLG_TCP_RST);
         if (skb->len <= off) {
             if (ends)
                 stream_end(skb);    /* our FIN or RST: the stream is over */
@@ -33,9 +31,7 @@ int rlg_egress(struct __sk_buff *skb) {
         if (!f)
             return 1;
         u32 plen = skb->len - off;
-        u32 seq = 0;
-        bpf_skb_load_bytes(skb, l4 + 4, &seq, 4);
-        seq = bpf_ntohl(seq);
+        u32 seq = ((u32)th[4] << 24) | ((u32)th[5] << 16) | ((u32)th[6] << 8) | th[7];
         if (f->flags & RLG_FRESH_OUT) {
             /* a later segment: the rest of the opening, activity (streams.bpf.h) */
             stream_out(skb, f, cookie, off, plen, seq, family, l4);
@@ -56,10 +52,8 @@ int rlg_egress(struct __sk_buff *skb) {
         e->owner_pid = owner;
         e->payload_len = plen;
         e->family = family;
-        u16 ports[2] = {};
-        bpf_skb_load_bytes(skb, l4, ports, 4);
-        e->sport = bpf_ntohs(ports[0]);
-        e->dport = bpf_ntohs(ports[1]);
+        e->sport = ((u16)th[0] << 8) | th[1];
+        e->dport = ((u16)th[2] << 8) | th[3];
         load_addrs(skb, family, e->saddr, e->daddr);
         u32 n = plen;
         if (n > RLG_FIRST_BYTES)
@@ -84,11 +78,8 @@ int rlg_egress(struct __sk_buff *skb) {
     }
 
     if (proto == RLG_IPPROTO_UDP) {
-        u16 ports[2] = {};
-        if (bpf_skb_load_bytes(skb, l4, ports, 4) < 0)
-            return 1;
-        if (bpf_ntohs(ports[1]) != 53)
-            return 1;
+        if (th[2] != 0 || th[3] != 53)
+            return 1;       /* not to port 53 */
         u32 off = l4 + 8;
         if (skb->len <= off)
             return 1;
@@ -103,7 +94,7 @@ int rlg_egress(struct __sk_buff *skb) {
         e->payload_len = plen;
         e->family = family;
         e->transport = RLG_IPPROTO_UDP;
-        e->sport = bpf_ntohs(ports[0]);
+        e->sport = ((u16)th[0] << 8) | th[1];
         e->dport = 53;
         load_addrs(skb, family, e->saddr, e->daddr);
         u32 n = plen;

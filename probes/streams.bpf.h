@@ -82,6 +82,46 @@ static __always_inline u32 l4_offset(struct __sk_buff *skb, u16 *family, u8 *pro
     return 0;               /* more extension headers than we follow */
 }
 
+/* The transport header's offset and protocol, and its first RLG_TH bytes in th (TCP:
+ * ports, sequence number, ack, data offset, flags; UDP: ports, length).  Read straight
+ * from the packet's linear data when it holds them (no helper call: this runs for every
+ * packet both ways), else with the helpers (l4_offset above: IPv6 extension headers, a
+ * head split across fragments).  0: not IP, or nothing to read. */
+#define RLG_TH 14
+static __always_inline u32 l4_head(struct __sk_buff *skb, u16 *family, u8 *proto, u8 *th) {
+    unsigned char *d = (unsigned char *)(long)skb->data;
+    unsigned char *end = (unsigned char *)(long)skb->data_end;
+    if (skb->protocol == bpf_htons(RLG_ETH_P_IP)) {
+        if (d + 20 <= end) {
+            if ((d[6] & 0x1F) || d[7])
+                return 0;       /* not the first fragment */
+            u32 ihl = (d[0] & 0x0F) * 4;
+            *family = RLG_AF_INET;
+            *proto = d[9];
+            if (ihl >= 20 && d + ihl + RLG_TH <= end) {
+                __builtin_memcpy(th, d + ihl, RLG_TH);
+                return ihl;
+            }
+        }
+    } else if (skb->protocol == bpf_htons(RLG_ETH_P_IPV6)) {
+        if (d + 40 + RLG_TH <= end && (d[6] == RLG_IPPROTO_TCP || d[6] == RLG_IPPROTO_UDP)) {
+            *family = RLG_AF_INET6;
+            *proto = d[6];
+            __builtin_memcpy(th, d + 40, RLG_TH);
+            return 40;
+        }
+    }
+    u32 l4 = l4_offset(skb, family, proto);
+    if (!l4)
+        return 0;
+    if (bpf_skb_load_bytes(skb, l4, th, RLG_TH) < 0) {
+        __builtin_memset(th, 0, RLG_TH);
+        if (bpf_skb_load_bytes(skb, l4, th, 4) < 0)
+            return 0;
+    }
+    return l4;
+}
+
 /* Source and destination from the IPv4 or IPv6 header (packet bytes: ABI). */
 static __always_inline void load_addrs(struct __sk_buff *skb, u16 family,
                                        unsigned char *saddr, unsigned char *daddr) {
@@ -273,13 +313,11 @@ static __always_inline void stream_end(struct __sk_buff *skb) {
 int rlg_ingress(struct __sk_buff *skb) {
     u16 family = 0;
     u8 proto = 0;
-    u32 l4 = l4_offset(skb, &family, &proto);
+    u8 th[RLG_TH] = {};
+    u32 l4 = l4_head(skb, &family, &proto, th);
     if (!l4 || proto != RLG_IPPROTO_TCP)
         return 1;
-    u8 doff = 0;
-    if (bpf_skb_load_bytes(skb, l4 + 12, &doff, 1) < 0)
-        return 1;
-    u32 off = l4 + (doff >> 4) * 4;
+    u32 off = l4 + (th[12] >> 4) * 4;
     if (skb->len <= off)
         return 1;
     u64 cookie = bpf_get_socket_cookie(skb);
@@ -291,9 +329,7 @@ int rlg_ingress(struct __sk_buff *skb) {
     f->rbytes += plen;
     if (f->flags & RLG_FRESH_REPLY_DONE)
         return 1;
-    u32 seq = 0;
-    bpf_skb_load_bytes(skb, l4 + 4, &seq, 4);
-    seq = bpf_ntohl(seq);
+    u32 seq = ((u32)th[4] << 24) | ((u32)th[5] << 16) | ((u32)th[6] << 8) | th[7];
     u64 now = bpf_ktime_get_boot_ns();
     if (!(f->flags & RLG_FRESH_REPLY)) {
         f->flags |= RLG_FRESH_REPLY;

@@ -163,6 +163,7 @@ def test_ipv6_extension_header_on_loopback(mon) -> None:
     ls.bind(("::1", 0))
     ls.listen(1)
     port = ls.getsockname()[1]
+    mark = m.mark()
     try:
         client(
             """
@@ -175,7 +176,9 @@ def test_ipv6_extension_header_on_loopback(mon) -> None:
             str(port),
         )
         doc = m.wait_for(
-            lambda d: d["event"]["action"] == "send" and d["destination"]["port"] == port
+            lambda d: d["event"]["action"] == "send" and d["destination"]["port"] == port,
+            timeout=30,
+            start=mark,
         )
         assert doc["rlguard"]["payload"]["preview"] == "behind-a-destination-options-header"
     finally:
