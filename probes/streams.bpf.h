@@ -54,7 +54,7 @@ static __always_inline u32 l4_offset(struct __sk_buff *skb, u16 *family, u8 *pro
     if (bpf_skb_load_bytes(skb, 6, &nh, 1) < 0)
         return 0;
     u32 off = 40;
-#pragma unroll
+#pragma clang loop unroll(disable)
     for (int i = 0; i < RLG_IPV6_EXT_MAX; i++) {
         u8 h[4] = {};
         if (nh == 0 || nh == 43 || nh == 60 || nh == 135 || nh == 139 || nh == 140) {
