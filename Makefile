@@ -23,6 +23,7 @@ help:
 	@echo "sudo make test   set up this host with test tools, then run the test suite (PYTEST_ARGS='...')"
 	@echo "sudo make demo   stage the incident (reverse SSH tunnel + miner) in a namespace and watch rlguard catch it"
 	@echo "sudo make bench  bare / rlguard / bpftrace side by side (BENCH_ARGS='--quick --rounds 1')"
+	@echo "                 the fleet ledger on PostgreSQL: BENCH_ARGS='--fleet-only' (or --fleet)"
 	@echo "make test-unit   unit tests only (no root once the venv exists)"
 	@echo "make lint        ruff and mypy"
 	@echo "make check       rlguard check: can this host run the monitor?"

@@ -14,7 +14,11 @@ memory.  Connects are counted as the connects the lines stand for
 
 usage: sudo .venv/bin/python bench/run.py [--quick] [--rounds 3] [-n N] [--exec-n N]
        [--payload-n N] [--churn-n N] [--only WORKLOAD] [--variant NAME=CFLAGS]
-       [--baseline TREE] [--no-bpftrace] [--no-alert]
+       [--baseline TREE] [--no-bpftrace] [--no-alert] [--fleet | --fleet-only]
+       [--fleet-hosts N]
+
+--fleet also runs bench/fleet.py (simulated hosts writing the episode ledger to a local
+PostgreSQL, a trainer reading verdicts); --fleet-only runs only that.
 """
 
 from __future__ import annotations
@@ -487,7 +491,19 @@ def main() -> int:
     )
     ap.add_argument("--no-bpftrace", action="store_true", help="skip the bpftrace peer")
     ap.add_argument("--no-alert", action="store_true", help="skip the alert-latency run")
+    ap.add_argument("--fleet", action="store_true", help="also run bench/fleet.py")
+    ap.add_argument("--fleet-only", action="store_true", help="run only bench/fleet.py")
+    ap.add_argument("--fleet-hosts", type=int, help="simulated hosts (default 100, quick 20)")
     args = ap.parse_args()
+    if args.fleet or args.fleet_only:
+        fleet_args = ["--hosts", str(args.fleet_hosts or (20 if args.quick else 100))]
+        if args.quick:
+            fleet_args += ["--seconds", "20"]
+        fleet = [sys.executable, str(REPO / "bench" / "fleet.py"), *fleet_args]
+        if args.fleet_only:
+            return subprocess.run(fleet, cwd=REPO).returncode
+    else:
+        fleet = []
     if os.geteuid() != 0:
         print("bench needs root (it loads eBPF programs): sudo make bench", file=sys.stderr)
         return 1
@@ -570,6 +586,8 @@ def main() -> int:
     (OUT / "results.json").write_text(json.dumps(res, indent=2))
     print(table(res, kinds), flush=True)
     print(f"\nJSON: {OUT / 'results.json'}")
+    if fleet:
+        return subprocess.run(fleet, cwd=REPO).returncode
     return 0
 
 

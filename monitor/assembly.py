@@ -16,6 +16,7 @@ from monitor.detectors.engine import DetectionEngine
 from monitor.detectors.fingerprints import load_fingerprints
 from monitor.detectors.gpu_driver import GpuRuleDriver
 from monitor.detectors.iocs import build_iocs
+from monitor.detectors.rules import load_rules
 from monitor.sensor.events import tag_values
 from monitor.sensor.port import SensorPort
 from monitor.sensor.probes import TAG_VALUE_LEN, Sensor, gpu_probe_patterns
@@ -88,6 +89,7 @@ def build_collector(
     renderer = Renderer(table, clock)
     engine = DetectionEngine(
         build_iocs(config.detectors, config.allowlist),
+        load_rules(settings=config.rules),
         fingerprints=load_fingerprints(config.streams.ja4),
     )
     gpu = GpuHolders(config.gpu, table, cgroups, sensor)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from monitor.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from monitor.detectors.rules import RuleSet
 
 app = typer.Typer(
     add_completion=False,
@@ -66,6 +69,7 @@ def run(
 ) -> None:
     """Monitor this host and write one NDJSON line per event."""
     cfg = _load(config)
+    _rules(cfg)  # a catalogue the detectors disagree with stops here, before the compile
     from monitor.sensor.probes import Sensor, SensorError, gpu_probe_patterns
     from monitor.service.preflight import try_mount_tracefs
 
@@ -194,10 +198,22 @@ def check(
     ),
 ) -> None:
     """Preflight: report, line by line, whether the monitor can run here."""
+    from monitor.detectors.rules import RuleError, load_rules
     from monitor.service.preflight import Check, run_checks
 
     cfg = _load(config)
     checks = run_checks()  # report the host as it is: `run` mounts tracefs, `check` does not
+    try:
+        ruleset = load_rules(settings=cfg.rules)
+        enabled = sum(1 for r in ruleset.values() if r.enabled)
+        detail = (
+            f"{len(ruleset)} rules, each raised by its detector; {enabled} enabled, "
+            f"min_severity {ruleset.min_severity}"
+        )
+        checks.append(Check("rules", True, detail))
+    except RuleError as exc:
+        fix = "reinstall rlguard: its rule catalogue and detectors disagree"
+        checks.append(Check("rules", False, str(exc), fix))
     if load and all(c.ok for c in checks if c.required):
         import time
 
@@ -216,6 +232,14 @@ def check(
             checks.append(Check("probes", False, str(exc), "see the message above"))
         finally:
             sensor.close()
+    if cfg.ledger.enabled and cfg.ledger.url:
+        from monitor.sinks.ledger.postgres import check_connection
+        from monitor.sinks.ledger.store import StoreError
+
+        try:
+            checks.append(Check("fleet ledger", True, check_connection(cfg.ledger.url)))
+        except StoreError as exc:
+            checks.append(Check("fleet ledger", False, f"{exc}{exc.hint}", "docs/fleet.md"))
     for c in checks:
         typer.echo(c.line())
     failed = [c for c in checks if not c.ok and c.required]
@@ -254,20 +278,33 @@ def service_unit() -> None:
     typer.echo(render_unit(sys.prefix, str(DEFAULT_CONFIG)), nl=False)
 
 
+def _rules(cfg: Config) -> RuleSet:
+    """The effective rules (catalogue checked against the detectors, config applied)."""
+    from monitor.detectors.rules import RuleError, load_rules
+
+    try:
+        return load_rules(settings=cfg.rules)
+    except RuleError as exc:
+        typer.echo(f"rlguard: rules error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def rules(
     as_json: bool = typer.Option(False, "--json", help="one JSON object per rule"),
     config: Path | None = ConfigOpt,
 ) -> None:
-    """List every detection rule, its severity, ATT&CK mapping and data sources."""
+    """List every detection rule as the config leaves it: enabled, severity, ATT&CK, data."""
     import orjson
 
     from monitor.detectors.iocs import build_iocs
-    from monitor.detectors.rules import load_rules
 
     cfg = _load(config)
+    ruleset = _rules(cfg)
     iocs = build_iocs(cfg.detectors, cfg.allowlist)
-    for rule in load_rules().values():
+    floor = ruleset.min_severity
+    for rule in ruleset.values():
+        raised = [s for s in rule.severities() if ruleset.raises(s)] if rule.enabled else []
         if as_json:
             typer.echo(
                 orjson.dumps(
@@ -276,7 +313,14 @@ def rules(
                         "name": rule.name,
                         "category": rule.category,
                         "description": rule.description,
+                        "enabled": rule.enabled,
                         "severity": rule.severity_for,
+                        "severity_set_by": rule.severity_set_by,
+                        "severities": list(rule.severities()),
+                        "min_severity": floor,
+                        "raised": raised,
+                        "raised_on": rule.raised_on.replace("`", ""),
+                        "detector": rule.detector,
                         "techniques": [{"id": t, "name": n} for t, n in rule.techniques],
                         "data_sources": list(rule.data_sources),
                     }
@@ -284,13 +328,29 @@ def rules(
             )
             continue
         techs = ", ".join(f"{t} {n}" for t, n in rule.techniques)
-        sev = " ".join(f"{k}->{v}" for k, v in rule.severity_for.items())
+        if rule.severity_set_by == "rules.toml":
+            sev = "by confidence: " + " ".join(f"{k}->{v}" for k, v in rule.severity_for.items())
+        else:
+            sev = f"{rule.severity_for['high']} for every alert ({rule.severity_set_by})"
+        if not rule.enabled:
+            state = f'disabled ([rules."{rule.id}"] enabled = false)'
+        elif not raised:
+            state = f"enabled, but never raised: every alert is below min_severity {floor}"
+        elif len(raised) < len(rule.severities()):
+            state = f"enabled; alerts below min_severity {floor} are not raised"
+        else:
+            state = "enabled"
         typer.echo(f"{rule.id}  {rule.name}")
         typer.echo(f"    {rule.description}")
-        typer.echo(f"    severity by confidence: {sev}")
+        typer.echo(f"    state: {state}")
+        typer.echo(f"    severity {sev}; can be {', '.join(rule.severities())}")
+        typer.echo(f"    raised on: {rule.raised_on.replace('`', '')}")
+        typer.echo(f"    detector: {rule.detector}")
         typer.echo(f"    ATT&CK: {techs}")
         typer.echo(f"    data: {', '.join(rule.data_sources)}")
     if not as_json:
+        enabled = sum(1 for r in ruleset.values() if r.enabled)
+        typer.echo(f"{len(ruleset)} rules, {enabled} enabled; min_severity {floor}")
         sizes = {
             "miner_names": len(iocs.miner_names),
             "miner_flags": len(iocs.miner_flags),
@@ -313,8 +373,14 @@ def episodes(
     db: str | None = typer.Option(
         None, "--db", help="ledger database (default: ledger.path, else STATE_DIR/episodes.db)"
     ),
+    url: str | None = typer.Option(
+        None,
+        "--url",
+        help="the fleet's PostgreSQL (postgresql://...): episodes of every host",
+    ),
     flagged: bool = typer.Option(False, "--flagged", help="only episodes with a critical alert"),
     run_id: str | None = typer.Option(None, "--run", help="only episodes of this run id"),
+    host: str | None = typer.Option(None, "--host", help="only episodes of this host"),
     since: str | None = typer.Option(
         None, "--since", help="only episodes active since: 2h, 30m, 7d or an ISO 8601 time"
     ),
@@ -324,6 +390,7 @@ def episodes(
     """List RL episodes from the ledger: counts, alerts, coverage and keep/review/drop."""
     from monitor.sinks.ledger import (
         LedgerError,
+        StoreError,
         format_table,
         json_line,
         ledger_path,
@@ -331,16 +398,30 @@ def episodes(
         read_episodes,
     )
 
-    path = db if db is not None else ledger_path(_load(config))
+    if url is not None and db is not None:
+        typer.echo("rlguard episodes: give --db or --url, not both", err=True)
+        raise typer.Exit(2)
     try:
         since_ns = parse_since(since) if since is not None else None
     except ValueError as exc:
         typer.echo(f"rlguard episodes: --since: {exc}", err=True)
         raise typer.Exit(2) from None
     try:
-        found = read_episodes(path, flagged=flagged, run=run_id, since_ns=since_ns)
-    except LedgerError as exc:
-        typer.echo(f"rlguard episodes: {exc}", err=True)
+        if url is not None:
+            from monitor.config import ledger_url_problem
+            from monitor.sinks.ledger.postgres import read_fleet_episodes
+
+            problem = ledger_url_problem(url)
+            if problem:
+                typer.echo(f"rlguard episodes: --url: {problem}", err=True)
+                raise typer.Exit(2)
+            found = read_fleet_episodes(url, flagged, run_id, since_ns, host)
+        else:
+            path = db if db is not None else ledger_path(_load(config))
+            found = read_episodes(path, flagged=flagged, run=run_id, since_ns=since_ns, host=host)
+    except (LedgerError, StoreError) as exc:
+        hint = exc.hint if isinstance(exc, StoreError) else ""
+        typer.echo(f"rlguard episodes: {exc}{hint}", err=True)
         raise typer.Exit(1) from None
     if as_json:
         for episode in found:
@@ -349,7 +430,7 @@ def episodes(
     if not found:
         typer.echo("no episodes", err=True)
         return
-    typer.echo(format_table(found))
+    typer.echo(format_table(found, hosts=url is not None or len({e["host"] for e in found}) > 1))
 
 
 @app.command()
@@ -371,7 +452,10 @@ def demo(
     import threading
     import time
 
+    from monitor.detectors import stratum, tunnel
+
     cfg = _load(None)
+    _rules(cfg)
     _fail_preflight()
     from monitor.assembly import build_collector
     from monitor.lab.incident import Incident
@@ -402,7 +486,7 @@ def demo(
             f"tunnel: {got[:60]!r}\n"
         )
         deadline = time.monotonic() + hold + 5
-        wanted = {"RLG-TUN-001", "RLG-MIN-001"}
+        wanted = {tunnel.RULE_SSH_CONNECT_BACK, stratum.RULE_STRATUM}
         while time.monotonic() < deadline:
             seen = {
                 a["rule"]["id"]
@@ -435,16 +519,16 @@ def demo(
         f"{len(act2)} for {incident.episode2} ({', '.join(ids2) or 'none'}); "
         "everything the demo created is removed"
     )
-    if not {"RLG-TUN-001", "RLG-MIN-001"} <= set(ids) or not _act2_caught(
-        sink.alerts, incident.episode2
-    ):
+    if not wanted <= set(ids) or not _act2_caught(sink.alerts, incident.episode2):
         raise typer.Exit(1)
 
 
 def _act2_caught(alerts: list[dict[str, Any]], episode: str) -> bool:
     """The TLS-through-SOCKS miner's login, read from the plaintext, behind the proxy."""
+    from monitor.detectors.stratum import RULE_STRATUM
+
     for a in alerts:
-        if a.get("rl", {}).get("episode_id") != episode or a["rule"]["id"] != "RLG-MIN-001":
+        if a.get("rl", {}).get("episode_id") != episode or a["rule"]["id"] != RULE_STRATUM:
             continue
         if any("socks5>tls plaintext" in e["detail"] for e in a["rlguard"]["alert"]["evidence"]):
             return True

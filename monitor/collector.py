@@ -19,11 +19,12 @@ from typing import Any
 
 from monitor.clock import boottime_ns, iso_wall
 from monitor.config import Config, ConfigError, load_config
-from monitor.detectors import attribution
+from monitor.detectors import tag_conflict
 from monitor.detectors.behaviour import MiningBehaviour
 from monitor.detectors.engine import DetectionEngine, Finding
 from monitor.detectors.gpu_driver import GpuRuleDriver
 from monitor.detectors.iocs import build_iocs
+from monitor.detectors.rules import RuleError, load_rules
 from monitor.sensor.events import (
     SEND_OWNER_DIFFERS,
     ConnectEvent,
@@ -264,11 +265,13 @@ class Collector:
             self._note("reopen_failed", f"{exc.strerror}")
         try:
             new = load_config(self.config.source)
-        except ConfigError as exc:
+            rules = load_rules(settings=new.rules)
+        except (ConfigError, RuleError) as exc:
             self._note("config_reload_failed", f"kept the running config: {exc}")
             self.sink.flush()
             return False
         self.engine.iocs = build_iocs(new.detectors, new.allowlist)
+        self.engine.rules = rules
         restart = [
             name
             for name in ("probes", "tags", "process_table", "service", "siem", "ledger")
@@ -280,7 +283,7 @@ class Collector:
         self.config = new
         self._note(
             "config_reloaded",
-            "detectors, allowlist and output settings applied"
+            "detectors, allowlist, rules and output settings applied"
             + (f"; changes to {', '.join(restart)} take effect after a restart" if restart else ""),
         )
         self.sink.flush()
@@ -409,9 +412,9 @@ class Collector:
         conflict, self._conflict = self._conflict, None
         if conflict is not None and ae.process is not None:
             findings += self.engine.report(
-                attribution.RULE_TAG_CONFLICT,
+                tag_conflict.RULE_TAG_CONFLICT,
                 ae.process.entity_id,
-                attribution.conflict_signals(conflict),
+                tag_conflict.conflict_signals(conflict),
                 ae,
                 {"conflict": conflict.as_dict()},
             )
@@ -672,6 +675,7 @@ class Collector:
             "streams": {**self.streams.stats(), "tls_libraries": self.tls_libs.stats()},
             "registry": self._registry_stats(),
             "gpu": self.gpu.stats(),
+            "ledger": None if self.ledger is None else self.ledger.stats(),
             "uptime_s": round(time.monotonic() - self.started_mono, 3),
             "boottime_ns": boottime_ns(),
         }

@@ -50,8 +50,13 @@ __all__ = [
     "OutputConfig",
     "ProbesConfig",
     "ProcessTableConfig",
+    "RULES_FILE",
+    "EntrySpec",
+    "RuleSettings",
+    "RulesConfig",
     "SectionSpec",
     "TagsConfig",
+    "catalogue_rule_ids",
     "config_from_dict",
     "fnv1a_64",
     "load_config",
@@ -65,6 +70,8 @@ TAG_KEY_LEN = 32  # RLG_TAG_KEY_LEN: the kernel hashes at most this many bytes o
 ARGS_BUF_MAX = 131072  # largest RLG_ARGS_BUF (max_args * arg_size) we let the loader build
 
 EXAMPLE_PATH = Path(__file__).with_name("data") / "rlguard.example.toml"
+# the rule catalogue: [rules."ID"] tables may name only its ids
+RULES_FILE = Path(__file__).with_name("data") / "rules.toml"
 
 # Roles of tag keys, in precedence order: a key listed under two roles takes the first.
 TAG_ROLES: tuple[str, ...] = ("episode", "worker", "run", "trajectory", "sandbox", "extra")
@@ -134,6 +141,34 @@ class FieldSpec:
     checks: tuple[Check, ...] = ()
 
 
+def _find_field(specs: tuple[FieldSpec, ...], name: str) -> FieldSpec | None:
+    for f in specs:
+        if f.name == name:
+            return f
+    return None
+
+
+@dataclass(frozen=True)
+class EntrySpec:
+    """Sub-tables ``[section."KEY"]`` that share one set of fields (e.g. one per rule).
+
+    ``keys`` gives the KEYs allowed (called only when a file names one); the section's result
+    dataclass holds the entries in its ``attr`` field as sorted (KEY, ``result``) pairs.
+    """
+
+    what: str  # what a KEY names, in messages and docs: "rule id"
+    doc: str
+    keys: Callable[[], tuple[str, ...]]
+    example: str  # a KEY for the example file and the docs
+    result: type[Any]
+    attr: str
+    fields: tuple[FieldSpec, ...]
+
+    def field(self, name: str) -> FieldSpec | None:
+        """The field called ``name``, or None."""
+        return _find_field(self.fields, name)
+
+
 # Cross-field rules and derived values: gets the section's values (defaults filled in) and the
 # names the user set; returns the values for the result dataclass or raises _Invalid.
 Finisher = Callable[[dict[str, Any], frozenset[str]], dict[str, Any]]
@@ -148,13 +183,11 @@ class SectionSpec:
     result: type[Any]
     fields: tuple[FieldSpec, ...]
     finish: Finisher | None = None
+    entries: EntrySpec | None = None
 
     def field(self, name: str) -> FieldSpec | None:
         """The field called ``name``, or None."""
-        for f in self.fields:
-            if f.name == name:
-                return f
-        return None
+        return _find_field(self.fields, name)
 
 
 class _Invalid(Exception):
@@ -236,7 +269,13 @@ def one_of(*choices: str) -> Check:
 
 
 NON_EMPTY = Check("non-empty", lambda v: len(v) > 0)
+_HOST_RE = re.compile(r"[A-Za-z0-9._:-]{0,253}")
+LEDGER_HOST = Check(
+    "at most 253 characters from letters, digits and . _ : -",
+    lambda v: _HOST_RE.fullmatch(v) is not None,
+)
 SEVERITY = one_of("low", "medium", "high", "critical")
+SEVERITY_OR_EMPTY = one_of("", "low", "medium", "high", "critical")
 
 
 def _regex_with(group: str) -> Check:
@@ -410,6 +449,26 @@ class AllowlistConfig:
 
 
 @dataclass(frozen=True)
+class RuleSettings:
+    """``[rules."RULE-ID"]``: one rule's settings."""
+
+    enabled: bool
+    severity: str  # "" keeps the rule's own severity by confidence (rules.toml)
+
+
+@dataclass(frozen=True)
+class RulesConfig:
+    """``[rules]``: which rules raise alerts, and how severe they are."""
+
+    min_severity: str
+    overrides: tuple[tuple[str, RuleSettings], ...] = ()
+
+    def settings(self, rule_id: str) -> RuleSettings | None:
+        """The ``[rules."rule_id"]`` table, or None when the file has none."""
+        return dict(self.overrides).get(rule_id)
+
+
+@dataclass(frozen=True)
 class LedgerConfig:
     """``[ledger]``: the per-episode ledger and its keep/review/drop verdicts."""
 
@@ -423,6 +482,8 @@ class LedgerConfig:
     max_destinations: int
     max_episodes: int
     retention_days: float
+    url: str
+    host: str
 
 
 @dataclass(frozen=True)
@@ -525,7 +586,38 @@ def _finish_ledger(values: dict[str, Any], given: frozenset[str]) -> dict[str, A
     if both:
         blame = "review_on" if "review_on" in given else "drop_on"
         raise _Invalid(blame, f"{', '.join(both)} listed in both drop_on and review_on")
+    if values["url"]:
+        problem = ledger_url_problem(values["url"])
+        if problem:
+            raise _Invalid("url", problem)
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None:
+            raise _Invalid(
+                "url",
+                "a PostgreSQL ledger needs psycopg 3, which is not installed: install the "
+                "fleet extra (pip install 'rlguard[fleet]')",
+            )
     return values
+
+
+def ledger_url_problem(url: str) -> str | None:
+    """What is wrong with a ``[ledger] url`` (None: nothing), without printing its password."""
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        return f"not a URL ({exc})"
+    if parts.scheme not in ("postgresql", "postgres"):
+        return (
+            f"expected postgresql://user@host/database, got the scheme {parts.scheme!r} "
+            '(leave url = "" for the local SQLite ledger)'
+        )
+    if not parts.path.strip("/") and "dbname=" not in parts.query:
+        return "names no database: postgresql://user@host/DATABASE"
+    return None
 
 
 GPU_MAX_PATTERNS = 16  # RLG_GPU_MAX_PATTERNS: slots of the kernel's gpu_patterns map
@@ -584,6 +676,23 @@ def _finish_gpu(values: dict[str, Any], given: frozenset[str]) -> dict[str, Any]
             "(RLG_GPU_MAX_PATTERNS)",
         )
     return values
+
+
+def catalogue_rule_ids(path: Path = RULES_FILE) -> tuple[str, ...]:
+    """The rule ids in the catalogue file; () when it cannot be read.
+
+    Read when a config names a rule, so that an unknown id is a config error. A broken
+    catalogue is reported by monitor.detectors.rules.load_rules, with the reason.
+    """
+    try:
+        with open(path, "rb") as fh:
+            doc = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError):
+        return ()
+    rules = doc.get("rule")
+    if not isinstance(rules, list):
+        return ()
+    return tuple(r["id"] for r in rules if isinstance(r, dict) and isinstance(r.get("id"), str))
 
 
 # --- the schema ---------------------------------------------------------------------------
@@ -940,6 +1049,53 @@ SCHEMA: tuple[SectionSpec, ...] = (
         ),
     ),
     SectionSpec(
+        name="rules",
+        doc=(
+            "Which detection rules raise alerts, and how severe they are (as Falco's rules are "
+            "tuned). The rules are data, in monitor/data/rules.toml; `rlguard rules` lists them "
+            'with the state these settings give. A [rules."RULE-ID"] table changes one rule.'
+        ),
+        result=RulesConfig,
+        fields=(
+            FieldSpec(
+                "min_severity",
+                Kind.STR,
+                "low",
+                "Alerts below this severity are not raised: not written, not counted by the "
+                "episode ledger, not raised further to RLG-GPU-002. Their evidence is kept, so "
+                "a later finding of the same rule and subject that reaches this severity is "
+                "raised with all of it.",
+                (SEVERITY,),
+            ),
+        ),
+        entries=EntrySpec(
+            what="rule id",
+            doc="One rule, named by its id (`rlguard rules` lists them).",
+            keys=catalogue_rule_ids,
+            example="RLG-TUN-002",
+            result=RuleSettings,
+            attr="overrides",
+            fields=(
+                FieldSpec(
+                    "enabled",
+                    Kind.BOOL,
+                    True,
+                    "false: the rule raises no alerts. Its detector still runs and keeps the "
+                    "state other rules need.",
+                    (),
+                ),
+                FieldSpec(
+                    "severity",
+                    Kind.STR,
+                    "",
+                    "Every alert of the rule gets this severity, whatever the confidence of its "
+                    'evidence; "" keeps the rule\'s severity by confidence (rules.toml).',
+                    (SEVERITY_OR_EMPTY,),
+                ),
+            ),
+        ),
+    ),
+    SectionSpec(
         name="siem",
         doc="Forward every line to a SIEM collector; when it is down, lines queue on disk.",
         result=SiemConfig,
@@ -1103,7 +1259,9 @@ SCHEMA: tuple[SectionSpec, ...] = (
         doc=(
             "The episode ledger: an SQLite database with, per RL episode, its window, counts, "
             "alerts, coverage and a keep/review/drop verdict, also written to the stream as an "
-            "`rlguard.verdict` line (docs/ledger.md). `rlguard episodes` reads it."
+            "`rlguard.verdict` line (docs/ledger.md). `rlguard episodes` reads it. With "
+            "`url`, every host's ledger also goes to one PostgreSQL database that trainers "
+            "read (docs/fleet.md)."
         ),
         result=LedgerConfig,
         fields=(
@@ -1174,8 +1332,28 @@ SCHEMA: tuple[SectionSpec, ...] = (
                 "retention_days",
                 Kind.FLOAT,
                 30.0,
-                "Episodes that ended longer ago than this are deleted (0 keeps them forever).",
+                "Episodes that ended longer ago than this are deleted (0 keeps them forever); "
+                "with url, also this host's rows in PostgreSQL.",
                 (between(0, 36500),),
+            ),
+            FieldSpec(
+                "url",
+                Kind.STR,
+                "",
+                "PostgreSQL database the whole fleet writes to (docs/fleet.md), e.g. "
+                '"postgresql://rlguard_writer@db.example/rlguard?sslmode=verify-full"; the '
+                "local SQLite file stays as the spool. Needs the fleet extra (psycopg 3). "
+                'Keep the password out of it (~/.pgpass or PGPASSFILE). "" keeps the ledger '
+                "on this host only.",
+                (),
+            ),
+            FieldSpec(
+                "host",
+                Kind.STR,
+                "",
+                "This host's name on every ledger row (the fleet's key); \"\" means the "
+                "machine's hostname.",
+                (LEDGER_HOST,),
             ),
         ),
         finish=_finish_ledger,
@@ -1455,6 +1633,7 @@ class Config:
     process_table: ProcessTableConfig
     detectors: DetectorsConfig
     allowlist: AllowlistConfig
+    rules: RulesConfig
     siem: SiemConfig
     registry: RegistryConfig
     attribution: AttributionConfig
@@ -1469,12 +1648,21 @@ class Config:
         """Plain dict for printing (JSON-ready: lists, not tuples).
 
         Sections hold their schema keys; ``tags`` also shows the derived ``keys`` and
-        ``denied``.
+        ``denied``; entries sit under their KEY, as in the file (``rules["RLG-TUN-002"]``).
         """
         out: dict[str, Any] = {"source": None if self.source is None else str(self.source)}
         for spec in SCHEMA:
             section = getattr(self, spec.name)
-            out[spec.name] = {f.name: _plain(getattr(section, f.name)) for f in fields(section)}
+            entries = spec.entries.attr if spec.entries is not None else None
+            out[spec.name] = {
+                f.name: _plain(getattr(section, f.name))
+                for f in fields(section)
+                if f.name != entries
+            }
+            for key, entry in getattr(section, entries) if entries else ():
+                out[spec.name][key] = {
+                    f.name: _plain(getattr(entry, f.name)) for f in fields(entry)
+                }
         out["tags"]["keys"] = list(self.tags.keys)
         return out
 
@@ -1601,8 +1789,15 @@ def _build_section(spec: SectionSpec, raw: Mapping[str, Any], source: Path | Non
 
     known = [f.name for f in spec.fields]
     values: dict[str, Any] = {}
+    entries: dict[str, Any] = {}
     for key, value in raw.items():
         f = spec.field(key)
+        if f is None and spec.entries is not None:
+            try:
+                entries[key] = _build_entry(spec, spec.entries, key, value)
+            except _Invalid as e:
+                raise fail(e.key, e.reason) from None
+            continue
         if f is None:
             raise fail(
                 key,
@@ -1613,6 +1808,8 @@ def _build_section(spec: SectionSpec, raw: Mapping[str, Any], source: Path | Non
             values[key] = _convert(f, value)
         except _Invalid as e:
             raise fail(e.key, e.reason) from None
+    if spec.entries is not None:
+        values[spec.entries.attr] = tuple(sorted(entries.items()))
     given = frozenset(values)
     for f in spec.fields:
         if f.name not in values:
@@ -1622,6 +1819,47 @@ def _build_section(spec: SectionSpec, raw: Mapping[str, Any], source: Path | Non
             values = spec.finish(values, given)
         except _Invalid as e:
             raise fail(e.key, e.reason) from None
+    return spec.result(**values)
+
+
+def _build_entry(section: SectionSpec, spec: EntrySpec, key: str, raw: Any) -> Any:
+    """One ``[section."KEY"]`` table; raises _Invalid with a key relative to the section."""
+    quoted = _toml_str(key)
+    if not isinstance(raw, Mapping):
+        known = [f.name for f in section.fields]
+        if key not in spec.keys():
+            raise _Invalid(
+                key,
+                f"unknown key; {_suggest(key, known)}known keys in [{section.name}]: "
+                f"{', '.join(known)}, and a table [{section.name}.{_toml_str(spec.example)}] "
+                f"per {spec.what}",
+            )
+        raise _Invalid(
+            quoted,
+            f"expected a table ([{section.name}.{quoted}]), got {_toml_type(raw)} ({_shown(raw)})",
+        )
+    keys = spec.keys()
+    if key not in keys:
+        raise _Invalid(
+            quoted,
+            f"unknown {spec.what}; {_suggest(key, keys)}known: {', '.join(keys) or 'none'}",
+        )
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        f = spec.field(name)
+        if f is None:
+            fields_ = [f.name for f in spec.fields]
+            raise _Invalid(
+                f"{quoted}.{name}",
+                f"unknown key; {_suggest(name, fields_)}known keys in "
+                f"[{section.name}.{quoted}]: {', '.join(fields_)}",
+            )
+        try:
+            values[name] = _convert(f, value)
+        except _Invalid as e:
+            raise _Invalid(f"{quoted}.{e.key}", e.reason) from None
+    for f in spec.fields:
+        values.setdefault(f.name, _frozen_default(f))
     return spec.result(**values)
 
 
@@ -1727,4 +1965,14 @@ def render_example() -> str:
         lines += ["", "", *_comment(spec.doc), f"[{spec.name}]"]
         for f in spec.fields:
             lines += ["", *_comment(f.doc), *_comment(_allowed(f)), *_assignment(f)]
+        e = spec.entries
+        if e is not None:  # commented out: an entry at its defaults changes nothing
+            lines += [
+                "",
+                *_comment(f"{e.doc} For example:"),
+                f"# [{spec.name}.{_toml_str(e.example)}]",
+            ]
+            for f in e.fields:
+                lines += ["#", *_comment(f.doc), *_comment(_allowed(f))]
+                lines += [f"# {line}" for line in _assignment(f)]
     return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ readonly BASE_PACKAGES=(
 readonly TEST_PACKAGES=(
     openssh-server openssh-client liburing-dev tmux bpftrace
     procps util-linux file shellcheck rsync git curl socat netcat-openbsd
-    openssl gnutls-bin
+    postgresql openssl gnutls-bin
 )
 readonly SYS_PYTHON=/usr/bin/python3
 readonly STATE_DIR=/var/lib/rlguard
@@ -89,7 +89,7 @@ detect_distro() {
   (python3-bcc / python3-bpfcc), kernel headers for $(uname -r) at
   /lib/modules/$(uname -r)/build, iproute2, ca-certificates, make, gcc, libc headers;
   for tests also: openssh server and client, liburing headers, tmux, bpftrace,
-  procps, util-linux, file, shellcheck. Then create the venv:
+  procps, util-linux, file, shellcheck, postgresql. Then create the venv:
   /usr/bin/python3 -m venv --system-site-packages .venv && .venv/bin/pip install -e '.[dev]'"
     fi
     case " $id $id_like " in

@@ -1,15 +1,19 @@
 """Drop trajectories whose RL episode rlguard judged unsafe, before the policy update.
 
-A generic, dependency-free example (stdlib only) for a trainer: copy it and adapt.
+A generic example for a trainer: copy it and adapt. It needs ``monitor.client`` (stdlib
+only: with rlguard not installed, copy monitor/client.py beside it as rlguard_client.py)
+and, for the fleet's PostgreSQL, psycopg 3.
 
 rlguard writes one verdict per episode (``keep`` / ``review`` / ``drop``), a short time
-after the episode ends, to its ledger database and to its NDJSON stream as an
-``rlguard.verdict`` line (see docs/ledger.md). A later finding can revise it
-(``revision`` + 1): always keep the highest revision.
+after the episode ends, to its ledger database (one host's SQLite file, or the fleet's
+PostgreSQL: docs/fleet.md) and to its NDJSON stream as an ``rlguard.verdict`` line (see
+docs/ledger.md). A later finding can revise it (``revision`` + 1): the reader keeps the
+highest revision.
 
     from trainer_filter import VerdictSource, filter_trajectories
 
-    verdicts = VerdictSource.from_db("/var/lib/rlguard/episodes.db")
+    verdicts = VerdictSource.from_url("postgresql://trainer@db/rlguard?sslmode=verify-full")
+    # or: VerdictSource.from_db("/var/lib/rlguard/episodes.db")   (one host)
     # or: VerdictSource.from_ndjson("/var/log/rlguard/events.ndjson")
     kept, dropped = filter_trajectories(
         batch, verdicts, episode_of=lambda t: t["episode_id"], timeout_s=30.0
@@ -24,6 +28,7 @@ group-relative advantages need), see ``group_keep``.
 Run as a script to print the decisions for some episode ids:
 
     python trainer_filter.py --db /var/lib/rlguard/episodes.db ep-1 ep-2
+    python trainer_filter.py --url postgresql://trainer@db/rlguard --timeout 30 ep-1
 """
 
 from __future__ import annotations
@@ -31,13 +36,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import sys
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+try:
+    from monitor.client import VerdictReader
+except ImportError:  # rlguard not installed: monitor/client.py copied beside this file
+    from rlguard_client import VerdictReader  # type: ignore[import-not-found,no-redef]
 
 T = TypeVar("T")
 
@@ -50,6 +58,14 @@ class Verdict:
     revision: int
 
 
+@dataclass(frozen=True)
+class NoVerdict:
+    """Why an episode has no verdict yet (monitor.client.Missing), when the source knows."""
+
+    reason: str  # open, pending, host_never_seen, coverage_gap, not_seen
+    detail: str
+
+
 class VerdictSource:
     """Where verdicts come from: ``fetch(ids)`` returns what is known now."""
 
@@ -58,7 +74,7 @@ class VerdictSource:
 
     def wait(
         self, episode_ids: Iterable[str], timeout_s: float = 30.0, poll_s: float = 0.5
-    ) -> dict[str, Verdict | None]:
+    ) -> dict[str, Verdict | NoVerdict | None]:
         """Every id's verdict, waiting up to ``timeout_s`` for the missing ones (None)."""
         wanted = list(dict.fromkeys(episode_ids))
         deadline = time.monotonic() + timeout_s
@@ -72,40 +88,37 @@ class VerdictSource:
             time.sleep(poll_s)
 
     @staticmethod
-    def from_db(path: str) -> DbVerdicts:
-        return DbVerdicts(path)
+    def from_db(path: str) -> LedgerVerdicts:
+        return LedgerVerdicts(path)
+
+    @staticmethod
+    def from_url(url: str) -> LedgerVerdicts:
+        return LedgerVerdicts(url)
 
     @staticmethod
     def from_ndjson(path: str) -> StreamVerdicts:
         return StreamVerdicts(path)
 
 
-class DbVerdicts(VerdictSource):
-    """Reads the ledger database read-only (safe while rlguard writes it)."""
+class LedgerVerdicts(VerdictSource):
+    """The ledger through ``monitor.client``: a host's SQLite file (read-only, safe while
+    rlguard writes it) or the fleet's PostgreSQL (waits with LISTEN/NOTIFY)."""
 
-    def __init__(self, path: str) -> None:
-        self.uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    def __init__(self, url: str) -> None:
+        self.reader = VerdictReader(url)
 
     def fetch(self, episode_ids: Sequence[str]) -> dict[str, Verdict]:
-        out: dict[str, Verdict] = {}
-        try:
-            conn = sqlite3.connect(self.uri, uri=True, timeout=5.0)
-        except sqlite3.Error:
-            return out  # no database yet: nothing known
-        try:
-            for i in range(0, len(episode_ids), 500):  # stay under SQLite's variable limit
-                chunk = list(episode_ids[i : i + 500])
-                rows = conn.execute(
-                    "SELECT episode_id, verdict, reasons, revision FROM episodes "
-                    f"WHERE verdict IS NOT NULL AND episode_id IN ({','.join('?' * len(chunk))})",
-                    chunk,
-                )
-                for eid, verdict, reasons, revision in rows:
-                    out[eid] = Verdict(eid, verdict, tuple(json.loads(reasons or "[]")), revision)
-        except sqlite3.Error:
-            pass  # a locked or missing table: try again on the next poll
-        finally:
-            conn.close()
+        got = self.reader.verdicts(episode_ids).verdicts
+        return {e: Verdict(e, v.verdict, v.reasons, v.revision) for e, v in got.items()}
+
+    def wait(
+        self, episode_ids: Iterable[str], timeout_s: float = 30.0, poll_s: float = 0.5
+    ) -> dict[str, Verdict | NoVerdict | None]:
+        res = self.reader.verdicts(list(episode_ids), timeout_s)
+        out: dict[str, Verdict | NoVerdict | None] = {
+            e: Verdict(e, v.verdict, v.reasons, v.revision) for e, v in res.verdicts.items()
+        }
+        out.update({e: NoVerdict(m.reason, m.detail) for e, m in res.missing.items()})
         return out
 
 
@@ -149,10 +162,12 @@ class StreamVerdicts(VerdictSource):
         return {e: self.known[e] for e in episode_ids if e in self.known}
 
 
-def decide(v: Verdict | None, drop_review: bool, missing: str) -> str | None:
+def decide(v: Verdict | NoVerdict | None, drop_review: bool, missing: str) -> str | None:
     """Why a trajectory must go, or None to keep it."""
-    if v is None:
-        return None if missing == "keep" else "no verdict in time"
+    if v is None or isinstance(v, NoVerdict):
+        if missing == "keep":
+            return None
+        return "no verdict in time" + (f" ({v.reason}: {v.detail})" if v else "")
     if v.verdict == "drop":
         return "drop: " + ", ".join(v.reasons)
     if v.verdict == "review" and drop_review:
@@ -208,14 +223,19 @@ def group_keep(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--db", help="rlguard ledger database")
+    src.add_argument("--db", help="rlguard ledger database (one host)")
+    src.add_argument("--url", help="the fleet's PostgreSQL (postgresql://...)")
     src.add_argument("--ndjson", help="rlguard NDJSON output file")
     p.add_argument("--drop-review", action="store_true")
     p.add_argument("--timeout", type=float, default=0.0)
     p.add_argument("episode", nargs="+")
     args = p.parse_args(argv)
     source: VerdictSource = (
-        VerdictSource.from_db(args.db) if args.db else VerdictSource.from_ndjson(args.ndjson)
+        VerdictSource.from_db(args.db)
+        if args.db
+        else VerdictSource.from_url(args.url)
+        if args.url
+        else VerdictSource.from_ndjson(args.ndjson)
     )
     items: list[dict[str, Any]] = [{"episode_id": e} for e in args.episode]
     kept, dropped = filter_trajectories(

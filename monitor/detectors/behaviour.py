@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from monitor.config import MiningBehaviourConfig
 from monitor.detectors.signals import Signal, bounded
@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from monitor.detectors.engine import DetectionEngine, Finding
     from monitor.state.gpu import GpuHolders
 
-RULE = "RLG-MIN-006"
-RULES = (RULE,)
+RULE_MINING_SHAPE: Final = "RLG-MIN-006"
+RULES: Final = (RULE_MINING_SHAPE,)
 SIGNAL = "behaviour.encrypted_mining_shape"
 MAX_CONNS = 65536
 MAX_DESTINATIONS = 65536
@@ -190,6 +190,6 @@ class MiningBehaviour:
         conn.flagged = True
         extra = {"connection": {"ip": ev.daddr, "port": ev.dport, "cookie": ev.cookie}}
         subject = f"{p.entity_id}/{ev.daddr}:{ev.dport}"
-        out = self.engine.report(RULE, subject, [sig], ae, extra)
+        out = self.engine.report(RULE_MINING_SHAPE, subject, [sig], ae, extra)
         out += self.engine.mark_mining_shape(p, sig, ae)
         return out

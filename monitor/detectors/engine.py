@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from monitor.detectors import stratum, streams, tunnel
+from monitor.detectors import behaviour, stratum, streams, tunnel
 from monitor.detectors.fingerprints import Fingerprint, load_fingerprints
 from monitor.detectors.iocs import Iocs
-from monitor.detectors.rules import SEVERITY_RANK, Rule, load_rules
+from monitor.detectors.rules import SEVERITY_RANK, Rule, RuleSet, load_rules
 from monitor.detectors.signals import Signal, bounded
 from monitor.sensor.events import (
     ConnectEvent,
@@ -45,7 +45,7 @@ CONFIG_READ_LIMIT = 64 * 1024
 SSH_PORTS = frozenset({22, 2222})
 MAX_ALERT_KEYS = 100_000
 # mining rules the behaviour mark does not raise: a port alone, and the mark's own rule
-SHAPE_EXEMPT = frozenset({"RLG-MIN-004", "RLG-MIN-006"})
+SHAPE_EXEMPT = frozenset({stratum.RULE_POOL_PORT, behaviour.RULE_MINING_SHAPE})
 FileReader = Callable[[int, str], "str | None"]
 
 
@@ -130,12 +130,12 @@ class DetectionEngine:
     def __init__(
         self,
         iocs: Iocs,
-        rules: dict[str, Rule] | None = None,
+        rules: RuleSet | None = None,
         read_file: FileReader = read_process_file,
         fingerprints: dict[str, Fingerprint] | None = None,
     ) -> None:
         self.iocs = iocs
-        self.rules = rules or load_rules()
+        self.rules = rules if rules is not None else load_rules()
         self.fingerprints = load_fingerprints() if fingerprints is None else fingerprints
         self.read_file = read_file
         # confirm reverse-shell fds in /proc (off in pure unit tests)
@@ -216,17 +216,17 @@ class DetectionEngine:
             ssh_argv = tunnel.autossh_ssh_argv(argv)
             sigs += tunnel.autossh_signals(argv, self._ssh_config(ev, ssh_argv))
         if sigs:
-            out += self._finding("RLG-TUN-003", p.entity_id, sigs, ae)
+            out += self._finding(tunnel.RULE_SSH_FORWARD, p.entity_id, sigs, ae)
         tool = tunnel.tunnel_tool_signals(argv, exe, self.iocs)
         if tool:
-            out += self._finding("RLG-TUN-004", p.entity_id, tool, ae)
+            out += self._finding(tunnel.RULE_TUNNEL_TOOL, p.entity_id, tool, ae)
 
         # mining
         cfg_path = stratum.miner_config_path(argv)
         cfg_text = self.read_file(ev.pid, cfg_path) if cfg_path else None
         mining = stratum.miner_argv_signals(argv, exe, self.iocs, cfg_text)
         if mining:
-            out += self._finding("RLG-MIN-002", p.entity_id, mining, ae)
+            out += self._finding(stratum.RULE_MINER_ARGV, p.entity_id, mining, ae)
 
         # reverse shell: a shell started with a socket on stdin/stdout (nc -e,
         # socat exec:, bash -i >& /dev/tcp), or under a relay holding one (pty.spawn)
@@ -243,9 +243,8 @@ class DetectionEngine:
                     bounded(f"{how} = tcp {conn.daddr}:{conn.dport}"),
                     "high",
                 )
-                out += self._finding(
-                    "RLG-SHL-001", p.entity_id, [sig], ae, {"connect_back": _dest(conn)}
-                )
+                back = {"connect_back": _dest(conn)}
+                out += self._finding(tunnel.RULE_REVERSE_SHELL, p.entity_id, [sig], ae, back)
         return out
 
     def _ssh_config(self, ev: ExecEvent, argv: list[str]) -> str | None:
@@ -312,7 +311,7 @@ class DetectionEngine:
                 "high",
             )
             out += self._finding(
-                "RLG-TUN-001",
+                tunnel.RULE_SSH_CONNECT_BACK,
                 p.entity_id,
                 [sig],
                 ae,
@@ -329,9 +328,8 @@ class DetectionEngine:
                     Signal(sig2.kind, sig2.name, bounded(f"{ev.daddr}:{ev.dport}"), "low")
                 )
             if self.iocs.pool_port_connects == "alert":
-                out += self._finding(
-                    "RLG-MIN-004", f"{p.entity_id}/{ev.daddr}:{ev.dport}", [sig2], ae
-                )
+                subject = f"{p.entity_id}/{ev.daddr}:{ev.dport}"
+                out += self._finding(stratum.RULE_POOL_PORT, subject, [sig2], ae)
         return out
 
     def _stream(self, ae: AttributedEvent, p: Process) -> list[Finding]:
@@ -424,7 +422,7 @@ class DetectionEngine:
         }
         if view.layers:
             extra["stream"] = view.summary()
-        return self._finding("RLG-TUN-002", p.entity_id, sigs, ae, extra)
+        return self._finding(tunnel.RULE_SSH_PROTOCOL, p.entity_id, sigs, ae, extra)
 
     def _dns(self, ev: DnsEvent, p: Process, ae: AttributedEvent) -> list[Finding]:
         q = ae.dns
@@ -433,11 +431,11 @@ class DetectionEngine:
         out: list[Finding] = []
         sig = tunnel.tunnel_dns_signal(q.name, self.iocs)
         if sig is not None:
-            out += self._finding("RLG-TUN-005", f"{p.entity_id}/{q.name}", [sig], ae)
+            out += self._finding(tunnel.RULE_TUNNEL_DNS, f"{p.entity_id}/{q.name}", [sig], ae)
         sig2 = stratum.pool_dns_signal(q.name, self.iocs)
         if sig2 is not None:
             self._st(p).pool_lookup = True
-            out += self._finding("RLG-MIN-003", f"{p.entity_id}/{q.name}", [sig2], ae)
+            out += self._finding(stratum.RULE_POOL_DNS, f"{p.entity_id}/{q.name}", [sig2], ae)
         return out
 
     def _dup(self, ev: DupEvent, p: Process, ae: AttributedEvent) -> list[Finding]:
@@ -454,9 +452,8 @@ class DetectionEngine:
                 bounded(f"dup{ev.oldfd}->{ev.newfd}: stdin/stdout = tcp {conn.daddr}:{conn.dport}"),
                 "high",
             )
-            return self._finding(
-                "RLG-SHL-001", p.entity_id, [sig], ae, {"connect_back": _dest(conn)}
-            )
+            back = {"connect_back": _dest(conn)}
+            return self._finding(tunnel.RULE_REVERSE_SHELL, p.entity_id, [sig], ae, back)
         return []
 
     # -- findings ------------------------------------------------------------------
@@ -469,11 +466,17 @@ class DetectionEngine:
         ae: AttributedEvent,
         extra: dict[str, Any] | None = None,
     ) -> list[Finding]:
-        """A finding unless the same (rule, subject) was already reported at least as severe."""
+        """A finding unless the same (rule, subject) was already reported at least as severe.
+
+        The one place findings are made: a disabled rule makes none, and one below the
+        [rules] min_severity is remembered (its evidence counts later) but not raised.
+        """
         rule = self.rules[rule_id]
+        if not rule.enabled:
+            return []
         p = ae.process
         st = self.state.get(p.entity_id) if p is not None else None
-        if rule.category == "mining" and rule_id != "RLG-MIN-004" and st is not None:
+        if rule.category == "mining" and rule_id != stratum.RULE_POOL_PORT and st is not None:
             if st.pool_ports:
                 # context only: a low signal never raises the severity on its own
                 signals = list(signals) + [s for s in st.pool_ports if s not in signals]
@@ -497,10 +500,13 @@ class DetectionEngine:
             signals = merged
         if len(self._alerted) >= MAX_ALERT_KEYS:
             self._alerted.popitem(last=False)
-        self._alerted[key] = (rule.severity(signals), list(signals))
+        sev = rule.severity(signals)
+        self._alerted[key] = (sev, list(signals))
+        if not self.rules.raises(sev):
+            return []
         self.alerts_by_rule[rule_id] = self.alerts_by_rule.get(rule_id, 0) + 1
         f = Finding(rule, subject, list(signals), ae, dict(extra or {}))
-        if prev is not None:
+        if prev is not None and self.rules.raises(prev[0]):  # an alert was written before
             f.extra["follow_up"] = True
             f.extra["previous_severity"] = prev[0]
         return [f]

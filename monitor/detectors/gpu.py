@@ -19,9 +19,17 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
 from monitor.config import GpuConfig
 from monitor.detectors.signals import Confidence, Signal, bounded
+
+# The rules these judgements raise (monitor/data/rules.toml; checked against it at load);
+# the holder table (monitor/state/gpu.py) reports them.
+RULE_OPEN_IN_EPISODE: Final = "RLG-GPU-001"  # open_signals
+RULE_HOLDER_ALERT: Final = "RLG-GPU-002"  # holder_alert_signal
+RULE_HELD_AFTER_END: Final = "RLG-GPU-003"  # held_after_end_signal
+RULES: Final = (RULE_OPEN_IN_EPISODE, RULE_HOLDER_ALERT, RULE_HELD_AFTER_END)
 
 # severity of an alert -> confidence of the GPU-002 signal built on it; the rule's
 # severity map then raises it one step (low->medium, medium->high, high->critical)

@@ -97,7 +97,7 @@ class GpuRuleDriver:
         sigs = rules.open_signals(s, parent_s, ev.path, h.device, ev.via, self.allow)
         if sigs and not self.engine.iocs.is_allowed_process(p.executable):  # [allowlist]
             out += self.engine.report(
-                "RLG-GPU-001",
+                rules.RULE_OPEN_IN_EPISODE,
                 f"{p.entity_id}/{h.device}",
                 sigs,
                 ae,
@@ -139,7 +139,7 @@ class GpuRuleDriver:
         devices = sorted({h.device for h in held})
         sig = rules.holder_alert_signal(rule_id, category, severity, devices)
         return self.engine.report(
-            "RLG-GPU-002",
+            rules.RULE_HOLDER_ALERT,
             f"{p.entity_id}/{rule_id}",
             [sig, *f.signals[:8]],
             f.trigger,
@@ -198,7 +198,7 @@ class GpuRuleDriver:
                 s, episode_id, devices, allowed, max(0.0, (now - ts_ns) / 1e9)
             )
             out += self.engine.report(
-                "RLG-GPU-003",
+                rules.RULE_HELD_AFTER_END,
                 f"{p.entity_id}/{episode_id}",
                 [sig],
                 ae,

@@ -39,6 +39,11 @@ from monitor.detectors.iocs import Iocs, domain_match
 from monitor.detectors.signals import Confidence, Signal, bounded
 
 __all__ = [
+    "RULES",
+    "RULE_MINER_ARGV",
+    "RULE_POOL_DNS",
+    "RULE_POOL_PORT",
+    "RULE_STRATUM",
     "miner_argv_signals",
     "miner_config_path",
     "noise_handshake_start",
@@ -49,6 +54,13 @@ __all__ = [
     "stratum_stream_signals",
     "stratum_v2_signals",
 ]
+
+# The rules these detectors raise (monitor/data/rules.toml; checked against it at load).
+RULE_STRATUM: Final = "RLG-MIN-001"  # stratum_payload_signals
+RULE_MINER_ARGV: Final = "RLG-MIN-002"  # miner_argv_signals
+RULE_POOL_DNS: Final = "RLG-MIN-003"  # pool_dns_signal
+RULE_POOL_PORT: Final = "RLG-MIN-004"  # pool_port_signal, only with pool_port_connects = "alert"
+RULES: Final = (RULE_STRATUM, RULE_MINER_ARGV, RULE_POOL_DNS, RULE_POOL_PORT)
 
 # --- Limits ---------------------------------------------------------------------------
 # bounded() appends "…[+N bytes]" past its limit, so 200 keeps a detail under 256.

@@ -28,12 +28,12 @@ from monitor.detectors.iocs import Iocs, domain_match
 from monitor.detectors.signals import Confidence, Signal, bounded
 from monitor.streams.view import Endpoint, Layer, Level, StreamView
 
-RULE_STRATUM = "RLG-MIN-001"
-RULE_SHELL = "RLG-SHL-001"
-RULE_ENCRYPTED_POOL = "RLG-MIN-005"
-RULE_TUNNEL_PROTOCOL = "RLG-TUN-006"
-# rules this module raises (for the rule registry)
-RULES = (RULE_ENCRYPTED_POOL, RULE_TUNNEL_PROTOCOL)
+RULE_ENCRYPTED_POOL: Final = "RLG-MIN-005"
+RULE_TUNNEL_PROTOCOL: Final = "RLG-TUN-006"
+# the rules this module raises (the registry, monitor/detectors/rules.py); at every depth
+# it also raises stratum's and tunnel's payload rules (stratum.RULE_STRATUM,
+# tunnel.RULE_REVERSE_SHELL)
+RULES: Final = (RULE_ENCRYPTED_POOL, RULE_TUNNEL_PROTOCOL)
 
 # jpillora/chisel share/version.go: ProtocolVersion = "chisel-v3", sent by the client as
 # its Sec-WebSocket-Protocol (client/client.go, websocket.Dialer Subprotocols)
@@ -128,7 +128,7 @@ def judge(
             if shell is not None and not iocs.is_internal((eff := view.effective).host):
                 out.findings.append(
                     StreamFinding(
-                        RULE_SHELL,
+                        tunnel.RULE_REVERSE_SHELL,
                         (_tagged(shell, level),),
                         extra={"connect_back": {"ip": eff.host, "port": eff.port}},
                     )
@@ -149,7 +149,7 @@ def judge(
             mining += [(level.depth, _tagged(s, level)) for s in found]
     if mining:
         out.findings.append(
-            StreamFinding(RULE_STRATUM, tuple(_dedupe(mining)), extra={"pool": _pool(view)})
+            StreamFinding(stratum.RULE_STRATUM, tuple(_dedupe(mining)), extra={"pool": _pool(view)})
         )
     if view.layers:
         _layer_findings(view, iocs, fingerprints, out, view.effective)

@@ -32,6 +32,13 @@ from monitor.sanitize import safe_text
 
 __all__ = [
     "DETAIL_MAX",
+    "RULES",
+    "RULE_REVERSE_SHELL",
+    "RULE_SSH_CONNECT_BACK",
+    "RULE_SSH_FORWARD",
+    "RULE_SSH_PROTOCOL",
+    "RULE_TUNNEL_DNS",
+    "RULE_TUNNEL_TOOL",
     "SSH_BANNER_MAX",
     "argv_signals",
     "autossh_monitor_specs",
@@ -46,6 +53,23 @@ __all__ = [
     "tunnel_dns_signal",
     "tunnel_tool_signals",
 ]
+
+# The rules these detectors raise (monitor/data/rules.toml; checked against it at load).
+# RLG-TUN-001 and the fd form of RLG-SHL-001 need per-process state: the engine keeps it.
+RULE_SSH_CONNECT_BACK: Final = "RLG-TUN-001"
+RULE_SSH_PROTOCOL: Final = "RLG-TUN-002"
+RULE_SSH_FORWARD: Final = "RLG-TUN-003"
+RULE_TUNNEL_TOOL: Final = "RLG-TUN-004"
+RULE_TUNNEL_DNS: Final = "RLG-TUN-005"
+RULE_REVERSE_SHELL: Final = "RLG-SHL-001"
+RULES: Final = (
+    RULE_SSH_CONNECT_BACK,
+    RULE_SSH_PROTOCOL,
+    RULE_SSH_FORWARD,
+    RULE_TUNNEL_TOOL,
+    RULE_TUNNEL_DNS,
+    RULE_REVERSE_SHELL,
+)
 
 DETAIL_MAX: Final = 256  # Signal.detail bound
 SSH_BANNER_MAX: Final = 255  # RFC 4253 4.2: the identification line is at most 255 chars

@@ -22,6 +22,9 @@ optionally with two more keys::
       "sinks": {name: {"lines_written": n, "lines_lost": n, "pending": n,
                        "spool_bytes": n, "connected": bool}},  # FanoutSink.stats()
       "ring_pages": 256,                                        # config.probes.ring_pages
+      "ledger": {"persisting": bool, "episodes_in_memory": n,   # EpisodeLedger.stats()
+                 "fleet": {"connected": bool, "backlog_rows": n, "backlog_age_s": x,
+                           "shipped_rows": n, "failures": n}},  # with [ledger] url only
     }
 
 Per-sink output metrics come from ``sinks`` when present, else from ``output`` (a dict
@@ -191,6 +194,23 @@ _FAMILIES: tuple[tuple[str, str, str, str | None, tuple[str, ...]], ...] = (
      ("gpu", "devices")),
     ("gpu_scans_total", "counter", "Reconcile scans of /proc/PID/fd for GPU fds.", None,
      ("gpu", "scans")),
+    ("ledger_persisting", "gauge", "1 while the episode ledger's local database is written.",
+     None, ("ledger", "persisting")),
+    ("ledger_episodes_in_memory", "gauge", "Episodes the ledger holds in memory.", None,
+     ("ledger", "episodes_in_memory")),
+    ("ledger_fleet_connected", "gauge", "1 while the fleet PostgreSQL is connected.", None,
+     ("ledger", "fleet", "connected")),
+    ("ledger_fleet_backlog_rows", "gauge",
+     "Ledger row writes in the local spool not yet in the fleet PostgreSQL.", None,
+     ("ledger", "fleet", "backlog_rows")),
+    ("ledger_fleet_backlog_age_seconds", "gauge",
+     "Age of the oldest ledger write not yet in the fleet PostgreSQL (0: none).", None,
+     ("ledger", "fleet", "backlog_age_s")),
+    ("ledger_fleet_shipped_rows_total", "counter", "Ledger rows shipped to the fleet PostgreSQL.",
+     None, ("ledger", "fleet", "shipped_rows")),
+    ("ledger_fleet_failures_total", "counter",
+     "Failed connects and batches to the fleet PostgreSQL.", None,
+     ("ledger", "fleet", "failures")),
 )  # fmt: skip
 
 # name, type, help, key in each sink's row, always shown (else only if some sink has it)

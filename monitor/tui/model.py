@@ -194,7 +194,13 @@ def _metric_summary(action: str, rg: dict[str, Any]) -> str:
         return f"GPU holders: {clean(g.get('holders'))} processes on {n_dev} devices"
     if action == "record_error":
         return f"record error: {clean(rg.get('error'))}"
-    if action in ("ledger_error", "ledger_recovered"):
+    if action in (
+        "ledger_error",
+        "ledger_recovered",
+        "fleet_error",
+        "fleet_recovered",
+        "fleet_spool_changed",
+    ):
         return clean(rg.get("message"), 300)
     return ""
 

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +26,7 @@ from tests.support.live import (
     stop_run,
     wait_line,
 )
+from tests.support.net import reading_server
 
 pytestmark = pytest.mark.integration
 
@@ -46,31 +45,8 @@ def verdict_of(eid: str, verdict: str | None = None) -> Callable[[dict[str, Any]
 @pytest.fixture
 def pool() -> Iterator[int]:
     """A loopback 'pool' that reads what each client sends and hangs up."""
-    srv = socket.create_server(("127.0.0.1", 0))
-    srv.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                continue
-            with c:
-                c.settimeout(2)
-                try:
-                    c.recv(4096)
-                except OSError:
-                    pass
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
-        yield int(srv.getsockname()[1])
-    finally:
-        stop.set()
-        t.join(timeout=5)
-        srv.close()
+    with reading_server() as port:
+        yield port
 
 
 def test_birth_episode_verdicts_and_flagged_list_survive_a_restart(tmp_path, pool) -> None:
@@ -129,8 +105,9 @@ with run(run_id="run-{m}", path={str(sock)!r}, strict=True):
     mon = start_run(cfg, tmp_path / "again.ndjson")
     try:
         wait_line(tmp_path / "again.ndjson", lambda d: d["event"].get("action") == "started")
+        # the monitor sees the whole machine: other tests' tagged episodes may be flagged too
         flagged = [e["episode_id"] for e in episodes_json(cfg, "--flagged")]
-        assert flagged == [e1]
+        assert [e for e in flagged if e.endswith(m)] == [e1]
         listed = {e["episode_id"]: e for e in episodes_json(cfg, "--run", f"run-{m}")}
         assert {k: v["verdict"] for k, v in listed.items()} == {e1: "drop", e2: "keep", e3: "keep"}
     finally:

@@ -489,6 +489,95 @@ def test_default_keys_over_limit_with_extra() -> None:
         config_from_dict({"tags": {"extra": _many(11)}})
 
 
+# --- rules ------------------------------------------------------------------------------------
+
+
+def test_rule_settings(tmp_path: Path) -> None:
+    c = load_config(
+        write(
+            tmp_path,
+            '[rules]\nmin_severity = "high"\n'
+            '[rules."RLG-TUN-002"]\nenabled = false\n'
+            '[rules."RLG-MIN-004"]\nseverity = "medium"\n',
+        )
+    )
+    assert c.rules.min_severity == "high"
+    assert c.rules.settings("RLG-TUN-002") == cfg.RuleSettings(enabled=False, severity="")
+    assert c.rules.settings("RLG-MIN-004") == cfg.RuleSettings(enabled=True, severity="medium")
+    assert c.rules.settings("RLG-TUN-001") is None
+    assert c.as_dict()["rules"] == {
+        "min_severity": "high",
+        "RLG-MIN-004": {"enabled": True, "severity": "medium"},
+        "RLG-TUN-002": {"enabled": False, "severity": ""},
+    }
+    # the order in the file does not matter
+    again = parse_config(
+        '[rules."RLG-MIN-004"]\nseverity = "medium"\n[rules."RLG-TUN-002"]\nenabled = false\n'
+        '[rules]\nmin_severity = "high"\n'
+    )
+    assert again.rules == c.rules
+
+
+def test_rule_defaults_change_nothing() -> None:
+    c = load_config(None)
+    assert c.rules == cfg.RulesConfig(min_severity="low", overrides=())
+    assert c.as_dict()["rules"] == {"min_severity": "low"}
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        (
+            '[rules."RLG-TUN-009"]\nenabled = false\n',
+            'rules."RLG-TUN-009"',
+            "unknown rule id; did you mean 'RLG-TUN-00",
+        ),
+        (
+            '[rules."RLG-TUN-002"]\nseverity = "urgent"\n',
+            'rules."RLG-TUN-002".severity',
+            'must be one of "", "low", "medium", "high", "critical", got "urgent"',
+        ),
+        (
+            '[rules."RLG-TUN-002"]\nenabled = "no"\n',
+            'rules."RLG-TUN-002".enabled',
+            'expected a boolean, got a string ("no")',
+        ),
+        (
+            '[rules."RLG-TUN-002"]\nenable = false\n',
+            'rules."RLG-TUN-002".enable',
+            "unknown key; did you mean 'enabled'? known keys in [rules.\"RLG-TUN-002\"]: "
+            "enabled, severity",
+        ),
+        (
+            '[rules]\n"RLG-TUN-002" = false\n',
+            'rules."RLG-TUN-002"',
+            'expected a table ([rules."RLG-TUN-002"]), got a boolean (false)',
+        ),
+        (
+            '[rules]\nmin_sev = "low"\n',
+            "rules.min_sev",
+            "did you mean 'min_severity'? known keys in [rules]: min_severity, and a table "
+            '[rules."RLG-TUN-002"] per rule id',
+        ),
+        (
+            '[rules]\nmin_severity = "info"\n',
+            "rules.min_severity",
+            'must be one of "low", "medium", "high", "critical", got "info"',
+        ),
+    ],
+)
+def test_bad_rule_settings_name_the_key(tmp_path: Path, text: str, key: str, message: str) -> None:
+    err = error_for(tmp_path, text)
+    assert_names_key(err, key)
+    assert message in str(err)
+
+
+def test_unknown_rule_ids_are_checked_against_the_shipped_catalogue() -> None:
+    ids = cfg.catalogue_rule_ids()
+    assert "RLG-TUN-002" in ids and len(ids) == len(set(ids))
+    assert cfg.catalogue_rule_ids(REPO / "no-such-file.toml") == ()
+
+
 # --- FNV-1a -----------------------------------------------------------------------------------
 
 

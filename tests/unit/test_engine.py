@@ -8,9 +8,11 @@ import orjson
 import pytest
 
 from monitor.clock import Clock
-from monitor.config import load_config
+from monitor.config import load_config, parse_config
 from monitor.detectors.engine import DetectionEngine
 from monitor.detectors.iocs import build_iocs
+from monitor.detectors.rules import load_rules
+from monitor.detectors.signals import Signal
 from monitor.sensor.events import ConnectEvent, DupEvent, ExecEvent, ForkEvent, SendEvent
 from monitor.sinks.ecs import Renderer
 from monitor.state.process_table import ProcessTable
@@ -30,9 +32,12 @@ def hdr(pid: int, comm: str, ppid: int = 1, ts: int = 1) -> dict:
 class World:
     """A process table and an engine, fed the way the collector feeds them."""
 
-    def __init__(self, **detectors: object) -> None:
+    def __init__(self, rules: str = "", **detectors: object) -> None:
         det = dataclasses.replace(CFG.detectors, **detectors)  # type: ignore[arg-type]
-        self.engine = DetectionEngine(build_iocs(det, CFG.allowlist), read_file=lambda p, f: None)
+        ruleset = load_rules(settings=parse_config(rules).rules)  # RULES: a [rules] TOML text
+        self.engine = DetectionEngine(
+            build_iocs(det, CFG.allowlist), ruleset, read_file=lambda p, f: None
+        )
         self.table = ProcessTable(CFG.tags, boot_id="b")
 
     def exec(self, pid: int, argv: list[str], ppid: int = 1) -> list:
@@ -202,3 +207,67 @@ def test_alert_document_shape() -> None:
     assert doc["rlguard"]["alert"]["severity"] == "critical"
     assert doc["rlguard"]["alert"]["evidence"][0]["kind"] == "payload"
     orjson.loads(orjson.dumps(doc))
+
+
+# --- the config's [rules] settings --------------------------------------------------------------
+
+
+def test_a_disabled_rule_raises_nothing_but_its_state_still_serves_other_rules() -> None:
+    w = World(rules='[rules."RLG-TUN-002"]\nenabled = false\n')
+    w.exec(100, ["/usr/bin/ssh", "-N", f"root@{OUTSIDE}"])
+    # port 443 would be RLG-TUN-002 (medium); disabled, it says nothing...
+    assert w.send(100, OUTSIDE, 443, b"SSH-2.0-OpenSSH_9.2p1\r\n") == []
+    assert w.send(100, OUTSIDE, 2200, b"SSH-2.0-OpenSSH_9.2p1\r\n") == []
+    # ...and the SSH session is still recorded for the connect-back
+    assert ids(w.connect(100, "127.0.0.1", 8081, fd=5)) == ["RLG-TUN-001"]
+    assert "RLG-TUN-002" not in w.engine.alerts_by_rule
+
+
+def test_a_severity_override_fixes_every_alert_of_the_rule() -> None:
+    w = World(rules='[rules."RLG-TUN-002"]\nseverity = "low"\n')
+    w.exec(101, ["/usr/bin/python3", "agent.py"])
+    f = w.send(101, OUTSIDE, 443, b"SSH-2.0-paramiko_3.4.0\r\n")  # high evidence
+    assert ids(f) == ["RLG-TUN-002"] and f[0].rule.severity(f[0].signals) == "low"
+    doc = Renderer(w.table, Clock()).render_alert(f[0])
+    assert doc["event"]["severity"] == 21 and doc["rlguard"]["alert"]["severity"] == "low"
+    # more evidence cannot raise a fixed severity: no follow-up
+    assert w.send(101, OUTSIDE, 2200, b"SSH-2.0-paramiko_3.4.0\r\n") == []
+
+
+def test_below_min_severity_evidence_is_kept_and_raised_once_it_reaches_the_floor() -> None:
+    w = World(rules='[rules]\nmin_severity = "high"\n')
+    w.exec(102, ["/usr/bin/ssh", f"root@{OUTSIDE}"])
+    # medium: below the floor, not raised
+    assert w.send(102, OUTSIDE, 443, b"SSH-2.0-OpenSSH_9.2p1\r\n") == []
+    # a second medium signal makes it high: raised with both, as a first alert
+    up = w.send(102, OUTSIDE, 2200, b"SSH-2.0-OpenSSH_9.2p1\r\n")
+    assert ids(up) == ["RLG-TUN-002"] and up[0].rule.severity(up[0].signals) == "high"
+    assert len(up[0].signals) == 2
+    assert "follow_up" not in up[0].extra
+    assert w.engine.alerts_by_rule == {"RLG-TUN-002": 1}
+    # a rule whose alerts are all below the floor never raises (test_pool_port_alert_mode:
+    # it does at the default floor)
+    w2 = World(rules='[rules]\nmin_severity = "high"\n', pool_port_connects="alert")
+    w2.exec(104, ["/tmp/x"])
+    assert w2.connect(104, OUTSIDE, 3333) == []  # RLG-MIN-004 is always low
+
+
+def test_findings_from_outside_the_engine_obey_the_settings_too() -> None:
+    # attribution (RLG-ATTR-001) and the GPU table report through engine.report
+    w = World(
+        rules='[rules."RLG-ATTR-001"]\nenabled = false\n'
+        '[rules."RLG-GPU-003"]\nseverity = "critical"\n'
+    )
+    w.exec(106, ["/tmp/x"])
+    p = w.table.procs[106]
+    ev = ExecEvent(**hdr(106, "x"), filename="/tmp/x", argv=["/tmp/x"])
+    sig = Signal("env", "tag_conflict.episode", "own episode 'a' != registry 'b'", "high")
+    assert w.engine.report("RLG-ATTR-001", p.entity_id, [sig], attributed(w.table, ev, p)) == []
+    plain = World()
+    plain.exec(106, ["/tmp/x"])
+    q = plain.table.procs[106]
+    ae = attributed(plain.table, ev, q)
+    assert ids(plain.engine.report("RLG-ATTR-001", q.entity_id, [sig], ae)) == ["RLG-ATTR-001"]
+    held = Signal("behaviour", "gpu.held_after_episode_end", "x", "medium")
+    f = w.engine.report("RLG-GPU-003", f"{p.entity_id}/ep", [held], attributed(w.table, ev, p))
+    assert f[0].rule.severity(f[0].signals) == "critical"

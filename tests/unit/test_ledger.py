@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,6 @@ from typer.testing import CliRunner
 
 from monitor.cli import app
 from monitor.config import LedgerConfig, load_config
-from monitor.detectors.engine import Finding
-from monitor.detectors.rules import Rule
-from monitor.detectors.signals import Signal
-from monitor.sensor.events import ConnectEvent, DnsEvent, ExecEvent, ForkEvent, SendEvent
 from monitor.sinks.ledger import (
     DROP_LOOKBACK_NS,
     SCHEMA_VERSION,
@@ -37,9 +33,9 @@ from monitor.sinks.ledger import (
     parse_since,
     read_episodes,
 )
-from monitor.state.attributed import AttributedEvent, RlContext
 from monitor.state.registry.records import RegistryRecord
-from tests.support.events import hdr
+from tests.support import ledger as support
+from tests.support.ledger import Input, feed
 from tests.support.sensor import FakeSensor
 
 pytestmark = pytest.mark.unit
@@ -60,71 +56,42 @@ def at(sec: float) -> int:
     return T0 + int(sec * S)
 
 
-# what the collector hands the ledger, built as typed records: each helper returns a
-# feeder that gives one record to a ledger (feed() runs them)
-Input = Callable[[EpisodeLedger], None]
-EVENTS = {"connect": ConnectEvent, "dns": DnsEvent, "send": SendEvent, "exec": ExecEvent}
+# what the collector hands the ledger (tests/support/ledger.py), at T0 + seconds
 
 
 def rec(action: str, eid: str | None, sec: float, run: str | None = "run-1", **extra: Any) -> Input:
-    cls = EVENTS.get(action, ForkEvent)
-    fields = {"daddr": extra["destination"]["ip"]} if "destination" in extra else {}
-    ev = cls(**hdr(1), **fields)
-    ae = AttributedEvent(ev, None, None, [], RlContext(episode_id=eid, run_id=run))
-    return lambda led: led.on_event(ae, at(sec))
+    daddr = extra["destination"]["ip"] if "destination" in extra else None
+    return support.event(action, eid, at(sec), run, daddr)
 
 
 def connect(eid: str | None, sec: float, ip: str = "127.0.0.1", port: int = 80) -> Input:
     return rec("connect", eid, sec, destination={"ip": ip, "port": port})
 
 
-def _finding(eid: str | None, rule: str, sev: str) -> Finding:
-    r = Rule(rule, rule, "", "mining", (), {"low": sev, "medium": sev, "high": sev}, ())
-    trigger = AttributedEvent(
-        ConnectEvent(**hdr(1)), None, None, [], RlContext(episode_id=eid, run_id="run-1")
-    )
-    return Finding(r, "subject", [Signal("payload", "x", "x", "high")], trigger)
-
-
 def alert(eid: str | None, sec: float, rule: str = "RLG-MIN-001", sev: str = "critical") -> Input:
-    f = _finding(eid, rule, sev)
-    return lambda led: led.on_finding(f, at(sec))
+    return support.alert(eid, at(sec), sev, rule)
 
 
 def reg(action: str, eid: str | None, sec: float, run: str = "run-1", **registry: Any) -> Input:
-    r = RegistryRecord(
-        op=action,
-        wall_ns=at(sec),
-        boot_ns=at(sec),
-        episode_id=eid,
-        run_id=run,
-        trajectory_id=f"traj-{eid}" if eid else None,
-        sandbox_id=None,
-        status=registry.get("status"),
-    )
-    return lambda led: led.on_registry(r)
+    trajectory = f"traj-{eid}" if eid else None
+    return support.registry(action, eid, at(sec), run, trajectory, **registry)
 
 
 def dropped(sec: float, n: int = 5) -> Input:
-    return lambda led: led.on_drops(n, at(sec))
+    return support.drops(n, at(sec))
 
 
 def gap(lo: float, hi: float, same_boot: bool = True) -> Input:
-    return lambda led: led.on_gap(at(lo), at(hi), same_boot, at(hi))
+    return support.gap(at(lo), at(hi), same_boot)
 
 
 def stats(sec: float, undecodable: int) -> Input:
-    return lambda led: led.on_stats(undecodable, at(sec))
+    return support.stats(undecodable, at(sec))
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "state" / "episodes.db"
-
-
-def feed(ledger: EpisodeLedger, *records: Input) -> None:
-    for give in records:
-        give(ledger)
 
 
 def verdicts(out: list[dict]) -> list[dict]:
@@ -827,10 +794,10 @@ def test_trainer_filter_example_reads_the_database_and_the_stream(db: Path, tmp_
         )
         assert [t["n"] for t in kept] == [1, 9]
         why = {t["episode_id"]: w for t, w in gone}
+        assert why.pop("running").startswith("no verdict in time")
         assert why == {
             "bad": "drop: alert:RLG-MIN-001:critical",
             "good": "drop: alert:RLG-MIN-001:critical",
-            "running": "no verdict in time",
         }
         kept, _ = tf.filter_trajectories(
             batch, source, lambda t: t["episode_id"], drop_review=True, timeout_s=0.0
@@ -882,7 +849,7 @@ def test_collector_keeps_a_ledger_and_writes_its_verdicts(tmp_path: Path) -> Non
         c.registry.pending.append(
             RegistryRecord(op, now - 5 * S, 0, "ep", "run-1", None, None, status="ok")
         )
-    c.ledger.on_finding(_finding("ep", "RLG-MIN-001", "critical"), now - 5 * S)
+    c.ledger.on_finding(support.finding("ep", "RLG-MIN-001", "critical"), now - 5 * S)
     c.step()
     (line,) = [d for d in inner.docs if d["event"].get("dataset") == "rlguard.verdict"]
     assert v(line)["verdict"] == "drop"
@@ -932,8 +899,9 @@ def test_tail_viewer_summarises_verdict_and_ledger_lines() -> None:
         },
     )
     assert row.summary == "verdict drop (revision 2): a, b" and row.episode == "ep"
-    err = {"event": {"kind": "metric", "action": "ledger_error"}, "rlguard": {"message": "x\x1b"}}
-    assert build_row(2, err).summary == "x\\x1b"
+    for action in ("ledger_error", "fleet_error", "fleet_recovered"):
+        err = {"event": {"kind": "metric", "action": action}, "rlguard": {"message": "x\x1b"}}
+        assert build_row(2, err).summary == "x\\x1b"
 
 
 def test_nothing_the_ledger_does_raises_into_the_collector(

@@ -571,6 +571,8 @@ class EpisodeLedger:
         if now >= self._next_prune and self.store.is_open:
             self._next_prune = now + PRUNE_INTERVAL_NS
             self._prune(now)
+        for action, message in self.store.notices():  # e.g. the fleet database lost, back
+            self._report(action, message, now)
         out = self._out + issued
         self._out = []
         return out
@@ -602,14 +604,33 @@ class EpisodeLedger:
     def last_error(self) -> str | None:
         return self._error
 
+    def stats(self) -> dict[str, Any]:
+        """The ledger's part of the ``stats`` line (and /metrics)."""
+        return {
+            **self.store.stats(),
+            "persisting": self.store.is_open,
+            "episodes_in_memory": len(self.episodes),
+            "error": self._error,
+        }
+
 
 def ledger_path(cfg: Config) -> str:
     """The ledger file: ``[ledger] path``, else episodes.db in ``[service] state_dir``."""
     return cfg.ledger.path or str(Path(cfg.service.state_dir) / "episodes.db")
 
 
+def store_for(cfg: Config) -> EpisodeStore:
+    """The SQLite store, or with ``[ledger] url`` the fleet store (SQLite spool + PostgreSQL)."""
+    led = cfg.ledger
+    if led.url:
+        from monitor.sinks.ledger.fleet import FleetStore
+
+        return FleetStore(ledger_path(cfg), led.url, led.host or None, led.retention_days)
+    return SqliteStore(ledger_path(cfg), led.host or None)
+
+
 def ledger_for(cfg: Config, host: dict[str, Any] | None = None) -> EpisodeLedger | None:
     """The ledger ``rlguard run`` keeps, or None when ``[ledger] enabled = false``."""
     if not cfg.ledger.enabled:
         return None
-    return EpisodeLedger(ledger_path(cfg), cfg.ledger, cfg.allowlist.internal_networks, host=host)
+    return EpisodeLedger(store_for(cfg), cfg.ledger, cfg.allowlist.internal_networks, host=host)

@@ -51,6 +51,7 @@ def episode_row(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
     end = row["end_ns"]
     reasons = row["reasons"]
     return {
+        "host": row["host"] if "host" in row.keys() else None,
         "episode_id": row["episode_id"],
         "run_id": row["run_id"],
         "trajectory_id": row["trajectory_id"],
@@ -86,16 +87,48 @@ def episode_row(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def episode_query(
+    table: str,
+    mark: str,
+    flagged: bool = False,
+    run: str | None = None,
+    since_ns: int | None = None,
+    host: str | None = None,
+    host_column: bool = True,
+) -> tuple[str, list[Any]]:
+    """The SELECT behind ``rlguard episodes`` for either store (``mark``: ? or %s)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if flagged:
+        where.append("critical_alerts > 0")
+    if run is not None:
+        where.append(f"run_id = {mark}")
+        args.append(run)
+    if host is not None:
+        where.append(f"host = {mark}" if host_column else "0")
+        if host_column:
+            args.append(host)
+    if since_ns is not None:
+        where.append(f"(end_ns IS NULL OR last_seen_ns >= {mark})")
+        args.append(since_ns)
+    sql = f"SELECT * FROM {table}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return sql + f" ORDER BY start_ns, {'host, ' if host_column else ''}episode_id", args
+
+
 def read_episodes(
     path: str,
     flagged: bool = False,
     run: str | None = None,
     since_ns: int | None = None,
+    host: str | None = None,
 ) -> list[dict[str, Any]]:
     """Episodes from the ledger at ``path``, read-only, oldest first.
 
     ``flagged``: only episodes with a critical alert. ``since_ns``: only episodes
-    still open or whose last activity is at or after it. Raises ``LedgerError``.
+    still open or whose last activity is at or after it. ``run``/``host``: only those
+    of this run / host. Raises ``LedgerError``.
     """
     if not os.path.exists(path):
         raise LedgerError(f"no episode ledger at {path} (is [ledger] enabled and rlguard running?)")
@@ -111,20 +144,10 @@ def read_episodes(
                 f"{path}: ledger schema version {None if got is None else got[0]} "
                 f"is not one this rlguard reads ({SCHEMA_VERSION})"
             )
-        where: list[str] = []
-        args: list[Any] = []
-        if flagged:
-            where.append("critical_alerts > 0")
-        if run is not None:
-            where.append("run_id = ?")
-            args.append(run)
-        if since_ns is not None:
-            where.append("(end_ns IS NULL OR last_seen_ns >= ?)")
-            args.append(since_ns)
-        sql = "SELECT * FROM episodes"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY start_ns, episode_id"
+        # version 1 (no host column yet: the monitor migrates it when it next opens it)
+        sql, args = episode_query(
+            "episodes", "?", flagged, run, since_ns, host, host_column=got[0] >= 2
+        )
         return [episode_row(r) for r in conn.execute(sql, args)]
     except sqlite3.Error as exc:
         raise LedgerError(f"cannot read the episode ledger {path}: {exc}") from None
@@ -158,13 +181,14 @@ def _coverage_cell(cov: dict[str, Any]) -> str:
     return ", ".join(problems) or "ok"
 
 
-def format_table(episodes: list[dict[str, Any]]) -> str:
+def format_table(episodes: list[dict[str, Any]], hosts: bool = False) -> str:
     """A plain-text table; every string from the ledger is escaped (no terminal control).
 
     An episode whose verdict line is not written yet shows its provisional verdict in
-    parentheses; a revised verdict shows its revision (``drop r2``).
+    parentheses; a revised verdict shows its revision (``drop r2``). ``hosts`` adds a
+    HOST column first (the fleet).
     """
-    head = (
+    head: tuple[str, ...] = (
         "EPISODE",
         "RUN",
         "WINDOW (UTC)",
@@ -176,6 +200,8 @@ def format_table(episodes: list[dict[str, Any]]) -> str:
         "VERDICT",
         "REASONS",
     )
+    if hosts:
+        head = ("HOST", *head)
     rows: list[tuple[str, ...]] = []
     for e in episodes:
         crit = sum(1 for a in e["alerts"] if a["severity"] == "critical")
@@ -202,6 +228,8 @@ def format_table(episodes: list[dict[str, Any]]) -> str:
                 _cell(", ".join(reasons), 160) or "-",
             )
         )
+        if hosts:
+            rows[-1] = (_cell(e.get("host") or "-", 32), *rows[-1])
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(widths[i]) for i, h in enumerate(head)).rstrip()]
     for r in rows:

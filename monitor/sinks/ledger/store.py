@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
+import uuid
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from monitor.sinks.ledger.model import Episode
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # The episodes table, one (column, SQL type) per field: the DDL, the INSERT and the
 # row builder all come from this list.
@@ -55,7 +57,12 @@ EPISODE_TABLE: tuple[tuple[str, str], ...] = (
     ("updated_ns", "INTEGER NOT NULL"),
 )
 COLUMNS = tuple(name for name, _ in EPISODE_TABLE)
+# Every row also names its host (the fleet's key) and carries ``seq``: the spool order,
+# one counter over both tables, by which a fleet writer ships rows in order (fleet.py).
+ROW_COLUMNS = ("host", *COLUMNS, "seq")
+VERDICT_COLUMNS = ("episode_id", "revision", "at_ns", "verdict", "reasons", "record", "host", "seq")
 
+# Version 1, as the first rlguard with a ledger made it; MIGRATIONS bring it up to date.
 _DDL = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -69,6 +76,17 @@ _DDL = (
         verdict TEXT NOT NULL, reasons TEXT NOT NULL, record TEXT NOT NULL,
         PRIMARY KEY (episode_id, revision))""",
 )
+# version -> statements that take a database from version - 1 to it
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "ALTER TABLE episodes ADD COLUMN host TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE episodes ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE verdicts ADD COLUMN host TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE verdicts ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX episodes_seq ON episodes (seq)",
+        "CREATE INDEX verdicts_seq ON verdicts (seq)",
+    ),
+}
 
 
 class StoreError(Exception):
@@ -138,6 +156,14 @@ class EpisodeStore(Protocol):
         """Release the store (idempotent; never raises)."""
         ...
 
+    def stats(self) -> dict[str, Any]:
+        """Counters for the ``stats`` line and /metrics (cheap: read on the event path)."""
+        ...
+
+    def notices(self) -> list[tuple[str, str]]:
+        """(action, message) lifecycle notices since the last call (e.g. a lost database)."""
+        ...
+
 
 def to_row(ep: Episode, current: tuple[str, list[str]], now_ns: int) -> tuple[Any, ...]:
     """An episode as the values of an ``episodes`` row, in ``COLUMNS`` order."""
@@ -201,12 +227,33 @@ def store_error(exc: BaseException) -> StoreError:
     return StoreError(detail, hint)
 
 
-class SqliteStore:
-    """The ledger in one SQLite file (WAL): the single-host default."""
+def default_host() -> str:
+    """The host identity when ``[ledger] host`` is empty: this machine's name."""
+    return socket.gethostname() or "localhost"
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+
+def spool_id(conn: sqlite3.Connection) -> str:
+    """The identity of this SQLite file (made once, with it): a new file is a new spool."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'spool_id'").fetchone()
+    if row is not None:
+        return str(row[0])
+    made = uuid.uuid4().hex
+    conn.execute("INSERT OR IGNORE INTO meta VALUES ('spool_id', ?)", (made,))
+    return str(conn.execute("SELECT value FROM meta WHERE key = 'spool_id'").fetchone()[0])
+
+
+class SqliteStore:
+    """The ledger in one SQLite file (WAL): the single-host default, and the fleet's spool.
+
+    ``host`` goes on every row; ``seq`` orders every write (see ``ROW_COLUMNS``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], host: str | None = None) -> None:
         self.path = str(path)
+        self.host = host or default_host()
         self.conn: sqlite3.Connection | None = None
+        self.seq = 0  # the last seq written
+        self.spool_id = ""
 
     @property
     def where(self) -> str:
@@ -235,11 +282,24 @@ class SqliteStore:
                     conn.execute(ddl)
                 got = conn.execute("SELECT version FROM schema_version").fetchone()
                 if got is None:
-                    conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+                    conn.execute("INSERT INTO schema_version VALUES (1)")
+                    got = (1,)
                 elif got[0] > SCHEMA_VERSION:
                     raise sqlite3.DatabaseError(
                         f"schema version {got[0]} is newer than this rlguard's {SCHEMA_VERSION}"
                     )
+                for version in range(got[0] + 1, SCHEMA_VERSION + 1):
+                    for ddl in MIGRATIONS[version]:
+                        conn.execute(ddl)
+                    conn.execute("UPDATE schema_version SET version = ?", (version,))
+                if got[0] < 2:  # rows from before the host column are this host's
+                    conn.execute("UPDATE episodes SET host = ?", (self.host,))
+                    conn.execute("UPDATE verdicts SET host = ?", (self.host,))
+                self.spool_id = spool_id(conn)
+                self.seq = max(
+                    conn.execute("SELECT coalesce(max(seq), 0) FROM episodes").fetchone()[0],
+                    conn.execute("SELECT coalesce(max(seq), 0) FROM verdicts").fetchone()[0],
+                )
         except (sqlite3.Error, OSError, ValueError) as exc:  # ValueError: a NUL in the path
             self.close()
             raise store_error(exc) from None
@@ -277,34 +337,58 @@ class SqliteStore:
 
     def write(self, episodes: list[Judged], verdicts: list[VerdictRow], now_ns: int) -> None:
         conn = self._db()
-        rows = [to_row(ep, current, now_ns) for ep, current in episodes]
+        # numbered in the order written
+        seq = self.seq
+        rows = []
+        for ep, current in episodes:
+            seq += 1
+            rows.append((self.host, *to_row(ep, current, now_ns), seq))
+        history = []
+        for v in verdicts:
+            seq += 1
+            history.append((*v, self.host, seq))
         try:
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
                 if rows:
                     conn.executemany(
-                        f"INSERT OR REPLACE INTO episodes ({', '.join(COLUMNS)}) "
-                        f"VALUES ({', '.join('?' * len(COLUMNS))})",
+                        f"INSERT OR REPLACE INTO episodes ({', '.join(ROW_COLUMNS)}) "
+                        f"VALUES ({', '.join('?' * len(ROW_COLUMNS))})",
                         rows,
                     )
-                if verdicts:
+                if history:
                     conn.executemany(
-                        "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?)", verdicts
+                        f"INSERT OR REPLACE INTO verdicts ({', '.join(VERDICT_COLUMNS)}) "
+                        f"VALUES ({', '.join('?' * len(VERDICT_COLUMNS))})",
+                        history,
                     )
                 conn.execute(
                     "INSERT OR REPLACE INTO meta VALUES ('last_alive_ns', ?)", (str(now_ns),)
                 )
         except sqlite3.Error as exc:
             raise store_error(exc) from None
+        self.seq = seq  # only once committed: a failed write leaves no hole
 
-    def prune(self, cutoff_ns: int) -> None:
+    def prune(self, cutoff_ns: int, shipped_seq: int | None = None) -> None:
+        """As ``EpisodeStore.prune``; with ``shipped_seq``, only rows shipped up to it."""
         conn = self._db()
+        limit = (1 << 62) if shipped_seq is None else shipped_seq
         try:
             with conn:
-                conn.execute("DELETE FROM episodes WHERE end_ns < ?", (cutoff_ns,))
-                conn.execute("DELETE FROM verdicts WHERE at_ns < ?", (cutoff_ns,))
+                conn.execute(
+                    "DELETE FROM episodes WHERE end_ns < ? AND seq <= ?", (cutoff_ns, limit)
+                )
+                conn.execute(
+                    "DELETE FROM verdicts WHERE at_ns < ? AND seq <= ?", (cutoff_ns, limit)
+                )
         except sqlite3.Error as exc:
             raise store_error(exc) from None
+
+    def stats(self) -> dict[str, Any]:
+        return {"store": "sqlite", "path": self.path, "host": self.host, "seq": self.seq}
+
+    def notices(self) -> list[tuple[str, str]]:
+        return []
 
     def close(self) -> None:
         if self.conn is not None:
