@@ -14,7 +14,8 @@ memory.  Connects are counted as the connects the lines stand for
 
 usage: sudo .venv/bin/python bench/run.py [--quick] [--rounds 3] [-n N] [--exec-n N]
        [--payload-n N] [--churn-n N] [--only WORKLOAD] [--variant NAME=CFLAGS]
-       [--no-bpftrace] [--no-alert] [--fleet | --fleet-only] [--fleet-hosts N]
+       [--baseline TREE] [--no-bpftrace] [--no-alert] [--fleet | --fleet-only]
+       [--fleet-hosts N]
 
 --fleet also runs bench/fleet.py (simulated hosts writing the episode ledger to a local
 PostgreSQL, a trainer reading verdicts); --fleet-only runs only that.
@@ -216,13 +217,22 @@ class Watcher:
             self.events += chunk.count(b"\n") - len(lost)
 
 
-def storm(cmd: list[str]) -> float:
+def storm(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the storm process itself).
+
+    The CPU time includes the kernel work done in the process's context (syscalls, the
+    programs on its hooks, loopback softirq it runs), and unlike the wall time it hardly
+    moves with other load on a shared machine.
+    """
     t0 = time.perf_counter()
     p = spawn(cmd)
-    if p.wait() != 0:
-        raise RuntimeError(f"{cmd[0]} exited {p.returncode}")
+    _, status, ru = os.wait4(p.pid, 0)
+    elapsed = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
     LIVE.remove(p)
-    return time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} exited {p.returncode}")
+    return elapsed, ru.ru_utime + ru.ru_stime
 
 
 def armed(p: subprocess.Popen[bytes], w: Watcher, t0: float, what: str) -> float:
@@ -270,18 +280,24 @@ def _total(v: Any) -> int:
 
 
 def monitored(
-    kind: str, wl: Workload, cmd: list[str], n: int, out: Path, cflags: str | None
+    kind: str,
+    wl: Workload,
+    cmd: list[str],
+    n: int,
+    out: Path,
+    cflags: str | None,
+    tree: Path = REPO,
 ) -> dict[str, Any]:
     t0 = time.monotonic()
     if kind != "bpftrace":
-        # this checkout's monitor package, whatever the venv's entry point points at
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        # this checkout's monitor package (or --baseline's), whatever the venv points at
+        env = dict(os.environ, PYTHONPATH=str(tree))
         if cflags:
             env["RLGUARD_BPF_CFLAGS"] = cflags
         mon = spawn(
             [sys.executable, "-m", "monitor.cli", "run", "--config", str(BENCH_CONFIG)]
             + ["--output", str(out)],
-            cwd=REPO,
+            cwd=tree,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -302,11 +318,12 @@ def monitored(
         time.sleep(0.5)
         rss0, c0 = rss_mib(mon.pid), cpu_s(mon.pid)
         peak = PeakRss(mon.pid)
-        elapsed = storm(cmd)
+        elapsed, storm_cpu = storm(cmd)
         c1 = cpu_s(mon.pid)
         drain = wait_idle(mon.pid, 300 if kind != "bpftrace" else 30)
         res: dict[str, Any] = {
             "ops_s": n / elapsed,
+            "storm_cpu_us": 1e6 * storm_cpu / n,
             "startup_s": startup,
             "cpu_storm_pct": 100 * (c1 - c0) / elapsed,
             "cpu_total_s": cpu_s(mon.pid) - c0,
@@ -315,6 +332,8 @@ def monitored(
             "rss_after_mib": rss_mib(mon.pid),
             "expected": n,
         }
+        # the monitor's CPU per operation, drain included (user space's cost)
+        res["monitor_cpu_us"] = 1e6 * res["cpu_total_s"] / n
         if wl.name == "churn" and kind != "bpftrace":
             # exited processes leave the table after exit_grace_s (5 s) + one expiry tick
             time.sleep(7)
@@ -384,6 +403,8 @@ def table(res: dict[str, Any], kinds: list[str]) -> str:
         "tool",
         "ops/s med [min-max]",
         "x bare med [min-max]",
+        "storm cpu us/op",
+        "monitor cpu us/op",
         "start s",
         "cpu%",
         "rss MiB before->after(->settled)",
@@ -414,6 +435,8 @@ def table(res: dict[str, Any], kinds: list[str]) -> str:
                     kind,
                     span(r["ops_s"], ",.0f"),
                     span(r["ratio"], ".2f") if "ratio" in r else ("1" if kind == "bare" else ""),
+                    span(r["storm_cpu_us"], ".1f") if "storm_cpu_us" in r else "",
+                    med(r, "monitor_cpu_us", ".1f"),
                     med(r, "startup_s", ".2f"),
                     med(r, "cpu_storm_pct", ".0f"),
                     rss,
@@ -460,6 +483,12 @@ def main() -> int:
         help="also run rlguard with these probe flags, e.g. "
         "'no-filter=-DRLG_NO_TCP_FILTER -DRLG_NO_CONNECT_FOLD' (before/after in one run)",
     )
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="also run rlguard from this tree (e.g. an export of main) in every round: "
+        "before and after side by side",
+    )
     ap.add_argument("--no-bpftrace", action="store_true", help="skip the bpftrace peer")
     ap.add_argument("--no-alert", action="store_true", help="skip the alert-latency run")
     ap.add_argument("--fleet", action="store_true", help="also run bench/fleet.py")
@@ -488,6 +517,8 @@ def main() -> int:
     for v in args.variant:
         name, _, flags = v.partition("=")
         variants[name] = flags
+    if args.baseline:
+        variants["baseline"] = None
     kinds = [*variants, *([] if args.no_bpftrace else ["bpftrace"])]
     bins = build()
     wls = [w for w in workloads(ns) if not args.only or w.name in args.only]
@@ -510,12 +541,17 @@ def main() -> int:
                 row: dict[str, Any] = {}
                 bare = None
                 if wl.bare:
-                    bare = n / storm(cmd)
-                    row["bare"] = {"ops_s": bare}
-                for kind in kinds:
+                    elapsed, storm_cpu = storm(cmd)
+                    bare = n / elapsed
+                    row["bare"] = {"ops_s": bare, "storm_cpu_us": 1e6 * storm_cpu / n}
+                # the monitored kinds in a rotated order each round: a load that comes and
+                # goes on a shared machine does not always fall on the same one
+                shift = rnd % len(kinds)
+                for kind in kinds[shift:] + kinds[:shift]:
                     if kind == "bpftrace" and wl.bpftrace_probe is None:
                         continue
-                    r = monitored(kind, wl, cmd, n, OUT / "events.ndjson", variants.get(kind))
+                    tree = args.baseline if kind == "baseline" else REPO
+                    r = monitored(kind, wl, cmd, n, OUT / "events.ndjson", variants.get(kind), tree)
                     if bare:
                         r["ratio"] = r["ops_s"] / bare
                     row[kind] = r

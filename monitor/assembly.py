@@ -11,13 +11,16 @@ from typing import Any
 from monitor.clock import Clock
 from monitor.collector import Collector
 from monitor.config import Config
+from monitor.detectors.behaviour import MiningBehaviour
 from monitor.detectors.engine import DetectionEngine
+from monitor.detectors.fingerprints import load_fingerprints
 from monitor.detectors.gpu_driver import GpuRuleDriver
 from monitor.detectors.iocs import build_iocs
 from monitor.detectors.rules import load_rules
 from monitor.sensor.events import tag_values
 from monitor.sensor.port import SensorPort
 from monitor.sensor.probes import TAG_VALUE_LEN, Sensor, gpu_probe_patterns
+from monitor.sensor.tls_libs import TlsLibraries
 from monitor.service.systemd import Heartbeat
 from monitor.sinks.ecs import Renderer
 from monitor.sinks.fanout import FanoutSink
@@ -28,6 +31,7 @@ from monitor.state.gpu import GpuHolders
 from monitor.state.process_table import ProcessTable, Tagset
 from monitor.state.registry.gate import RegistryGate, Trust
 from monitor.state.registry.state import Registry
+from monitor.streams.tracker import StreamTracker
 
 
 def kernel_tagset_reader(sensor: SensorPort, keys: list[str]) -> Any:
@@ -58,7 +62,12 @@ def build_collector(
     the episode ledger follows ``heartbeat`` unless ``ledger`` says otherwise.
     """
     if sensor is None:
-        sensor = Sensor(config.probes, list(config.tags.keys), gpu_probe_patterns(config.gpu))
+        sensor = Sensor(
+            config.probes,
+            list(config.tags.keys),
+            gpu_probe_patterns(config.gpu),
+            config.streams,
+        )
     keys = list(config.tags.keys)
     pt = config.process_table
     table = ProcessTable(
@@ -88,11 +97,17 @@ def build_collector(
         build_iocs(config.detectors, config.allowlist),
         load_rules(settings=config.rules),
         dns_tunnel=config.dns_tunnel,
+        fingerprints=load_fingerprints(config.streams.ja4),
     )
     gpu = GpuHolders(config.gpu, table, cgroups, sensor)
     gpu_rules = GpuRuleDriver(config.gpu, gpu, engine, attributor, cgroups, clock)
     keep_ledger = heartbeat if ledger is None else ledger
     episode_ledger = ledger_for(config, renderer.host) if keep_ledger else None
+    sc = config.streams
+    streams = StreamTracker(
+        max_streams=sc.max_streams, window_s=sc.window_s, unwrap_depth=sc.unwrap_depth
+    )
+    behaviour = MiningBehaviour(config.mining_behaviour, sc.activity_interval_s, gpu, engine)
     output = sink if isinstance(sink, FanoutSink) else FanoutSink(sink)
     return Collector(
         config,
@@ -109,4 +124,7 @@ def build_collector(
         cgroups=cgroups,
         ledger=episode_ledger,
         heartbeat=Heartbeat.in_dir(config.service.state_dir) if heartbeat else None,
+        streams=streams,
+        tls_libs=TlsLibraries(sc, sensor),
+        behaviour=behaviour,
     )

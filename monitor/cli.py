@@ -446,8 +446,9 @@ def demo(
     Creates an "outside host" (a network namespace at a 198.51.100.0/24 address, with a real
     sshd on ports 22 and 443 and a fake mining pool), runs a fake RL worker with
     episode tags that opens a reverse SSH tunnel and starts a stratum client
-    under an innocent name, lets the outside use the tunnel, prints the alerts,
-    and removes everything it made.
+    under an innocent name, lets the outside use the tunnel, prints the alerts.
+    Act 2, the next episode: the miner speaks TLS through a SOCKS5 proxy, and is
+    still caught.  Everything the demo made is removed.
     """
     import threading
     import time
@@ -496,6 +497,14 @@ def demo(
             if wanted <= seen:
                 break
             time.sleep(0.2)
+        typer.echo(
+            f"\nrlguard demo: act 2, episode {incident.episode2}: the miner now wraps its "
+            f"login in TLS and sends it through a SOCKS5 proxy on {incident.host.ip4}:1080\n"
+        )
+        incident.stage_act2(hold)
+        deadline = time.monotonic() + hold + 10
+        while time.monotonic() < deadline and not _act2_caught(sink.alerts, incident.episode2):
+            time.sleep(0.2)
     finally:
         incident.cleanup()
         collector.stop_event.set()
@@ -504,12 +513,27 @@ def demo(
         sink.close()
     ours = [a for a in sink.alerts if a.get("rl", {}).get("episode_id") == incident.episode]
     ids = sorted({a["rule"]["id"] for a in ours})
+    act2 = [a for a in sink.alerts if a.get("rl", {}).get("episode_id") == incident.episode2]
+    ids2 = sorted({a["rule"]["id"] for a in act2})
     typer.echo(
         f"\nrlguard demo: {len(ours)} alerts for {incident.episode} ({', '.join(ids) or 'none'}); "
+        f"{len(act2)} for {incident.episode2} ({', '.join(ids2) or 'none'}); "
         "everything the demo created is removed"
     )
-    if not wanted <= set(ids):
+    if not wanted <= set(ids) or not _act2_caught(sink.alerts, incident.episode2):
         raise typer.Exit(1)
+
+
+def _act2_caught(alerts: list[dict[str, Any]], episode: str) -> bool:
+    """The TLS-through-SOCKS miner's login, read from the plaintext, behind the proxy."""
+    from monitor.detectors.stratum import RULE_STRATUM
+
+    for a in alerts:
+        if a.get("rl", {}).get("episode_id") != episode or a["rule"]["id"] != RULE_STRATUM:
+            continue
+        if any("socks5>tls plaintext" in e["detail"] for e in a["rlguard"]["alert"]["evidence"]):
+            return True
+    return False
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from monitor.clock import boottime_ns, iso_wall
 from monitor.config import Config, ConfigError, RegistryConfig, load_config
 from monitor.detectors import crossing, tag_conflict
+from monitor.detectors.behaviour import MiningBehaviour
 from monitor.detectors.engine import DetectionEngine, Finding
 from monitor.detectors.gpu_driver import GpuRuleDriver
 from monitor.detectors.iocs import build_iocs
@@ -38,14 +39,19 @@ from monitor.sensor.events import (
     GpuOpenEvent,
     RecordDecoder,
     SendEvent,
+    StreamEvent,
+    StreamTickEvent,
     TagsetEvent,
     TcpStateEvent,
+    TlsBindEvent,
+    TlsDataEvent,
     UnixConnectEvent,
     UnixListenEvent,
 )
 from monitor.sensor.folds import ConnectFolds
 from monitor.sensor.port import SensorPort
 from monitor.sensor.probes import DRAIN_MAX, MAX_TAGS, TAG_VALUE_LEN, Counters
+from monitor.sensor.tls_libs import Library, TlsLibraries
 from monitor.service.systemd import Heartbeat, Watchdog, gap_record, sd_notify
 from monitor.sinks.ecs import Renderer
 from monitor.sinks.fanout import FanoutSink
@@ -59,6 +65,8 @@ from monitor.state.registry.gate import RegistryGate, Trust
 from monitor.state.registry.records import RegistryRefusals
 from monitor.state.registry.server import RegistryServer
 from monitor.state.registry.state import Registry
+from monitor.streams.tracker import StreamTracker
+from monitor.streams.view import StreamView
 
 DROP_CHECK_INTERVAL_S = 1.0
 TCP_LISTEN = 10
@@ -94,6 +102,9 @@ class Collector:
         cgroups: CgroupResolver,
         ledger: EpisodeLedger | None,
         heartbeat: Heartbeat | None,
+        streams: StreamTracker,
+        tls_libs: TlsLibraries,
+        behaviour: MiningBehaviour,
     ) -> None:
         self.config = config
         self.sink = output
@@ -114,6 +125,9 @@ class Collector:
         self.cgroups = cgroups
         self.ledger = ledger
         self.heartbeat = heartbeat
+        self.streams = streams
+        self.tls_libs = tls_libs
+        self.behaviour = behaviour
         self.alerts_written = 0
         self.decoder: RecordDecoder | None = None
         self.received: Counter[str] = Counter()
@@ -148,6 +162,10 @@ class Collector:
             GpuCloseEvent: self._on_record,
             UnixListenEvent: self._on_unix_listen,
             UnixConnectEvent: self._on_unix_connect,
+            StreamEvent: self._on_stream,
+            TlsDataEvent: self._on_tls,
+            TlsBindEvent: self._on_tls,
+            StreamTickEvent: self._on_stream_tick,
         }
         self._conflict: Conflict | None = None  # found by _on_exec for the exec at hand
 
@@ -166,6 +184,7 @@ class Collector:
         listeners = self.attributor.requests.seed_from_proc()  # local servers already running
         for gev in self.gpu.start():  # holdings from before start-up
             self.handle(gev)
+        libs = self.tls_libs.start()  # uprobes on every TLS library file found
         self.armed_seconds = time.monotonic() - self.started_mono
         self._last_metrics = time.monotonic()
         self.sink.write(
@@ -179,6 +198,7 @@ class Collector:
                     "gpu_probes": bool(self.sensor.gpu_devices),
                     "tag_keys": list(self.config.tags.keys),
                     "denied_tag_keys": [k for k, _ in self.config.tags.denied],
+                    "tls_libraries": [lib.path for lib in libs],
                 },
             )
         )
@@ -398,6 +418,7 @@ class Collector:
             self._last_drop_check = now
             self._check_drops()
             self._flush_folds()
+            self._streams_step()
             self.table.expire()
             self.attributor.expire()
             if self.registry is not None:
@@ -440,6 +461,7 @@ class Collector:
             if self.ledger is not None:
                 self.ledger.on_event(ae, self.clock.wall_ns(ae.event.ts_ns))
         findings = self.engine.observe(ae)
+        findings += self.behaviour.observe(ae)
         conflict, self._conflict = self._conflict, None
         if conflict is not None and ae.process is not None:
             findings += self.engine.report(
@@ -481,6 +503,7 @@ class Collector:
         before = self.table.procs.get(ev.pid)
         prev = (before.tagset_id, before.tag_origin) if before is not None else (0, 0)
         p = self.table.on_exec(ev)
+        self.tls_libs.on_exec(ev.pid)
         self._conflict = self.attributor.on_exec(ev, p, prev)
         return self.attributor.attribute(ev, p)
 
@@ -501,6 +524,8 @@ class Collector:
         return ae
 
     def _on_tcp_state(self, ev: TcpStateEvent) -> AttributedEvent:
+        if ev.newstate == 7:  # CLOSE: the stream's opening can go
+            self.streams.on_close(ev.saddr, ev.sport, ev.daddr, ev.dport)
         # softirq context with no recorded owner: no process to name
         p = self.table.process_for(ev) if ev.owner_known else None
         if ev.newstate == TCP_LISTEN or ev.oldstate == TCP_LISTEN:
@@ -526,10 +551,14 @@ class Collector:
     def _on_send(self, ev: SendEvent) -> AttributedEvent:
         if ev.flags & SEND_OWNER_DIFFERS:
             if ev.flags & SEND_SENDER_KNOWN:  # the kernel names the real sender
-                return self._handed_over(ev)
-            return self.attributor.attribute(ev, self._send_subject(ev))
-        self.attributor.sockets.pop(ev.cookie, None)
-        return self.attributor.attribute(ev, self.table.process_for(ev))
+                ae = self._handed_over(ev)
+            else:
+                ae = self.attributor.attribute(ev, self._send_subject(ev))
+        else:
+            self.attributor.sockets.pop(ev.cookie, None)
+            ae = self.attributor.attribute(ev, self.table.process_for(ev))
+        ae.stream = self.streams.on_send(ev, ae.process.pid if ae.process else ev.pid)
+        return ae
 
     def _handed_over(self, ev: SendEvent) -> AttributedEvent:
         """First bytes from a process that did not connect the socket (SCM_RIGHTS,
@@ -551,7 +580,67 @@ class Collector:
             server = self.attributor.requests.tcp_server(ev)  # loopback to a local listener
             if server is not None:
                 self.attributor.link(ae, server, "tcp")
+        if ev.sock_type == 1 and ev.ret in (0, -115):
+            self.streams.on_connect(ev.pid, ev.fd, ev.cookie)
         return ae
+
+    # streams: chunks, TLS plaintext and activity are state; a line only when a stream
+    # shows something new (a layer, plaintext), and the detectors see every change
+
+    def _stream_subject(self, ev: StreamEvent | StreamTickEvent) -> Process:
+        """The stream's subject (the send's); the record may come from softirq."""
+        s = self.streams.get(ev.cookie)
+        p = self.table.procs.get(s.pid if s is not None else ev.owner_pid)
+        if p is None:
+            return self.table.process_for(ev)
+        if ev.pid != p.pid:
+            ev.pid, ev.tid, ev.tagset_id, ev.tag_origin = p.pid, p.pid, p.tagset_id, p.tag_origin
+        return p
+
+    def _on_stream(self, ev: StreamEvent) -> AttributedEvent | None:
+        view = self.streams.on_chunk(ev)
+        if view is None:
+            return None
+        ae = self.attributor.attribute(ev, self._stream_subject(ev))
+        ae.stream = view
+        ae.quiet = not self.streams.announce(view)
+        return ae
+
+    def _on_tls(self, ev: TlsDataEvent | TlsBindEvent) -> AttributedEvent | None:
+        view: StreamView | None
+        if isinstance(ev, TlsDataEvent):
+            view = self.streams.on_tls_data(ev)
+        else:
+            view = self.streams.on_tls_bind(ev)
+        if view is None:
+            return None
+        ae = self.attributor.attribute(ev, self.table.process_for(ev))
+        ae.stream = view
+        ae.quiet = not self.streams.announce(view)
+        return ae
+
+    def _on_stream_tick(self, ev: StreamTickEvent) -> AttributedEvent:
+        ae = self.attributor.attribute(ev, self._stream_subject(ev))
+        ae.quiet = True  # read by the behaviour rule; no line
+        return ae
+
+    def _streams_step(self) -> None:
+        """Once a second: openings past their window go; TLS libraries new processes map."""
+        self.streams.expire(boottime_ns())
+        for lib in self.tls_libs.tick():
+            self._tls_library_line(lib)
+
+    def _tls_library_line(self, lib: Library) -> None:
+        doc = self._base("rlguard.sensor", "tls_library_attached")
+        doc["rlguard"] = {
+            "tls_library": {
+                "path": lib.path,
+                "kind": lib.kind,
+                "symbols": list(lib.symbols),
+                "found_by": lib.found_by,
+            }
+        }
+        self.sink.write(doc)
 
     def _on_record(self, ev: Event) -> AttributedEvent:
         return self.attributor.attribute(ev, self.table.process_for(ev))
@@ -677,6 +766,8 @@ class Collector:
                 "exited_evicted": self.table.exited_evicted,
             },
             "alerts": dict(self.engine.alerts_by_rule),
+            # stream openings: what the bounds cut and losses (never silent)
+            "streams": {**self.streams.stats(), "tls_libraries": self.tls_libs.stats()},
             "registry": self._registry_stats(),
             "gpu": self.gpu.stats(),
             "ledger": None if self.ledger is None else self.ledger.stats(),

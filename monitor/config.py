@@ -46,6 +46,8 @@ __all__ = [
     "GpuConfig",
     "Kind",
     "LedgerConfig",
+    "MiningBehaviourConfig",
+    "StreamsConfig",
     "OutputConfig",
     "ProbesConfig",
     "ProcessTableConfig",
@@ -527,6 +529,35 @@ class GpuConfig:
     probes: str
 
 
+@dataclass(frozen=True)
+class StreamsConfig:
+    """``[streams]``: the opening of every outbound TCP stream, its reply, TLS plaintext."""
+
+    bytes: int
+    reply_bytes: int
+    window_s: float
+    max_streams: int
+    activity_interval_s: float
+    unwrap_depth: int
+    tls: bool
+    tls_libraries: tuple[str, ...]
+    tls_rescan_s: float
+    ja4: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MiningBehaviourConfig:
+    """``[mining_behaviour]``: thresholds of the rule for mining that stays encrypted."""
+
+    enabled: bool
+    min_age_s: float
+    min_active_intervals: int
+    max_mean_write_bytes: int
+    max_interval_bytes: int
+    cpu_fraction: float
+    max_destination_users: int
+
+
 # --- finishers (cross-field rules) --------------------------------------------------------
 
 
@@ -623,6 +654,44 @@ GPU_PATTERN = Check(
     "(a prefix); no other glob characters or spaces",
     lambda v: len(v) < GPU_PATTERN_LEN and _GPU_PATTERN_RE.fullmatch(v) is not None,
 )
+
+
+def _finish_streams(values: dict[str, Any], given: frozenset[str]) -> dict[str, Any]:
+    if values["reply_bytes"] > values["bytes"]:
+        blame = "reply_bytes" if "reply_bytes" in given else "bytes"
+        raise _Invalid(
+            blame,
+            f"reply_bytes ({values['reply_bytes']}) must be no larger than bytes "
+            f"({values['bytes']}): one kernel buffer holds either direction",
+        )
+    return values
+
+
+_JA4_RE = re.compile(
+    r"[tqd](?:1[0-3]|s[23]|d[1-3]|00)[di]\d{4}[0-9A-Za-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}=\S.{0,79}"
+)
+JA4_ENTRY = Check(
+    'a JA4 fingerprint, "=" and a label, e.g. "t13d1516h2_8daaf6152771_b186095e22b6=chrome"',
+    lambda v: _JA4_RE.fullmatch(v) is not None,
+)
+REPLY_BYTES = Check(
+    "0 or a power of two between 256 and 16384",
+    lambda v: v == 0 or (256 <= v <= 16384 and _is_pow2(v)),
+)
+
+TLS_LIBRARY_GLOBS = [
+    "/usr/lib/*/libssl.so*",
+    "/usr/lib/libssl.so*",
+    "/lib/*/libssl.so*",
+    "/usr/lib64/libssl.so*",
+    "/usr/local/lib/libssl.so*",
+    "/usr/local/lib/*/libssl.so*",
+    "/opt/conda/lib/libssl.so*",
+    "/opt/conda/envs/*/lib/libssl.so*",
+    "/usr/lib/*/libgnutls.so*",
+    "/usr/lib/libgnutls.so*",
+    "/usr/lib64/libgnutls.so*",
+]
 
 
 def _finish_gpu(values: dict[str, Any], given: frozenset[str]) -> dict[str, Any]:
@@ -1577,6 +1646,164 @@ SCHEMA: tuple[SectionSpec, ...] = (
         ),
         finish=_finish_gpu,
     ),
+    SectionSpec(
+        name="streams",
+        doc=(
+            "The opening of every outbound TCP stream: its first bytes across segments and "
+            "writes, the reply, and TLS plaintext where the process uses a shared TLS library "
+            "(uprobes). Proxies (SOCKS, HTTP CONNECT), WebSocket frames and HTTP bodies are "
+            "unwrapped and the detectors run on what is inside. Bounded per stream in bytes and "
+            "time; what a bound cuts is counted (rlguard.streams in the stats line) and marked."
+        ),
+        result=StreamsConfig,
+        fields=(
+            FieldSpec(
+                "bytes",
+                Kind.INT,
+                4096,
+                "Bytes of each outbound stream's opening captured (after the first segment, "
+                "which probes.first_bytes bounds), and of each TLS object's plaintext.",
+                (between(256, 16384), POWER_OF_TWO),
+            ),
+            FieldSpec(
+                "reply_bytes",
+                Kind.INT,
+                1024,
+                "Bytes of the reply captured (a proxy's grant, a server's banner); 0 loads no "
+                "ingress program at all.",
+                (REPLY_BYTES,),
+            ),
+            FieldSpec(
+                "window_s",
+                Kind.FLOAT,
+                60.0,
+                "Seconds after a stream's first payload during which its opening is captured; "
+                "bytes after it end the capture (the stream is marked cut short).",
+                (between(1, 3600),),
+            ),
+            FieldSpec(
+                "max_streams",
+                Kind.INT,
+                4096,
+                "Streams whose opening user space holds at once (each at most bytes + "
+                "reply_bytes + bytes of TLS plaintext); beyond it the oldest is dropped and "
+                "counted (rlguard.streams.evicted).",
+                (between(64, 1_000_000),),
+            ),
+            FieldSpec(
+                "activity_interval_s",
+                Kind.FLOAT,
+                30.0,
+                "A live stream's activity (segments and bytes each way) is reported at most "
+                "this often while it sends; the mining behaviour rule reads it.",
+                (between(1, 3600),),
+            ),
+            FieldSpec(
+                "unwrap_depth",
+                Kind.INT,
+                4,
+                "Protocols peeled off one inside another (SOCKS, HTTP CONNECT, WebSocket, HTTP "
+                "bodies, TLS) before the detectors give up.",
+                (between(2, 8),),
+            ),
+            FieldSpec(
+                "tls",
+                Kind.BOOL,
+                True,
+                "Uprobes on the write calls of every shared libssl and libgnutls on the host "
+                "(files matching tls_libraries, and any a process maps), so that TLS plaintext "
+                "reaches the same detectors.",
+            ),
+            FieldSpec(
+                "tls_libraries",
+                Kind.STR_LIST,
+                TLS_LIBRARY_GLOBS,
+                "Glob patterns of TLS library files attached at start-up; files other processes "
+                "map are found in /proc/PID/maps (new processes, and every tls_rescan_s).",
+                (Check("an absolute glob pattern", lambda v: v.startswith("/")),),
+            ),
+            FieldSpec(
+                "tls_rescan_s",
+                Kind.FLOAT,
+                60.0,
+                "Seconds between scans of every process's /proc/PID/maps for TLS libraries not "
+                "yet attached (container copies, venv and conda copies); 0: only new processes "
+                "are looked at.",
+                (between(0, 3600),),
+            ),
+            FieldSpec(
+                "ja4",
+                Kind.STR_LIST,
+                [],
+                "TLS client fingerprints to add to monitor/data/tls_fingerprints.toml, each "
+                '"JA4=label"; a listed fingerprint is low-confidence evidence (a fingerprint '
+                "names a TLS library and its settings, not a program).",
+                (JA4_ENTRY,),
+            ),
+        ),
+        finish=_finish_streams,
+    ),
+    SectionSpec(
+        name="mining_behaviour",
+        doc=(
+            "Mining that stays encrypted (a statically linked TLS client, a Noise channel): a "
+            "long-lived outbound connection from an episode's process, with small writes in "
+            "most activity intervals, from a process that holds a GPU or burns CPU, to a "
+            "destination nothing else on the host uses. Each threshold below is one condition; "
+            "all must hold. The signal is low confidence on its own (RLG-MIN-006) and raises "
+            "the severity of the process's other mining alerts."
+        ),
+        result=MiningBehaviourConfig,
+        fields=(
+            FieldSpec("enabled", Kind.BOOL, True, "Judge long-lived connections at all."),
+            FieldSpec(
+                "min_age_s",
+                Kind.FLOAT,
+                600.0,
+                "Seconds since the connection's first payload before its shape counts.",
+                (between(1, 86400),),
+            ),
+            FieldSpec(
+                "min_active_intervals",
+                Kind.INT,
+                8,
+                "Activity intervals (streams.activity_interval_s) in which the connection sent "
+                "something: share submissions recur.",
+                (between(1, 10000),),
+            ),
+            FieldSpec(
+                "max_mean_write_bytes",
+                Kind.INT,
+                600,
+                "Largest mean payload per outbound segment: share submissions are small.",
+                (between(16, 65536),),
+            ),
+            FieldSpec(
+                "max_interval_bytes",
+                Kind.INT,
+                65536,
+                "Most bytes sent per activity interval on average: more is a transfer, not a "
+                "trickle of shares.",
+                (between(256, 1 << 30),),
+            ),
+            FieldSpec(
+                "cpu_fraction",
+                Kind.FLOAT,
+                0.5,
+                "CPU time of the process over the connection's life, in cores, from which it "
+                "counts as burning CPU (a GPU holder counts whatever its CPU).",
+                (between(0.01, 1024),),
+            ),
+            FieldSpec(
+                "max_destination_users",
+                Kind.INT,
+                1,
+                "Most processes on the host that connected to the destination address for it "
+                "to count as used by nothing else (1: only this one).",
+                (between(1, 1000),),
+            ),
+        ),
+    ),
 )
 
 
@@ -1598,6 +1825,8 @@ class Config:
     service: ServiceConfig
     ledger: LedgerConfig
     gpu: GpuConfig
+    streams: StreamsConfig
+    mining_behaviour: MiningBehaviourConfig
     source: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:

@@ -29,8 +29,11 @@
 #include "proc.bpf.h"           /* clone, fork, exit_group, signals, exit */
 #include "dup.bpf.h"            /* dup2/dup3 onto fds 0-2 */
 #include "ipc.bpf.h"            /* AF_UNIX bind/listen/connect: local servers */
-#include "sender.bpf.h"         /* sock_send_length: who sent a connection's first bytes */
+#include "sender.bpf.h"         /* who sent a connection's first bytes */
 #include "connect.bpf.h"        /* connect() syscall and cgroup/connect4/6 */
 #include "tcp_state.bpf.h"      /* sock:inet_sock_set_state */
+#include "tls.bpf.h"            /* uprobes on TLS libraries: plaintext (issue 14) */
+#include "streams.bpf.h"        /* stream openings, replies (cgroup_skb/ingress), activity */
+#include "send_length.bpf.h"    /* sock_send_length: TLS writes to sockets, first senders */
 #include "egress.bpf.h"         /* cgroup_skb/egress: first bytes and DNS */
 #include "gpu.bpf.h"            /* open/close of GPU device nodes */

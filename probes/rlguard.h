@@ -56,6 +56,25 @@
 #define RLG_CONNECT_FOLDS 8192   /* distinct folds tracked at once; full: no folding */
 #endif
 #define RLG_UNIX_PATH_LEN 128    /* bytes of sun_path kept (it holds 108), power of two */
+/* streams (issue 14): the opening of each outbound TCP stream, its reply, TLS plaintext */
+#ifndef RLG_STREAM_BYTES
+#define RLG_STREAM_BYTES 4096    /* opening bytes captured per stream and per TLS object, power of two */
+#endif
+#ifndef RLG_REPLY_BYTES
+#define RLG_REPLY_BYTES 1024     /* reply bytes captured per stream; 0: no ingress program */
+#endif
+#ifndef RLG_STREAM_WINDOW_NS
+#define RLG_STREAM_WINDOW_NS 60000000000ULL  /* capture ends this long after the first payload */
+#endif
+#ifndef RLG_STREAM_TICK_NS
+#define RLG_STREAM_TICK_NS 30000000000ULL    /* activity counters of a live stream, at most this often */
+#endif
+#ifndef RLG_TLS_BIND_NS
+#define RLG_TLS_BIND_NS 5000000ULL           /* an SSL_write and the segment it sends: this close */
+#endif
+#ifndef RLG_SELF_TGID
+#define RLG_SELF_TGID 0          /* the monitor itself: its own TLS writes are not captured */
+#endif
 
 enum rlg_event_type {
     RLG_EV_EXEC = 1,
@@ -69,10 +88,16 @@ enum rlg_event_type {
     RLG_EV_DUP = 9,
     RLG_EV_GPU_OPEN = 10,
     RLG_EV_GPU_CLOSE = 11,
+    /* 12-19: streams and TLS (issue 14) */
+    RLG_EV_STREAM = 12,
+    RLG_EV_TLS_DATA = 13,
+    RLG_EV_TLS_BIND = 14,
+    RLG_EV_STREAM_TICK = 15,
     /* 20-27: attribution (ipc.bpf.h) */
     RLG_EV_UNIX_LISTEN = 20,
     RLG_EV_UNIX_CONNECT = 21,
-    RLG_EV_TYPE_MAX = 28,
+    /* the counters' size: room for every range handed out (12-35) */
+    RLG_EV_TYPE_MAX = 36,
 };
 
 /* exec flags */
@@ -91,6 +116,19 @@ enum rlg_event_type {
 #define RLG_SEND_OWNER_DIFFERS 1 /* sending task is not the connecting process */
 #define RLG_SEND_SENDER_KNOWN 2  /* the header is the task whose send call sent the bytes */
 #define RLG_SEND_SENDER_QUEUED 4 /* ...recorded when its call queued them (they left later) */
+
+/* stream flags (also in struct rlg_fresh.flags, kernel-only bits above 0xff) */
+#define RLG_STREAM_REPLY 1       /* bytes the peer sent (ingress), not the local process */
+#define RLG_STREAM_TRUNCATED 2   /* the byte bound ended the capture with bytes beyond it */
+#define RLG_STREAM_LATE 4        /* bytes came after the time window: not captured */
+#define RLG_STREAM_GAP 8         /* bytes between the last capture and this one were never seen */
+#define RLG_STREAM_OWNER_DIFFERS 16  /* current task is not the connecting process */
+
+/* tls_data / tls_bind flags */
+#define RLG_TLS_OPENSSL 1        /* SSL_write / SSL_write_ex (libssl) */
+#define RLG_TLS_GNUTLS 2         /* gnutls_record_send */
+#define RLG_TLS_BIND_COOKIE 4    /* bound to a socket cookie (the segment that followed a write) */
+#define RLG_TLS_BIND_FD 8        /* bound to an fd (SSL_set_fd, gnutls_transport_set_int2) */
 
 /* tcp_state flags */
 #define RLG_TCP_OWNER_KNOWN 1
@@ -203,6 +241,66 @@ struct rlg_dns_event {
     unsigned char saddr[16];
     unsigned char daddr[16];
     unsigned char data[RLG_DNS_BYTES];    /* variable length */
+};
+
+/* A chunk of a stream's opening (after what the send record carried), or of
+ * its reply, placed by TCP sequence number: offset is the stream offset of
+ * data[0].  A record with flag LATE and no data marks the end of the window. */
+struct rlg_stream_event {
+    struct rlg_header hdr;      /* the current task (softirq: unrelated; see flags) */
+    unsigned long long cookie;
+    unsigned int owner_pid;     /* the process that connected */
+    unsigned int offset;        /* stream offset of data[0] in this direction */
+    unsigned int seg_len;       /* payload bytes in this segment */
+    unsigned int captured;      /* bytes in data[] */
+    unsigned short family;
+    unsigned short sport;       /* as on the packet: the peer's port for a reply */
+    unsigned short dport;
+    unsigned short pad;
+    unsigned char saddr[16];
+    unsigned char daddr[16];
+    unsigned char data[RLG_STREAM_BYTES];  /* variable length */
+};
+
+/* TLS plaintext a process handed its TLS library (uprobe at SSL_write,
+ * SSL_write_ex, gnutls_record_send): the first RLG_STREAM_BYTES of each TLS
+ * object (SSL * / gnutls_session_t). */
+struct rlg_tls_data_event {
+    struct rlg_header hdr;      /* the writing task (exact: the uprobe runs in it) */
+    unsigned long long ssl;     /* the library's object: an opaque id within hdr.pid */
+    unsigned long long cookie;  /* socket cookie once bound (0 = not yet) */
+    int fd;                     /* fd once bound by SSL_set_fd (-1 = not known) */
+    unsigned int offset;        /* plaintext offset of data[0] within this object */
+    unsigned int call_len;      /* bytes the call was asked to write */
+    unsigned int captured;      /* bytes in data[] */
+    unsigned char data[RLG_STREAM_BYTES];  /* variable length */
+};
+
+/* A TLS object tied to its socket: by cookie (the segment its write sent)
+ * or by fd (the library was told the fd). */
+struct rlg_tls_bind_event {
+    struct rlg_header hdr;
+    unsigned long long ssl;
+    unsigned long long cookie;  /* 0 with RLG_TLS_BIND_FD */
+    int fd;                     /* -1 with RLG_TLS_BIND_COOKIE */
+    unsigned int pad;
+};
+
+/* Activity of a live outbound stream after its opening: cumulative counts,
+ * sent at most every RLG_STREAM_TICK_NS while it sends (the behaviour rule
+ * for what stays encrypted reads them). */
+struct rlg_stream_tick_event {
+    struct rlg_header hdr;
+    unsigned long long cookie;
+    unsigned int owner_pid;
+    unsigned short family;
+    unsigned short dport;
+    unsigned long long first_ns;    /* first payload */
+    unsigned long long segs;        /* payload segments sent so far */
+    unsigned long long bytes;       /* payload bytes sent so far */
+    unsigned long long rsegs;       /* payload segments received so far */
+    unsigned long long rbytes;
+    unsigned char daddr[16];
 };
 
 /* dup2/dup3 onto stdin, stdout or stderr (how reverse shells are wired). */

@@ -19,21 +19,20 @@ BPF_TABLE("lru_hash", u64, u64, fresh_sk, 65536);
 /* cookie -> the task whose send call queued the first bytes, until they leave */
 BPF_TABLE("lru_hash", u64, struct rlg_header, first_sender, 4096);
 
-TRACEPOINT_PROBE(sock, sock_send_length) {
-    if (args->ret <= 0 || args->protocol != RLG_IPPROTO_TCP)
-        return 0;   /* only TCP sockets are watched: UDP, Unix... leave at once */
-    u64 sk = (u64)args->sk;
+/* from the one sock_send_length program (send_length.bpf.h), for a TCP send call that
+ * returned > 0 */
+static __always_inline void sender_on_send(u64 sk) {
     u64 *c = fresh_sk.lookup(&sk);
     if (!c)
-        return 0;
+        return;
     u64 cookie = *c;
     fresh_sk.delete(&sk);
-    if (!fresh_tcp.lookup(&cookie))
-        return 0;   /* the first bytes already left, inside this very call */
+    struct rlg_fresh *f = fresh_tcp.lookup(&cookie);
+    if (!f || (f->flags & RLG_FRESH_OUT))
+        return;     /* the first bytes already left, inside this very call */
     struct rlg_header h = {};
     fill_header(&h, RLG_EV_SEND);
     first_sender.update(&cookie, &h);
-    return 0;
 }
 #endif
 

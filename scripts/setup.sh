@@ -16,7 +16,7 @@ readonly BASE_PACKAGES=(
 readonly TEST_PACKAGES=(
     openssh-server openssh-client liburing-dev tmux bpftrace
     procps util-linux file shellcheck rsync git curl socat netcat-openbsd
-    postgresql
+    postgresql openssl gnutls-bin
     php-cli ruby ncat netcat-traditional putty-tools autossh sshuttle redis-tools postgresql-client
 )
 readonly SYS_PYTHON=/usr/bin/python3

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from monitor.config import DnsTunnelConfig, load_config
-from monitor.detectors import context, dnstunnel, intent, stratum, tunnel
+from monitor.detectors import behaviour, context, dnstunnel, intent, stratum, streams, tunnel
+from monitor.detectors.fingerprints import Fingerprint, load_fingerprints
 from monitor.detectors.iocs import Iocs
 from monitor.detectors.rules import SEVERITY_RANK, Rule, RuleSet, load_rules
 from monitor.detectors.signals import Confidence, Signal, bounded
@@ -36,14 +37,21 @@ from monitor.sensor.events import (
     ExitEvent,
     ForkEvent,
     SendEvent,
+    StreamEvent,
+    TlsBindEvent,
+    TlsDataEvent,
 )
 from monitor.state.attributed import AttributedEvent
 from monitor.state.process_table import Process
+from monitor.streams.unwrap import levels as unwrap_levels
+from monitor.streams.view import StreamView
 
 CONFIG_READ_LIMIT = 64 * 1024
 SSH_PORTS = frozenset({22, 2222})
 MAX_ALERT_KEYS = 100_000
 MAX_INTENTS = 4096  # reverse-shell intents held for confirmation by RLG-SHL-001
+# mining rules the behaviour mark does not raise: a port alone, and the mark's own rule
+SHAPE_EXEMPT = frozenset({stratum.RULE_POOL_PORT, behaviour.RULE_MINING_SHAPE})
 FileReader = Callable[[int, str], "str | None"]
 
 
@@ -74,6 +82,12 @@ class ProcState:
     where: Signal | None = None
     # outside TCP connects of such a process, checked for RLG-TUN-007 by tick()
     held: list[tuple[int, str, int, AttributedEvent]] = field(default_factory=list)
+    pool_lookup: bool = False  # looked up a pool domain (the Noise heuristic's context)
+    # weak facts from its streams (a listed TLS fingerprint), by rule category
+    context: dict[str, list[Signal]] = field(default_factory=dict)
+    ssh_cookies: set[int] = field(default_factory=set)  # streams recorded as SSH sessions
+    # the behaviour rule's mark (RLG-MIN-006), as a medium signal in other mining alerts
+    mining_shape: Signal | None = None
 
 
 @dataclass(slots=True)
@@ -168,10 +182,12 @@ class DetectionEngine:
         rules: RuleSet | None = None,
         read_file: FileReader = read_process_file,
         dns_tunnel: DnsTunnelConfig | None = None,
+        fingerprints: dict[str, Fingerprint] | None = None,
     ) -> None:
         self.iocs = iocs
         self.dns_tunnel = dnstunnel.DnsTunnelTracker(dns_tunnel or load_config(None).dns_tunnel)
         self.rules = rules if rules is not None else load_rules()
+        self.fingerprints = load_fingerprints() if fingerprints is None else fingerprints
         self.read_file = read_file
         # confirm reverse-shell fds in /proc (off in pure unit tests)
         self.verify_fds = read_file is read_process_file
@@ -209,8 +225,10 @@ class DetectionEngine:
             found = self._exec(ev, p, ae, ae.parent)
         elif isinstance(ev, ConnectEvent):
             found = self._connect(ev, p, ae)
-        elif isinstance(ev, SendEvent):
-            found = self._send(ev, p, ae)
+        elif isinstance(ev, SendEvent) or (
+            isinstance(ev, (StreamEvent, TlsDataEvent, TlsBindEvent)) and ae.stream is not None
+        ):
+            found = self._stream(ae, p)
         elif isinstance(ev, DnsEvent):
             found = self._dns(p, ae)
         elif isinstance(ev, DupEvent):
@@ -546,89 +564,118 @@ class DetectionEngine:
                 out += self._finding(context.RULE_VOLATILE_LONG_LIVED, subject, [sig], ae)
         return out
 
-    def _send(self, ev: SendEvent, p: Process, ae: AttributedEvent) -> list[Finding]:
+    def _stream(self, ae: AttributedEvent, p: Process) -> list[Finding]:
+        """A stream's opening (or its first segment) at every depth it unwraps to."""
+        view = ae.stream
+        first_len = -1
+        if isinstance(ae.event, SendEvent):
+            first_len = ae.event.payload_len
+            if view is None:  # built without a tracker (unit tests): the segment alone
+                view = single_segment_view(ae.event)
+        if view is None:
+            return []
+        proxied = view.proxied
+        host = view.effective.host if proxied else view.daddr
+        if self.iocs.is_allowed_destination(host):
+            return []
+        st = self._st(p)
+        verdict = streams.judge(
+            view, self.iocs, self.fingerprints, pool_lookup=st.pool_lookup, first_len=first_len
+        )
+        for sig in verdict.context:
+            cat = "mining" if sig.name.endswith(".mining") else "tunnel"
+            bucket = st.context.setdefault(cat, [])
+            if sig not in bucket and len(bucket) < 8:
+                bucket.append(sig)
         out: list[Finding] = []
-        if self.iocs.is_allowed_destination(ev.daddr) or self.iocs.is_allowed_process(p.executable):
-            return out
-        if ae.dns is not None:
-            return self._dns(p, ae)  # DNS over TCP: judged as DNS, like UDP
+        if ae.dns is not None and isinstance(ae.event, SendEvent):
+            return out + self._dns(p, ae)  # DNS over TCP: judged as DNS, like UDP
         # a socket another process connected: the pair is the subject, so that neither an
         # earlier alert of the sender nor of the owner hides this stream's
         owner = ae.rl.socket_owner
-        subject = p.entity_id if owner is None else f"{p.entity_id}+{owner.entity_id}"
-        data = ev.data
-        banner = tunnel.ssh_banner(data)
-        if banner is not None:
-            st = self._st(p)
+        pair = p.entity_id if owner is None else f"{p.entity_id}+{owner.entity_id}"
+        for level, banner in verdict.ssh_banners:
             names = {p.name, posixpath.basename(p.executable or "")}
             unknown = not names & self.iocs.ssh_clients
-            st.ssh_sessions.append(Conn(ev.daddr, ev.dport, "tcp", ev.cookie, None, unknown))
-            out += self._ssh_protocol(ev, p, ae, banner, subject, unknown)
-            return out
-        mining = stratum.stratum_payload_signals(data)
-        if mining:
-            out += self._finding(
-                stratum.RULE_STRATUM,
-                subject,
-                mining,
-                ae,
-                {"pool": {"ip": ev.daddr, "port": ev.dport}},
-            )
-        shell = tunnel.shell_banner_signal(data)
-        if shell is not None and not self.iocs.is_internal(ev.daddr):
-            out += self._shell(
-                p, ae, [shell], {"connect_back": {"ip": ev.daddr, "port": ev.dport}}, subject
-            )
+            if view.cookie not in st.ssh_cookies or not view.cookie:
+                if view.cookie:
+                    st.ssh_cookies.add(view.cookie)
+                eff = view.effective
+                st.ssh_sessions.append(
+                    Conn(eff.host, eff.port or 0, "tcp", view.cookie, None, unknown)
+                )
+            out += self._ssh_protocol(ae, p, banner, view, streams.where(level), pair, unknown)
+        for f in verdict.findings:
+            extra = dict(f.extra)
+            if view.layers or view.tls_library:
+                extra["stream"] = view.summary()
+            if f.rule == tunnel.RULE_REVERSE_SHELL:  # confirms an intent read at exec
+                out += self._shell(p, ae, list(f.signals), extra, pair + f.subject)
+            else:
+                out += self._finding(f.rule, pair + f.subject, list(f.signals), ae, extra)
         return out
 
     def _ssh_protocol(
         self,
-        ev: SendEvent,
-        p: Process,
         ae: AttributedEvent,
+        p: Process,
         banner: str,
+        view: StreamView,
+        path: str,
         subject: str,
         unknown: bool,
     ) -> list[Finding]:
+        eff = view.effective
+        port = eff.port or view.dport
+        via = f" [{path}]" if path else ""
         sigs: list[Signal] = []
         if unknown:
             # a library (paramiko for Ansible, libssh2 for git) to an SSH port is ordinary:
             # low until a connect-back shows a remote forward (ssh.unknown_client_forward)
-            conf: Confidence = "low" if ev.dport in SSH_PORTS else "high"
+            conf: Confidence = "low" if port in SSH_PORTS else "high"
             sigs.append(
-                Signal("banner", "ssh.unknown_client", bounded(f"{p.name} sent '{banner}'"), conf)
+                Signal(
+                    "banner",
+                    "ssh.unknown_client",
+                    bounded(f"{p.name} sent '{banner}'{via}"),
+                    conf,
+                )
             )
-        if ev.dport not in SSH_PORTS:
+        if port not in SSH_PORTS:
             sigs.append(
                 Signal(
                     "banner",
                     "ssh.non_ssh_port",
-                    bounded(f"SSH to port {ev.dport}: '{banner}'"),
+                    bounded(f"SSH to port {port}: '{banner}'{via}"),
                     "medium",
                 )
             )
         if (
             self.iocs.ssh_destinations
-            and not self.iocs.is_ssh_destination(ev.daddr)
-            and not self.iocs.is_internal(ev.daddr)
+            and not self.iocs.is_ssh_destination(eff.host)
+            and not self.iocs.is_internal(eff.host)
         ):
             sigs.append(
                 Signal(
                     "banner",
                     "ssh.outside_allowlist",
-                    bounded(f"SSH to {ev.daddr}, not an allowed SSH host"),
+                    bounded(f"SSH to {eff.host}, not an allowed SSH host{via}"),
                     "medium",
                 )
             )
+        if path and path != "tls plaintext":
+            sigs.append(
+                Signal("banner", "ssh.tunnelled", bounded(f"SSH carried inside {path}"), "medium")
+            )
         if not sigs:
             return []
-        return self._finding(
-            tunnel.RULE_SSH_PROTOCOL,
-            subject,
-            sigs,
-            ae,
-            {"ssh_banner": banner, "ssh_server": {"ip": ev.daddr, "port": ev.dport}},
-        )
+        extra: dict[str, Any] = {
+            "ssh_banner": banner,
+            "ssh_server": {"ip": eff.host, "port": port},
+        }
+        if view.layers:
+            extra["stream"] = view.summary()
+        return self._finding(tunnel.RULE_SSH_PROTOCOL, subject, sigs, ae, extra)
 
     def _dns(self, p: Process, ae: AttributedEvent) -> list[Finding]:
         """A DNS query (UDP, or the opening of a TCP stream to port 53)."""
@@ -637,6 +684,8 @@ class DetectionEngine:
             return []
         out: list[Finding] = []
         for rule_id, sig in dnstunnel.name_list_signals(q.name, self.iocs):
+            if rule_id == stratum.RULE_POOL_DNS:
+                self._st(p).pool_lookup = True  # context for the Noise heuristic
             out += self._finding(rule_id, f"{p.entity_id}/{q.name}", [sig], ae)
         # tunnelling is judged per episode (per process outside episodes)
         key = f"episode:{ae.rl.episode_id}" if ae.rl.episode_id else f"process:{p.entity_id}"
@@ -695,11 +744,16 @@ class DetectionEngine:
         if not rule.enabled:
             return []
         p = ae.process
-        if rule.category == "mining" and rule_id != stratum.RULE_POOL_PORT and p is not None:
-            st = self.state.get(p.entity_id)
-            if st is not None and st.pool_ports:
+        st = self.state.get(p.entity_id) if p is not None else None
+        if rule.category == "mining" and rule_id != stratum.RULE_POOL_PORT and st is not None:
+            if st.pool_ports:
                 # context only: a low signal never raises the severity on its own
                 signals = list(signals) + [s for s in st.pool_ports if s not in signals]
+        if st is not None and st.mining_shape is not None and rule_id not in SHAPE_EXEMPT:
+            if rule.category == "mining" and st.mining_shape not in signals:
+                signals = list(signals) + [st.mining_shape]
+        if st is not None and st.context.get(rule.category):
+            signals = list(signals) + [s for s in st.context[rule.category] if s not in signals]
         st = self.state.get(p.entity_id) if p is not None else None
         if st is not None and st.where is not None and rule.category in _CONTEXT_CATEGORIES:
             # where the program runs from: context only, never raising the severity
@@ -732,6 +786,20 @@ class DetectionEngine:
             f.extra["follow_up"] = True
             f.extra["previous_severity"] = prev[0]
         return [f]
+
+    def mark_mining_shape(self, p: Process, sig: Signal, ae: AttributedEvent) -> list[Finding]:
+        """The behaviour rule found a mining-shaped connection: every mining alert of the
+        process (past and future) carries it as a medium signal, which raises them."""
+        st = self._st(p)
+        st.mining_shape = Signal(sig.kind, sig.name, sig.detail, "medium")
+        out: list[Finding] = []
+        for rule_id, subject in list(self._alerted):
+            rule = self.rules.get(rule_id)
+            if rule is None or rule.category != "mining" or rule_id in SHAPE_EXEMPT:
+                continue
+            if subject == p.entity_id or subject.startswith(p.entity_id + "/"):
+                out += self._finding(rule_id, subject, [st.mining_shape], ae)
+        return out
 
     # findings from outside the engine (attribution, monitor/state/gpu.py), same de-duplication:
     # one per (rule, subject), again only when more severe
@@ -790,6 +858,12 @@ def holds_established(pid: int, daddr: str, dport: int) -> bool | None:
 
 def _loopback(ip: str | None) -> bool:
     return ip is not None and (ip.startswith("127.") or ip in ("::1", "::ffff:127.0.0.1"))
+
+
+def single_segment_view(ev: SendEvent) -> StreamView:
+    """The view of one first segment on its own (no tracker: unit tests, replays)."""
+    lv, layers = unwrap_levels(ev.data)
+    return StreamView(ev.cookie, ev.daddr, ev.dport, lv, layers, sent=len(ev.data))
 
 
 def _dest(c: Conn) -> dict[str, Any]:

@@ -20,12 +20,14 @@ from typing import Any
 
 from monitor.config import RULES_FILE, RulesConfig
 from monitor.detectors import (
+    behaviour,
     context,
     crossing,
     dnstunnel,
     gpu,
     intent,
     stratum,
+    streams,
     tag_conflict,
     tunnel,
 )
@@ -51,6 +53,8 @@ DETECTORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (intent.__name__, intent.RULES),
     (dnstunnel.__name__, dnstunnel.RULES),
     (context.__name__, context.RULES),
+    (streams.__name__, streams.RULES),
+    (behaviour.__name__, behaviour.RULES),
 )
 
 

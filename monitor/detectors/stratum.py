@@ -46,9 +46,13 @@ __all__ = [
     "RULE_STRATUM",
     "miner_argv_signals",
     "miner_config_path",
+    "noise_handshake_start",
     "pool_dns_signal",
     "pool_port_signal",
     "stratum_payload_signals",
+    "stratum_reply_signals",
+    "stratum_stream_signals",
+    "stratum_v2_signals",
 ]
 
 # The rules these detectors raise (monitor/data/rules.toml; checked against it at load).
@@ -65,6 +69,8 @@ DETAIL_LIMIT: Final = 200
 SCAN_LIMIT: Final = 4096
 # Newline-delimited messages parsed per payload (a miner may pipeline a few).
 MAX_LINES: Final = 8
+# lines of a stream's opening looked at for JSON after a greeting
+MAX_GREETING_LINES: Final = 32
 MAX_HEADERS: Final = 32
 # argv entries and characters per entry looked at; config characters parsed.
 MAX_ARGS: Final = 256
@@ -273,6 +279,23 @@ def stratum_payload_signals(data: bytes) -> list[Signal]:
     return _json_signals(head)
 
 
+def stratum_stream_signals(data: bytes) -> list[Signal]:
+    """Signals from a stream's reassembled opening: the payload rules, and JSON lines that
+    follow a greeting (a client that says hello, reads the answer, then logs in)."""
+    out = stratum_payload_signals(data)
+    if out or b"{" not in data:
+        return out  # no JSON anywhere: nothing after a greeting either
+    head = bytes(data[:SCAN_LIMIT])
+    if _framing(head) is not None:
+        return out
+    # text lines (or NUL-separated messages) before the JSON: keep the lines that are JSON
+    lines = [x.strip() for x in head.replace(b"\0", b"\n").split(b"\n", MAX_GREETING_LINES)]
+    json_lines = [x for x in lines[:MAX_GREETING_LINES] if x[:1] == b"{"]
+    if not json_lines:
+        return out
+    return _json_signals(b"\n".join(json_lines[:MAX_LINES]))
+
+
 def _framing(head: bytes) -> str | None:
     if not head:
         return None
@@ -441,6 +464,128 @@ def _http_signals(buf: bytes) -> list[Signal]:
     if body[:1] == b"{":
         out.extend(_json_signals(body))
     return _dedupe(out)
+
+
+# --- Stratum V2, Noise, pool replies ---------------------------------------------------
+# Stratum V2 (stratum-mining/sv2-spec, 03-Protocol-Overview.md "Framing" and "Common
+# Protocol Messages"; SRI protocols/v2/subprotocols/common-messages setup_connection.rs):
+# every frame is extension_type U16, msg_type U8, msg_length U24 (little-endian) and the
+# payload.  The first message on a connection is SetupConnection (msg_type 0x00):
+# protocol U8 (0 mining, 1 job declaration, 2 template distribution), min_version U16,
+# max_version U16, flags U32, endpoint_host STR0_255, endpoint_port U16, vendor,
+# hardware_version, firmware, device_id (STR0_255 each: a length byte and the bytes).
+SV2_PROTOCOLS: Final = {0: "mining", 1: "job_declaration", 2: "template_distribution"}
+SV2_SETUP_CONNECTION: Final = 0x00
+SV2_MAX_VERSION: Final = 16  # version 2 today; anything near it is still the protocol
+# Mining-protocol messages a client opens channels with (sv2-spec 05-Mining-Protocol.md):
+# OpenStandardMiningChannel 0x10, OpenExtendedMiningChannel 0x13.
+SV2_OPEN_CHANNEL: Final = {0x10: "OpenStandardMiningChannel", 0x13: "OpenExtendedMiningChannel"}
+# The Noise NX handshake an encrypted Stratum V2 connection starts with (sv2-spec
+# 04-Protocol-Security.md): the initiator's first message is its ElligatorSwift-encoded
+# ephemeral key, 64 bytes indistinguishable from random.
+NOISE_FIRST_LEN: Final = 64
+# Server messages only a pool sends (the answer a client cannot disguise).
+POOL_NOTIFICATIONS: Final = frozenset(
+    {"mining.notify", "mining.set_difficulty", "mining.set_target", "mining.set_extranonce"}
+)
+
+
+def _str0_255(buf: bytes, pos: int) -> tuple[str, int] | None:
+    if pos >= len(buf):
+        return None
+    n = buf[pos]
+    raw = buf[pos + 1 : pos + 1 + n]
+    if len(raw) < n:
+        return None
+    return raw.decode("utf-8", "replace"), pos + 1 + n
+
+
+def stratum_v2_signals(data: bytes) -> list[Signal]:
+    """A plaintext Stratum V2 SetupConnection (or channel opening) at the start of data."""
+    if len(data) < 6:
+        return []
+    ext = int.from_bytes(data[0:2], "little")
+    msg_type = data[2]
+    length = int.from_bytes(data[3:6], "little")
+    payload = data[6 : 6 + length]
+    if ext & 0x7FFF or length > 65535:
+        return []
+    if msg_type in SV2_OPEN_CHANNEL and len(payload) >= 4:
+        name = SV2_OPEN_CHANNEL[msg_type]
+        return [_signal("payload", "stratum.v2.open_channel", f"sv2 {name}", "high")]
+    if msg_type != SV2_SETUP_CONNECTION or len(payload) < 10:
+        return []
+    protocol = payload[0]
+    lo = int.from_bytes(payload[1:3], "little")
+    hi = int.from_bytes(payload[3:5], "little")
+    if protocol not in SV2_PROTOCOLS or not 1 <= lo <= hi <= SV2_MAX_VERSION:
+        return []
+    fields: list[str] = []
+    pos = 9
+    for i in range(5):  # endpoint_host, (port), vendor, hardware_version, firmware, device_id
+        got = _str0_255(payload, pos)
+        if got is None:
+            break
+        value, pos = got
+        fields.append(value)
+        if i == 0:
+            pos += 2  # endpoint_port
+    complete = len(fields) == 5 and pos == length
+    if len(payload) == length and not complete:
+        return []  # the whole frame is here and it is not a SetupConnection
+    host = fields[0] if fields else "?"
+    vendor = fields[1] if len(fields) > 1 else "?"
+    detail = (
+        f"sv2 SetupConnection protocol={SV2_PROTOCOLS[protocol]} versions={lo}-{hi} "
+        f"endpoint={host} vendor={vendor}"
+    )
+    confidence: Confidence = "high" if protocol == 0 else "medium"
+    return [_signal("payload", "stratum.v2.setup_connection", detail, confidence)]
+
+
+def noise_handshake_start(first: bytes) -> bool:
+    """A first message that looks like Noise's ephemeral key: 64 random-looking bytes."""
+    if len(first) != NOISE_FIRST_LEN:
+        return False
+    printable = sum(1 for b in first if 0x20 <= b < 0x7F)
+    return len(set(first)) >= 40 and printable < 48
+
+
+def stratum_reply_signals(reply: bytes) -> list[Signal]:
+    """What a pool answers: job notifications, difficulty, a login result with a job."""
+    out: list[Signal] = []
+    lines = [x.strip() for x in bytes(reply[:SCAN_LIMIT]).split(b"\n", MAX_LINES)[:MAX_LINES]]
+    for line in lines:
+        if line[:1] != b"{":
+            continue
+        message = _load_object(line)
+        if message is None:
+            continue
+        method = message.get("method")
+        if isinstance(method, str) and method.lower() in POOL_NOTIFICATIONS:
+            out.append(_signal("payload", "stratum.pool_reply", f"pool sent {method}", "high"))
+        elif isinstance(method, str) and method == "job" and _is_job(message.get("params")):
+            out.append(_signal("payload", "stratum.pool_reply", "pool sent a job", "high"))
+        result = message.get("result")
+        if isinstance(result, dict) and _is_job(result.get("job")):
+            out.append(_signal("payload", "stratum.pool_reply", "login result with a job", "high"))
+        elif isinstance(result, list) and _subscription(result):
+            detail = "subscribe result with mining.notify"
+            out.append(_signal("payload", "stratum.pool_reply", detail, "high"))
+    return _dedupe(out)
+
+
+def _is_job(job: Any) -> bool:
+    """The CryptoNote job shape (XMRig Job::parse): blob, job_id and target."""
+    return isinstance(job, dict) and {"blob", "job_id", "target"} <= job.keys()
+
+
+def _subscription(result: list[Any]) -> bool:
+    """[[["mining.set_difficulty", id], ["mining.notify", id]], extranonce1, size]."""
+    subs = result[0] if result else None
+    if not isinstance(subs, list):
+        return False
+    return any(isinstance(x, list) and x and x[0] == "mining.notify" for x in subs[:8])
 
 
 # --- Command lines ------------------------------------------------------------------

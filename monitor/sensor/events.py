@@ -30,6 +30,10 @@ EVENT_TYPES: dict[int, str] = {
     9: "dup",
     10: "gpu_open",
     11: "gpu_close",
+    12: "stream",
+    13: "tls_data",
+    14: "tls_bind",
+    15: "stream_tick",
     20: "unix_listen",
     21: "unix_connect",
 }
@@ -52,6 +56,15 @@ GPU_VIA_OPENAT = 1
 GPU_VIA_OPENAT2 = 2
 GPU_VIA_OPEN = 4
 GPU_CLOSE_RANGE = 1
+STREAM_REPLY = 1
+STREAM_TRUNCATED = 2
+STREAM_LATE = 4
+STREAM_GAP = 8
+STREAM_OWNER_DIFFERS = 16
+TLS_OPENSSL = 1
+TLS_GNUTLS = 2
+TLS_BIND_COOKIE = 4
+TLS_BIND_FD = 8
 O_CLOEXEC = 0o2000000  # asm-generic fcntl.h (x86-64, arm64)
 
 TCP_STATES = {
@@ -278,6 +291,80 @@ class DnsEvent(PacketEvent):
 
 
 @dataclass(slots=True)
+class StreamEvent(PacketEvent):
+    """A later chunk of an outbound stream's opening, or of its reply (``reply``).
+
+    ``offset`` places ``data`` in its direction's byte stream (TCP sequence numbers,
+    so retransmissions are already gone); ``payload_len`` is the segment's payload.
+    For a reply, saddr/sport are the peer's (as on the packet).
+    """
+
+    action: ClassVar[str] = "stream"
+    owner_pid: int = 0
+    offset: int = 0
+
+    @property
+    def reply(self) -> bool:
+        return bool(self.flags & STREAM_REPLY)
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.flags & STREAM_TRUNCATED)
+
+    @property
+    def late(self) -> bool:
+        return bool(self.flags & STREAM_LATE)
+
+    @property
+    def gap(self) -> bool:
+        return bool(self.flags & STREAM_GAP)
+
+
+@dataclass(slots=True)
+class TlsDataEvent(Event):
+    """TLS plaintext a process handed its TLS library (an entry uprobe on the write call)."""
+
+    action: ClassVar[str] = "tls_data"
+    ssl: int = 0  # the library's object: an id within the process
+    cookie: int = 0  # socket cookie once the kernel tied the object to a segment
+    fd: int = -1  # the fd the library was given (SSL_set_fd), -1 when unknown
+    offset: int = 0  # plaintext offset of data within this object
+    call_len: int = 0
+    data: bytes = b""
+
+    @property
+    def library(self) -> str:
+        return "gnutls" if self.flags & TLS_GNUTLS else "openssl"
+
+
+@dataclass(slots=True)
+class TlsBindEvent(Event):
+    """A TLS object tied to its socket by the segment its write sent."""
+
+    action: ClassVar[str] = "tls_bind"
+    ssl: int = 0
+    cookie: int = 0
+    fd: int = -1
+
+
+@dataclass(slots=True)
+class StreamTickEvent(Event):
+    """Cumulative activity of a live outbound stream (at most one per interval)."""
+
+    action: ClassVar[str] = "stream_tick"
+    cookie: int = 0
+    owner_pid: int = 0
+    family: int = 0
+    daddr: str | None = None
+    dport: int = 0
+    first_ns: int = 0
+    segs: int = 0
+    bytes: int = 0
+    rsegs: int = 0
+    rbytes: int = 0
+
+
+@dataclass(slots=True)
 class TagsetEvent(Event):
     """Tag values of a new tagset (an exec with its own tags)."""
 
@@ -389,11 +476,20 @@ class RecordDecoder:
     """
 
     def __init__(self, layouts: dict[str, type], tag_value_len: int, max_tags: int) -> None:
-        tails = {"exec": "args", "send": "data", "dns": "data"}
+        tails = {
+            "exec": "args",
+            "send": "data",
+            "dns": "data",
+            "stream": "data",
+            "tls_data": "data",
+        }
         self._layouts = {
             name: layout_from_ctypes(cls, tails.get(name)) for name, cls in layouts.items()
         }
-        self._by_type = {num: self._layouts[name] for num, name in EVENT_TYPES.items()}
+        # a type without a layout decodes to None (counted as undecodable)
+        self._by_type = {
+            num: self._layouts[name] for num, name in EVENT_TYPES.items() if name in self._layouts
+        }
         self._tag_value_len = tag_value_len
         self._max_tags = max_tags
         self._decoders = {
@@ -408,6 +504,10 @@ class RecordDecoder:
             9: self._dup,
             10: self._gpu_open,
             11: self._gpu_close,
+            12: self._stream,
+            13: self._tls_data,
+            14: self._tls_bind,
+            15: self._stream_tick,
             20: self._unix_listen,
             21: self._unix_connect,
         }
@@ -502,6 +602,42 @@ class RecordDecoder:
 
     def _send(self, f: dict[str, Any], raw: bytes, lay: Layout) -> SendEvent:
         return SendEvent(**self._packet(f, raw, lay), owner_pid=f["owner_pid"])
+
+    def _stream(self, f: dict[str, Any], raw: bytes, lay: Layout) -> StreamEvent:
+        f["payload_len"] = f["seg_len"]
+        return StreamEvent(
+            **self._packet(f, raw, lay), owner_pid=f["owner_pid"], offset=f["offset"]
+        )
+
+    def _tls_data(self, f: dict[str, Any], raw: bytes, lay: Layout) -> TlsDataEvent:
+        n = min(f["captured"], len(raw) - lay.tail_offset)
+        return TlsDataEvent(
+            **self._hdr(f),
+            ssl=f["ssl"],
+            cookie=f["cookie"],
+            fd=f["fd"],
+            offset=f["offset"],
+            call_len=f["call_len"],
+            data=bytes(raw[lay.tail_offset : lay.tail_offset + max(0, n)]),
+        )
+
+    def _tls_bind(self, f: dict[str, Any], raw: bytes, lay: Layout) -> TlsBindEvent:
+        return TlsBindEvent(**self._hdr(f), ssl=f["ssl"], cookie=f["cookie"], fd=f["fd"])
+
+    def _stream_tick(self, f: dict[str, Any], raw: bytes, lay: Layout) -> StreamTickEvent:
+        return StreamTickEvent(
+            **self._hdr(f),
+            cookie=f["cookie"],
+            owner_pid=f["owner_pid"],
+            family=f["family"],
+            daddr=format_ip(f["family"], f["daddr"]),
+            dport=f["dport"],
+            first_ns=f["first_ns"],
+            segs=f["segs"],
+            bytes=f["bytes"],
+            rsegs=f["rsegs"],
+            rbytes=f["rbytes"],
+        )
 
     def _dns(self, f: dict[str, Any], raw: bytes, lay: Layout) -> DnsEvent:
         return DnsEvent(**self._packet(f, raw, lay), transport="udp")

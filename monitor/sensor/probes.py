@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monitor.config import MAX_TAGS, GpuConfig, ProbesConfig, fnv1a_64
+from monitor.config import MAX_TAGS, GpuConfig, ProbesConfig, StreamsConfig, fnv1a_64
 from monitor.sensor import bpf_link
 from monitor.sensor.events import EVENT_TYPES
 
@@ -57,6 +57,7 @@ TRACEPOINTS = (
 # used when the kernel has them (dup2 and open do not exist on arm64; openat2 is
 # Linux 5.6+, close_range 5.9+)
 OPTIONAL_TRACEPOINTS = (
+    "sock/sock_send_length",  # Linux 6.3+: ties TLS writes to their socket (tls.bpf.h)
     "syscalls/sys_enter_dup2",
     "syscalls/sys_enter_open",
     "syscalls/sys_enter_openat2",
@@ -75,6 +76,26 @@ CGROUP_PROGRAMS = (
     ("rlg_connect6", "CGROUP_SOCK_ADDR", bpf_link.BPF_CGROUP_INET6_CONNECT),
     ("rlg_egress", "CGROUP_SKB", bpf_link.BPF_CGROUP_INET_EGRESS),
 )
+# the reply of each stream (streams.reply_bytes > 0)
+INGRESS_PROGRAM = ("rlg_ingress", "CGROUP_SKB", bpf_link.BPF_CGROUP_INET_INGRESS)
+
+# uprobes on TLS libraries (probes/tls.bpf.h): library kind -> (symbol, program); a symbol
+# the file does not export is skipped (SSL_write_ex is OpenSSL 1.1.1+)
+TLS_UPROBES: dict[str, tuple[tuple[str, str], ...]] = {
+    "openssl": (
+        ("SSL_write", "rlg_ssl_write"),
+        ("SSL_write_ex", "rlg_ssl_write_ex"),
+        ("SSL_set_fd", "rlg_ssl_set_fd"),
+        ("SSL_set_accept_state", "rlg_ssl_server"),
+        ("SSL_accept", "rlg_ssl_server"),
+        ("SSL_free", "rlg_ssl_free"),
+    ),
+    "gnutls": (
+        ("gnutls_record_send", "rlg_gnutls_send"),
+        ("gnutls_transport_set_int2", "rlg_gnutls_set_int2"),
+        ("gnutls_deinit", "rlg_ssl_free"),
+    ),
+}
 
 MISS_NAMES = ("proc_state_full", "tagset_full", "exec_without_stack", "connect_fold_full")
 # enum rlg_quiet: records the kernel chose not to send, by reason
@@ -247,7 +268,11 @@ class Sensor:
     """The loaded kernel programs and their ring buffer."""
 
     def __init__(
-        self, probes: ProbesConfig, tag_keys: list[str], gpu_devices: tuple[str, ...] = ()
+        self,
+        probes: ProbesConfig,
+        tag_keys: list[str],
+        gpu_devices: tuple[str, ...] = (),
+        streams: StreamsConfig | None = None,
     ) -> None:
         if len(tag_keys) > MAX_TAGS:
             raise SensorError(
@@ -256,6 +281,12 @@ class Sensor:
         self.probes = probes
         self.tag_keys = list(tag_keys)
         self.gpu_devices = tuple(gpu_devices)
+        if streams is None:
+            from monitor.config import load_config
+
+            streams = load_config(None).streams
+        self.streams = streams
+        self.tls_attached: dict[str, list[str]] = {}  # library path -> symbols attached
         self.bpf: Any = None
         self._links: list[int] = []
         self._cgroup_fd: int | None = None
@@ -279,6 +310,11 @@ class Sensor:
             f"-DRLG_ENV_SCAN={p.env_scan}",
             f"-DRLG_MAX_TAGS={MAX_TAGS}",
             f"-DRLG_TAG_VALUE_LEN={TAG_VALUE_LEN}",
+            f"-DRLG_STREAM_BYTES={self.streams.bytes}",
+            f"-DRLG_REPLY_BYTES={self.streams.reply_bytes}",
+            f"-DRLG_STREAM_WINDOW_NS={int(self.streams.window_s * 1e9)}ULL",
+            f"-DRLG_STREAM_TICK_NS={int(self.streams.activity_interval_s * 1e9)}ULL",
+            f"-DRLG_SELF_TGID={os.getpid()}",
             "-Wno-macro-redefined",
             "-Wno-unused-function",
         ]
@@ -286,6 +322,7 @@ class Sensor:
             flags.append("-DRLG_HAVE_GROUP_DEAD")
         if Path(tracefs, "events/syscalls/sys_enter_dup2").is_dir():
             flags.append("-DRLG_HAVE_DUP2")
+        # one program for the TLS binding and the first sender (send_length.bpf.h)
         if Path(tracefs, "events/sock/sock_send_length").is_dir():
             flags.append("-DRLG_HAVE_SOCK_SEND_LENGTH")
         if not self.gpu_devices:
@@ -359,7 +396,10 @@ class Sensor:
         self._set_gpu_patterns()
         try:
             self._cgroup_fd = os.open(cgroup2, os.O_RDONLY | os.O_DIRECTORY)
-            for name, ptype, attach in CGROUP_PROGRAMS:
+            programs = list(CGROUP_PROGRAMS)
+            if self.streams.reply_bytes:
+                programs.append(INGRESS_PROGRAM)
+            for name, ptype, attach in programs:
                 kwargs: dict[str, Any] = {}
                 if ptype == "CGROUP_SOCK_ADDR":
                     kwargs["attach_type"] = attach  # checked at load time
@@ -371,6 +411,27 @@ class Sensor:
         self.bpf[b"events"].open_ring_buffer(self._on_record)
         release_compiler_memory()
         self.load_seconds = time.monotonic() - started
+
+    def attach_tls(self, path: str, kind: str) -> list[str]:
+        """Attach the TLS uprobes of ``kind`` ("openssl", "gnutls") to the library file.
+
+        Uprobes sit on the file (its inode): every process that maps it is covered, from
+        the next call on.  Returns the symbols attached; a symbol the file lacks is
+        skipped, and a file none of whose symbols attach raises SensorError.
+        """
+        done: list[str] = []
+        errors: list[str] = []
+        for sym, fn in TLS_UPROBES[kind]:
+            try:
+                self.bpf.attach_uprobe(name=path.encode(), sym=sym.encode(), fn_name=fn.encode())
+            except Exception as exc:  # bcc raises bare Exception
+                errors.append(f"{sym}: {exc}")
+                continue
+            done.append(sym)
+        if not done:
+            raise SensorError(f"no TLS uprobe attached to {path}: {'; '.join(errors)[:300]}")
+        self.tls_attached[path] = done
+        return done
 
     def close(self) -> None:
         """Detach everything (links close with their fds, tracepoints with bcc)."""

@@ -36,6 +36,7 @@ from monitor.sensor.events import (
     GpuCloseEvent,
     GpuOpenEvent,
     SendEvent,
+    StreamTickEvent,
     TcpStateEvent,
     UnixEvent,
     errno_name,
@@ -63,6 +64,11 @@ CATEGORY = {
     "registry_refused": (["configuration"], ["denied"], "rlguard.registry"),
     "unix_listen": (["network"], ["start"], "rlguard.network"),
     "unix_connect": (["network"], ["connection", "start"], "rlguard.network"),
+    # a stream's opening showed something new: a proxy's target, a WebSocket, TLS plaintext
+    "stream": (["network"], ["connection", "protocol"], "rlguard.network"),
+    "tls_data": (["network"], ["connection", "protocol"], "rlguard.network"),
+    "tls_bind": (["network"], ["connection", "protocol"], "rlguard.network"),
+    "stream_tick": (["network"], ["connection"], "rlguard.network"),
 }
 
 
@@ -209,7 +215,7 @@ class Renderer:
                 "technique": [{"id": t[0], "name": t[1]} for t in rule.techniques],
             },
         }
-        for key in ("host", "process", "rl", "destination", "source", "network", "dns"):
+        for key in ("host", "process", "rl", "destination", "source", "network", "dns", "tls"):
             if key in src:
                 doc[key] = src[key]
         doc["rlguard"] = {
@@ -470,7 +476,59 @@ class Renderer:
         if ae.dns is not None:  # DNS over TCP: the same dns.* as UDP
             self._dns_fields(ae, doc)
             detail["dns"] = {"parsed": True, "transport": "tcp"}
+        self._stream_fields(ae, doc, detail)
         return detail
+
+    @staticmethod
+    def _stream_fields(ae: AttributedEvent, doc: dict[str, Any], detail: dict[str, Any]) -> None:
+        """tls.* (ECS) and rlguard.stream of a stream whose layers are known."""
+        view = ae.stream
+        if view is None:
+            return
+        hello = view.tls_hello()
+        if hello is not None:
+            client: dict[str, Any] = {}
+            if hello.host:
+                client["server_name"] = hello.host
+            ja4 = hello.get("ja4")
+            if ja4:
+                client["ja4"] = ja4
+            tls: dict[str, Any] = {"client": client}
+            version = hello.get("version")
+            if version and version[0].isdigit():
+                tls["version"] = f"{version[0]}.{version[1]}"
+                tls["version_protocol"] = "tls"
+            doc["tls"] = tls
+        if view.layers or view.tls_library:
+            detail["stream"] = view.summary()
+
+    def _stream_line(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        """A stream showed something new: its layers, effective destination, plaintext."""
+        view = ae.stream
+        detail: dict[str, Any] = {}
+        if view is not None and view.daddr:
+            self._five_tuple(doc, view.family, view.saddr, view.sport, view.daddr, view.dport, 6)
+        self._stream_fields(ae, doc, detail)
+        return detail
+
+    _stream = _stream_line
+    _tls_data = _stream_line
+    _tls_bind = _stream_line
+
+    def _stream_tick(self, ae: AttributedEvent, doc: dict[str, Any]) -> dict[str, Any]:
+        ev = cast(StreamTickEvent, ae.event)
+        doc["destination"] = {"ip": ev.daddr, "port": ev.dport}
+        doc["network"] = {"transport": "tcp", "type": self._net_type(ev.family)}
+        return {
+            "activity": {
+                "cookie": ev.cookie,
+                "segments": ev.segs,
+                "bytes": ev.bytes,
+                "reply_segments": ev.rsegs,
+                "reply_bytes": ev.rbytes,
+                "first_payload": self.clock.iso(ev.first_ns),
+            }
+        }
 
     @staticmethod
     def _dns_fields(ae: AttributedEvent, doc: dict[str, Any]) -> None:

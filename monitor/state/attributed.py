@@ -19,6 +19,7 @@ from monitor.sensor.events import Event
 from monitor.state.cgroups import CgroupIdentity
 from monitor.state.process_table import ROLES, Process
 from monitor.state.requests import Requester
+from monitor.streams.view import StreamView
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +182,7 @@ class AttributedEvent:
     rl: RlContext
     cgroup: CgroupIdentity | None = None
     dns: DnsQuestion | None = None  # parsed once, for dns records
+    stream: StreamView | None = None  # the stream's opening so far (send, stream, tls_* records)
     connect_count: int | None = None  # connects this connect line stands for (folding)
     summary: bool = False  # a fold summary line, not a kernel record
     quiet: bool = False  # state only: detectors see it, no line is written

@@ -49,12 +49,29 @@ BPF_TABLE("lru_hash", u32, struct rlg_pending_connect, pending_connect, 4096);
 /* tgid -> boot ns of its last exec (part of the connect fold key) */
 BPF_TABLE("lru_hash", u32, u64, exec_gen, 65536);
 
-/* socket cookie of a new outbound TCP connection whose first payload is still to come */
+/* socket cookie of an outbound TCP connection: its first payload is still to come, or its
+ * opening (and reply) is being captured and its activity counted (streams.bpf.h) */
 struct rlg_fresh {
     u32 owner_pid;
-    u32 flags;      /* RLG_FRESH_SENDER_WATCHED: sender.bpf.h watches its send calls */
+    u32 flags;      /* RLG_FRESH_* below: sender watched, stream progress */
+    u32 seq0;       /* TCP sequence number of the opening's byte 0 */
+    u32 next;       /* opening bytes captured so far */
+    u32 rseq0;      /* the same for the reply */
+    u32 rnext;
+    u64 start_ns;   /* first payload, either way */
+    u64 tick_ns;    /* last activity record */
+    u64 segs;       /* payload segments and bytes sent, received */
+    u64 bytes;
+    u64 rsegs;
+    u64 rbytes;
 };
-#define RLG_FRESH_SENDER_WATCHED 1
+/* struct rlg_fresh.flags */
+#define RLG_FRESH_SENDER_WATCHED 1   /* sender.bpf.h watches its send calls */
+#define RLG_FRESH_OUT 0x100          /* first outbound payload seen: seq0 is set */
+#define RLG_FRESH_REPLY 0x200        /* first reply payload seen: rseq0 is set */
+#define RLG_FRESH_OUT_DONE 0x400     /* opening captured (bound reached or window over) */
+#define RLG_FRESH_REPLY_DONE 0x800
+#define RLG_FRESH_SOCK 0x1000        /* the socket's address is in stream_socks (streams.bpf.h) */
 BPF_TABLE("lru_hash", u64, struct rlg_fresh, fresh_tcp, 65536);
 
 /* kernel socket address -> the header of the task that started the connection */

@@ -6,7 +6,17 @@ import pytest
 
 from monitor.config import load_config
 from monitor.sensor.probes import Sensor
-from tests.unit.test_decode import Connect, Exec, GpuClose, GpuOpen, Hdr, Send, Unix
+from tests.unit.test_decode import (
+    Connect,
+    Exec,
+    GpuClose,
+    GpuOpen,
+    Hdr,
+    Send,
+    StreamRec,
+    TlsData,
+    Unix,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +42,8 @@ def test_mirrors_match_bcc() -> None:
         assert fields(lay["gpu_open"]) == fields(GpuOpen)
         assert fields(lay["gpu_close"]) == fields(GpuClose)
         assert fields(lay["unix_listen"]) == fields(lay["unix_connect"]) == fields(Unix)
+        assert fields(lay["stream"]) == fields(StreamRec)
+        assert fields(lay["tls_data"]) == fields(TlsData)
         assert fields(lay["exec"]._fields_[0][1]) == fields(Hdr)
     finally:
         s.close()

@@ -32,6 +32,7 @@ class FakeSensor:
         self.seeded_processes: list[tuple[int, int, int, int]] = []
         self.seeded_tagsets: dict[int, dict[int, str]] = {}
         self.gpu_fds: set[tuple[int, int]] = set()
+        self.tls_attached: dict[str, str] = {}  # path -> kind
 
     # the sensor port ---------------------------------------------------------------------
 
@@ -72,6 +73,10 @@ class FakeSensor:
                 self.fold_list.remove(f)
                 return f.count
         return None
+
+    def attach_tls(self, path: str, kind: str) -> list[str]:
+        self.tls_attached[path] = kind
+        return ["SSL_write"] if kind == "openssl" else ["gnutls_record_send"]
 
     def gpu_fd_add(self, pid: int, fds: list[int]) -> None:
         self.gpu_fds |= {(pid, fd) for fd in fds}

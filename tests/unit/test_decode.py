@@ -224,3 +224,74 @@ def test_gpu_open_and_close() -> None:
     cev = decoder().decode(bytes(c))
     assert isinstance(cev, GpuCloseEvent)
     assert cev.is_range and cev.via == "close_range" and (cev.fd, cev.last_fd) == (3, 2147483647)
+
+
+# -- streams and TLS (issue 14) ----------------------------------------------------------
+
+
+class StreamRec(ct.Structure):
+    _fields_ = [
+        ("hdr", Hdr),
+        ("cookie", ct.c_ulonglong),
+        ("owner_pid", ct.c_uint),
+        ("offset", ct.c_uint),
+        ("seg_len", ct.c_uint),
+        ("captured", ct.c_uint),
+        ("family", ct.c_ushort),
+        ("sport", ct.c_ushort),
+        ("dport", ct.c_ushort),
+        ("pad", ct.c_ushort),
+        ("saddr", ct.c_ubyte * 16),
+        ("daddr", ct.c_ubyte * 16),
+        ("data", ct.c_ubyte * 4096),
+    ]
+
+
+class TlsData(ct.Structure):
+    _fields_ = [
+        ("hdr", Hdr),
+        ("ssl", ct.c_ulonglong),
+        ("cookie", ct.c_ulonglong),
+        ("fd", ct.c_int),
+        ("offset", ct.c_uint),
+        ("call_len", ct.c_uint),
+        ("captured", ct.c_uint),
+        ("data", ct.c_ubyte * 4096),
+    ]
+
+
+def stream_decoder() -> RecordDecoder:
+    layouts = {name: Hdr for name in ("fork", "exit", "tcp_state", "dns", "tagset", "dup")}
+    layouts.update(exec=Exec, connect=Connect, send=Send, stream=StreamRec, tls_data=TlsData)
+    return RecordDecoder(layouts, tag_value_len=64, max_tags=24)
+
+
+def test_stream_chunk_reply_flags_and_bound() -> None:
+    from monitor.sensor.events import STREAM_REPLY, STREAM_TRUNCATED, StreamEvent
+
+    s = StreamRec()
+    s.hdr = hdr(12)
+    s.hdr.flags = STREAM_REPLY | STREAM_TRUNCATED
+    s.cookie, s.offset, s.seg_len, s.captured, s.family = 9, 256, 1400, 9999, 2
+    s.sport, s.dport = 3333, 40000
+    s.saddr[:4] = [198, 51, 100, 2]
+    payload = b"\x05\x00"
+    ct.memmove(ct.addressof(s) + StreamRec.data.offset, payload, len(payload))
+    ev = stream_decoder().decode(bytes(s)[: StreamRec.data.offset + len(payload)])
+    assert isinstance(ev, StreamEvent)
+    assert ev.reply and ev.truncated and not ev.late and ev.offset == 256
+    assert ev.data == payload and ev.payload_len == 1400 and ev.saddr == "198.51.100.2"
+
+
+def test_tls_data_and_a_type_without_layout() -> None:
+    from monitor.sensor.events import TlsDataEvent
+
+    t = TlsData()
+    t.hdr = hdr(13)
+    t.hdr.flags = 2  # RLG_TLS_GNUTLS
+    t.ssl, t.fd, t.call_len, t.captured = 0xDEAD, 5, 70, 5
+    ct.memmove(ct.addressof(t) + TlsData.data.offset, b"hello", 5)
+    ev = stream_decoder().decode(bytes(t)[: TlsData.data.offset + 5])
+    assert isinstance(ev, TlsDataEvent)
+    assert (ev.ssl, ev.fd, ev.library, ev.data) == (0xDEAD, 5, "gnutls", b"hello")
+    assert decoder().decode(bytes(t)) is None, "no layout for tls_data: undecodable, no crash"

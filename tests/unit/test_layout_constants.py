@@ -39,6 +39,15 @@ def c_value(name: str) -> int:
         ("GPU_VIA_OPENAT2", "RLG_GPU_VIA_OPENAT2"),
         ("GPU_VIA_OPEN", "RLG_GPU_VIA_OPEN"),
         ("GPU_CLOSE_RANGE", "RLG_GPU_CLOSE_RANGE"),
+        ("STREAM_REPLY", "RLG_STREAM_REPLY"),
+        ("STREAM_TRUNCATED", "RLG_STREAM_TRUNCATED"),
+        ("STREAM_LATE", "RLG_STREAM_LATE"),
+        ("STREAM_GAP", "RLG_STREAM_GAP"),
+        ("STREAM_OWNER_DIFFERS", "RLG_STREAM_OWNER_DIFFERS"),
+        ("TLS_OPENSSL", "RLG_TLS_OPENSSL"),
+        ("TLS_GNUTLS", "RLG_TLS_GNUTLS"),
+        ("TLS_BIND_COOKIE", "RLG_TLS_BIND_COOKIE"),
+        ("TLS_BIND_FD", "RLG_TLS_BIND_FD"),
     ],
 )
 def test_flag_values(py: str, c: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from monitor.config import RULES_FILE, parse_config
-from monitor.detectors import gpu, stratum, tag_conflict, tunnel
+from monitor.detectors import behaviour, gpu, stratum, streams, tag_conflict, tunnel
 from monitor.detectors.rules import (
     DETECTORS,
     RuleError,
@@ -200,7 +200,7 @@ def test_no_rule_id_literals_outside_the_detectors_declarations() -> None:
 
 
 def test_declarations_are_the_registry() -> None:
-    for module in (tunnel, stratum, gpu, tag_conflict):
+    for module in (tunnel, stratum, gpu, tag_conflict, streams, behaviour):
         constants = {v for k, v in vars(module).items() if k.startswith("RULE_")}
         assert constants == set(module.RULES), module.__name__
 
